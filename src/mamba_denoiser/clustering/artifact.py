@@ -1,0 +1,146 @@
+"""clusters.json: the contract between cluster.py and train.py / denoise.py (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+CLUSTER_TYPES = ("mean_reverting", "trending", "random_walk")
+STRATEGY_DESCRIPTION = {
+    "tv": "total-variation guidance, 2x",
+    "fourier": "Fourier high-frequency guidance, 2x",
+    "balanced": "TV + Fourier guidance, 1x each",
+}
+
+
+class ClustersError(ValueError):
+    """A clusters.json that cannot be used; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    id: int
+    type: str
+    strategy: str
+    features: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """Hydra option name (group options must be strings): c0, c1, ..."""
+        return f"c{self.id}"
+
+
+@dataclass(frozen=True)
+class Clusters:
+    path: Path
+    doc: dict[str, Any]
+    clusters: tuple[ClusterSpec, ...]
+
+    def get(self, key: int | str) -> ClusterSpec:
+        for c in self.clusters:
+            if key in (c.id, c.name, str(c.id)):
+                return c
+        names = ", ".join(c.name for c in self.clusters)
+        raise ClustersError(f"{self.path}: no cluster {key!r}; it defines {names}")
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return self.doc["source"]
+
+
+def _round(x: float, digits: int = 10) -> float | None:
+    """Fixed significant digits keep the JSON byte-identical across equal runs and readable."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return None
+    return float(f"{float(x):.{digits}g}")
+
+
+def build_document(
+    *,
+    source: dict[str, Any],
+    targets: list[str],
+    stats,  # pd.DataFrame: features x statistics
+    result,  # grouping.ClusteringResult
+    passthrough: dict[str, str],
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    features = list(stats.index)
+    clusters = []
+    for cid in range(result.k):
+        members = [f for f, lab in zip(features, result.labels) if int(lab) == cid]
+        strategy = result.strategies[cid]
+        clusters.append(
+            {
+                "id": cid,
+                "name": f"c{cid}",
+                "type": result.types[cid],
+                "strategy": strategy,
+                "strategy_description": STRATEGY_DESCRIPTION.get(strategy, strategy),
+                "n_features": len(members),
+                "features": members,
+            }
+        )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "targets": list(targets),
+        "config": config,
+        "statistics": {
+            "columns": list(stats.columns),
+            "features": {
+                f: {c: _round(stats.loc[f, c]) for c in stats.columns} for f in features
+            },
+        },
+        "selection": {
+            "criterion": result.criterion,
+            "k": int(result.k),
+            "curve": [{k: _round(v) if isinstance(v, float) else v for k, v in row.items()}
+                      for row in result.selection],
+        },
+        "clusters": clusters,
+        "excluded": dict(passthrough),
+    }
+
+
+def load_clusters(path: str | Path) -> Clusters:
+    path = Path(path)
+    if not path.exists():
+        raise ClustersError(
+            f"{path}: clusters file not found. Run `python cluster.py` first, or pass "
+            "clusters=/path/to/clusters.json."
+        )
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ClustersError(f"{path}: not valid JSON ({e}); re-run cluster.py") from e
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ClustersError(
+            f"{path}: schema_version {doc.get('schema_version')!r}, this version reads "
+            f"{SCHEMA_VERSION}; re-run cluster.py"
+        )
+    specs = []
+    for c in doc.get("clusters", []):
+        if c.get("type") not in CLUSTER_TYPES:
+            raise ClustersError(f"{path}: cluster {c.get('id')} has unknown type {c.get('type')!r}")
+        if not c.get("features"):
+            raise ClustersError(f"{path}: cluster {c.get('id')} has no features")
+        specs.append(ClusterSpec(int(c["id"]), c["type"], c["strategy"], tuple(c["features"])))
+    if not specs:
+        raise ClustersError(f"{path}: defines no clusters; re-run cluster.py")
+    return Clusters(path=path, doc=doc, clusters=tuple(specs))
+
+
+def find_latest_clusters(root: str | Path = "outputs/cluster") -> Path:
+    """The newest clusters.json under `root` (run directories are named by start time)."""
+    root = Path(root)
+    found = sorted(root.glob("*/clusters.json"))
+    if not found:
+        raise ClustersError(
+            f"no clusters.json under {root}/. Run `python cluster.py` first, or pass "
+            "clusters=/path/to/clusters.json."
+        )
+    return found[-1]

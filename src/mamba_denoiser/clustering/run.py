@@ -1,0 +1,102 @@
+"""cluster.py's work: statistics on the train split -> K groups -> clusters.json + plots."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mamba_denoiser.clustering.artifact import build_document
+from mamba_denoiser.clustering.grouping import cluster_features
+from mamba_denoiser.clustering.stats import compute_feature_stats
+from mamba_denoiser.data.panel import Panel, PanelError
+from mamba_denoiser.io import atomic_write_csv, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def run_clustering(
+    panel: Panel,
+    out_dir: str | Path,
+    *,
+    k: int | None = None,
+    k_min: int = 2,
+    k_max: int = 12,
+    criterion: str = "silhouette",
+    n_init: int = 20,
+    seed: int = 0,
+    rolling_window: int = 20,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Cluster `panel.continuous` on observed train-split values; write artifacts to out_dir.
+
+    Writes clusters.json, feature_stats.csv and (if `plots`) k_selection.png,
+    feature_map.png, cluster_examples.png. Returns the clusters.json document.
+    Interior gaps (if any) are skipped: statistics see the observed values in order.
+    """
+    if len(panel.continuous) < 2:
+        raise PanelError(
+            f"{panel.source}: {len(panel.continuous)} continuous feature(s); clustering needs "
+            f"at least 2 (passthrough: {panel.passthrough})"
+        )
+    out_dir = Path(out_dir)
+    series = {f: panel.observed(f, "train") for f in panel.continuous}
+    log.info("Computing %d statistics for %d features", 11, len(series))
+    stats = compute_feature_stats(series, rolling_window=rolling_window)
+    result = cluster_features(
+        stats, k=k, k_min=k_min, k_max=k_max, criterion=criterion, n_init=n_init, seed=seed
+    )
+    doc = build_document(
+        source=panel.summary(),
+        targets=panel.targets,
+        stats=stats,
+        result=result,
+        passthrough=panel.passthrough,
+        config={
+            "k": k,
+            "k_min": k_min,
+            "k_max": k_max,
+            "criterion": criterion,
+            "n_init": n_init,
+            "seed": seed,
+            "rolling_window": rolling_window,
+        },
+    )
+    # Everything is computed before anything is written: bad input leaves no partial output.
+    atomic_write_csv(out_dir / "feature_stats.csv", stats.rename_axis("feature"), index=True)
+    if plots:
+        from mamba_denoiser import plots as P
+
+        P.plot_k_selection(doc["selection"]["curve"], result.criterion, result.k,
+                           out_dir / "k_selection.png")
+        z = getattr(result, "standardized", None)
+        if z is None:
+            z = (stats - stats.mean()) / (stats.std(ddof=0) + 1e-12)
+        P.plot_feature_map(np.asarray(z, dtype=float), np.asarray(result.labels),
+                           list(stats.index), result.types, out_dir / "feature_map.png")
+        P.plot_cluster_examples(panel.frame, doc["clusters"], panel.id_col,
+                                out_dir / "cluster_examples.png")
+    atomic_write_json(out_dir / "clusters.json", doc)
+    return doc
+
+
+def cluster_table(doc: dict[str, Any]):
+    """rich Table: Cluster | Features (count and %) | Type | Strategy."""
+    from rich.table import Table
+
+    n = sum(c["n_features"] for c in doc["clusters"])
+    table = Table(title=f"{len(doc['clusters'])} clusters of {n} continuous features "
+                        f"(K by {doc['selection']['criterion']})")
+    for col in ("Cluster", "Features", "Type", "Strategy"):
+        table.add_column(col)
+    for c in doc["clusters"]:
+        head = ", ".join(c["features"][:6]) + (" ..." if c["n_features"] > 6 else "")
+        table.add_row(
+            c["name"],
+            f"{c['n_features']} ({100 * c['n_features'] / n:.0f}%): {head}",
+            c["type"],
+            c["strategy_description"],
+        )
+    return table

@@ -1,0 +1,350 @@
+"""Panel loading, validation, column roles and the chronological split.
+
+Everything downstream (clustering, training, denoising, evaluation) starts from a
+`Panel`: a time-sorted frame plus the role of every column, decided once here.
+
+Roles (DESIGN.md §4):
+- ``id``: the time index; duplicates are an error, unsorted rows are sorted with a warning.
+- ``targets``: never clustered, never a model input, never changed.
+- ``passthrough``: discrete, constant, almost-empty or user-excluded columns, copied unchanged.
+- ``continuous``: everything else; clustered and denoised.
+
+Roles are decided on the TRAIN split only (honesty rule 1): a column that only starts
+after the train split cannot be fitted, so it passes through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("forward_returns", "risk_free_rate", "market_forward_excess_returns")
+
+
+class PanelError(ValueError):
+    """Bad input: the message names the file, column or row and what to do."""
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Chronological train/val/test fractions with an embargo of `embargo` rows between parts.
+
+    The embargo keeps a window that straddles two parts from leaking one into the other;
+    it should be at least one window long (DESIGN.md §5.1).
+    """
+
+    train: float = 0.70
+    val: float = 0.15
+    test: float = 0.15
+    embargo: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise PanelError(f"split.{name}={v} must be in [0, 1]")
+        if self.train <= 0:
+            raise PanelError("split.train must be > 0: every fitted quantity needs train rows")
+        if self.train + self.val + self.test > 1.0 + 1e-9:
+            raise PanelError(
+                f"split fractions add up to {self.train + self.val + self.test:.3f} > 1; "
+                "lower data.split.train/val/test"
+            )
+        if self.embargo < 0:
+            raise PanelError(f"split.embargo={self.embargo} must be >= 0")
+
+    def bounds(self, n_rows: int) -> dict[str, tuple[int, int]]:
+        """Row ranges [start, stop) of each part, embargo rows left out between parts."""
+        n_train = int(np.floor(self.train * n_rows))
+        n_val = int(np.floor(self.val * n_rows))
+        full = self.train + self.val + self.test >= 1.0 - 1e-9
+        end = n_rows if full else min(n_rows, n_train + n_val + int(np.floor(self.test * n_rows)))
+
+        def part(start: int, stop: int) -> tuple[int, int]:
+            start = min(start, n_rows)
+            return start, max(start, min(stop, n_rows))
+
+        # The embargo is carved from the start of val and of test, so the fractions keep
+        # their meaning as calendar shares of the panel.
+        out = {"train": (0, n_train)}
+        out["val"] = part(n_train + self.embargo, n_train + n_val)
+        out["test"] = part(n_train + n_val + self.embargo, end)
+        return out
+
+
+@dataclass
+class Panel:
+    """A validated, time-sorted panel and the role of every column."""
+
+    frame: pd.DataFrame  # rows sorted by id, index 0..n-1, original column order
+    source: str
+    id_col: str
+    targets: list[str]
+    continuous: list[str]
+    passthrough: dict[str, str]  # column -> reason
+    split: SplitSpec = field(default_factory=SplitSpec)
+    sha256: str | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.frame)
+
+    @property
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        return self.split.bounds(self.n_rows)
+
+    def part(self, name: str) -> pd.DataFrame:
+        """Rows of one split part ('train', 'val', 'test'); a view-like slice."""
+        start, stop = self.bounds[name]
+        return self.frame.iloc[start:stop]
+
+    def observed(self, column: str, part: str = "train") -> np.ndarray:
+        """Observed (non-NaN) values of a column in a split part, in time order."""
+        v = self.part(part)[column].to_numpy(dtype=np.float64)
+        return v[~np.isnan(v)]
+
+    def summary(self) -> dict:
+        return {
+            "path": self.source,
+            "sha256": self.sha256,
+            "rows": self.n_rows,
+            "id_col": self.id_col,
+            "split": {
+                "train": self.split.train,
+                "val": self.split.val,
+                "test": self.split.test,
+                "embargo": self.split.embargo,
+                "bounds": {k: list(v) for k, v in self.bounds.items()},
+            },
+        }
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_panel(
+    path: str | Path,
+    *,
+    id_col: str = "date_id",
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    exclude: Sequence[str] = (),
+    split: SplitSpec | None = None,
+    window_size: int = 60,
+    min_train_obs: int | None = None,
+    max_discrete_values: int = 5,
+    interior_gaps: str = "mask",
+) -> Panel:
+    """Read a wide CSV and validate it (see `panel_from_frame` for the rules)."""
+    path = Path(path)
+    if not path.exists():
+        raise PanelError(
+            f"{path}: file not found. Pass an existing CSV with data.path=..., "
+            "or use the built-in default data (data=synthetic)."
+        )
+    if path.is_dir():
+        raise PanelError(f"{path}: is a directory, expected a CSV file (data.path=FILE.csv)")
+    if path.stat().st_size == 0:
+        raise PanelError(f"{path}: file is empty; expected a CSV with a header row and data rows")
+    try:
+        frame = pd.read_csv(path, low_memory=False)
+    except pd.errors.EmptyDataError as e:
+        raise PanelError(f"{path}: no columns could be parsed ({e}); is it a CSV?") from e
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise PanelError(f"{path}: could not parse as CSV: {e}") from e
+    return panel_from_frame(
+        frame,
+        source=str(path),
+        sha256=file_sha256(path),
+        id_col=id_col,
+        targets=targets,
+        exclude=exclude,
+        split=split,
+        window_size=window_size,
+        min_train_obs=min_train_obs,
+        max_discrete_values=max_discrete_values,
+        interior_gaps=interior_gaps,
+    )
+
+
+def panel_from_frame(
+    frame: pd.DataFrame,
+    *,
+    source: str = "<dataframe>",
+    sha256: str | None = None,
+    id_col: str = "date_id",
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    exclude: Sequence[str] = (),
+    split: SplitSpec | None = None,
+    window_size: int = 60,
+    min_train_obs: int | None = None,
+    max_discrete_values: int = 5,
+    interior_gaps: str = "mask",
+) -> Panel:
+    """Validate a wide frame and decide column roles.
+
+    Errors (PanelError, nothing written): no rows, missing id column, duplicate ids,
+    missing target columns, non-numeric feature values, ±inf, a train split shorter than
+    one window. Warnings: unsorted ids (rows sorted), interior NaN gaps (kept as NaN and
+    masked downstream; ``interior_gaps="error"`` refuses them instead).
+    Passthrough (with reason): user-excluded, all-NaN, unobserved in the train split,
+    fewer than `min_train_obs` observed train rows, constant, discrete
+    (<= `max_discrete_values` distinct values).
+    """
+    split = split or SplitSpec(embargo=window_size)
+    min_train_obs = 2 * window_size if min_train_obs is None else min_train_obs
+    if interior_gaps not in ("mask", "error"):
+        raise PanelError(f"data.interior_gaps={interior_gaps!r}: expected 'mask' or 'error'")
+    where = f"{source}"
+    if frame.shape[1] == 0 or len(frame) == 0:
+        raise PanelError(f"{where}: no data rows (only a header?). The panel needs rows.")
+    frame = frame.copy()
+    frame.columns = [str(c).strip() for c in frame.columns]
+    dup_cols = frame.columns[frame.columns.duplicated()].tolist()
+    if dup_cols:
+        raise PanelError(f"{where}: duplicate column names {dup_cols}; rename them")
+
+    if id_col not in frame.columns:
+        raise PanelError(
+            f"{where}: no id column '{id_col}' (columns start with {list(frame.columns[:5])}). "
+            "Set data.id_col=<name of the time-index column>."
+        )
+    ids = frame[id_col]
+    if ids.isna().any():
+        row = int(np.flatnonzero(ids.isna().to_numpy())[0])
+        raise PanelError(f"{where}: id column '{id_col}' is empty at data row {row + 1}")
+    dups = ids[ids.duplicated(keep=False)]
+    if len(dups):
+        first = dups.unique()[:5].tolist()
+        raise PanelError(
+            f"{where}: {ids.duplicated().sum()} duplicate {id_col} values, e.g. {first}. "
+            "Each time step must appear once: drop or aggregate the duplicate rows."
+        )
+    if not ids.is_monotonic_increasing:
+        warnings.warn(
+            f"{where}: rows are not sorted by '{id_col}'; sorting them (stable).",
+            stacklevel=2,
+        )
+        frame = frame.sort_values(id_col, kind="mergesort")
+    frame = frame.reset_index(drop=True)
+
+    targets = list(targets)
+    missing_t = [t for t in targets if t not in frame.columns]
+    if missing_t:
+        raise PanelError(
+            f"{where}: target column(s) {missing_t} not found. Set data.targets=[...] to the "
+            "target names of this file (or data.targets=[] if it has none)."
+        )
+    unknown_ex = [c for c in exclude if c not in frame.columns]
+    if unknown_ex:
+        raise PanelError(f"{where}: data.exclude names unknown column(s) {unknown_ex}")
+
+    features = [c for c in frame.columns if c != id_col and c not in targets]
+    if not features:
+        raise PanelError(f"{where}: no feature columns besides '{id_col}' and the targets")
+
+    # Numeric check on everything except the id: a text cell is an error, not a silent NaN.
+    for col in features + targets:
+        s = frame[col]
+        if col in exclude:
+            continue
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            coerced = pd.to_numeric(s, errors="coerce")
+            bad = coerced.isna() & s.notna()
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise PanelError(
+                f"{where}: column '{col}' is not numeric: {id_col}={frame[id_col].iloc[row]} "
+                f"holds {s.iloc[row]!r}. Fix the value, or drop the column with "
+                f"data.exclude=[{col}]."
+            )
+        frame[col] = s.astype(np.float64)
+        v = frame[col].to_numpy()
+        inf = np.isinf(v)
+        if inf.any():
+            row = int(np.flatnonzero(inf)[0])
+            raise PanelError(
+                f"{where}: column '{col}' holds {v[row]} at {id_col}={frame[id_col].iloc[row]} "
+                f"({int(inf.sum())} infinite values). Replace them with a finite value or "
+                "leave the cell empty (missing)."
+            )
+
+    bounds = split.bounds(len(frame))
+    n_train = bounds["train"][1] - bounds["train"][0]
+    if n_train < window_size:
+        need = int(np.ceil(window_size / split.train))
+        raise PanelError(
+            f"{where}: {len(frame)} rows give a train split of {n_train} rows, fewer than one "
+            f"window ({window_size}). Provide at least {need} rows, raise data.split.train, "
+            "or lower the window size."
+        )
+
+    passthrough: dict[str, str] = {}
+    continuous: list[str] = []
+    train = frame.iloc[bounds["train"][0] : bounds["train"][1]]
+    for col in features:
+        if col in exclude:
+            passthrough[col] = "excluded by data.exclude"
+            continue
+        v_all = frame[col].to_numpy()
+        obs_all = ~np.isnan(v_all)
+        if not obs_all.any():
+            passthrough[col] = "all values missing"
+            continue
+        v = train[col].to_numpy()
+        obs = v[~np.isnan(v)]
+        if len(obs) == 0:
+            passthrough[col] = "no observed values in the train split (cannot be fitted)"
+            continue
+        if len(obs) < min_train_obs:
+            passthrough[col] = (
+                f"only {len(obs)} observed train rows, fewer than {min_train_obs} "
+                f"(2 windows of {window_size})"
+            )
+            continue
+        n_unique = len(np.unique(obs))
+        if n_unique == 1:
+            passthrough[col] = "constant on the train split"
+            continue
+        if n_unique <= max_discrete_values:
+            passthrough[col] = f"discrete ({n_unique} distinct values)"
+            continue
+        first, last = np.flatnonzero(obs_all)[[0, -1]]
+        gaps = np.flatnonzero(~obs_all[first : last + 1])
+        if len(gaps):
+            rows = frame[id_col].to_numpy()[first + gaps]
+            msg = (
+                f"{where}: column '{col}' has {len(gaps)} missing values after its first "
+                f"observation, e.g. at {id_col}={rows[:5].tolist()}"
+            )
+            if interior_gaps == "error":
+                raise PanelError(
+                    msg + ". Fill them upstream or pass data.interior_gaps=mask to mask them."
+                )
+            warnings.warn(msg + "; they stay missing and are masked.", stacklevel=2)
+        continuous.append(col)
+
+    if not continuous:
+        log.warning("%s: no continuous feature columns; nothing will be clustered or denoised", where)
+    return Panel(
+        frame=frame,
+        source=source,
+        id_col=id_col,
+        targets=targets,
+        continuous=continuous,
+        passthrough=passthrough,
+        split=split,
+        sha256=sha256,
+    )

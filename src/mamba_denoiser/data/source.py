@@ -1,0 +1,87 @@
+"""Where a panel comes from: the built-in synthetic data or a user CSV.
+
+Takes plain mappings (an OmegaConf node converted with `to_container` works), so it is
+usable without Hydra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mamba_denoiser.data.panel import Panel, PanelError, SplitSpec, load_panel
+from mamba_denoiser.io import atomic_write_csv, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def truth_paths(csv_path: str | Path) -> tuple[Path, Path]:
+    """Companion files of a synthetic CSV: clean signals and the planted processes."""
+    p = Path(csv_path)
+    return p.with_name(p.stem + "_clean.csv"), p.with_name(p.stem + "_truth.json")
+
+
+def ensure_synthetic_csv(path: str | Path, *, n_rows: int = 9000, seed: int = 0) -> Path:
+    """Write the synthetic panel (and its ground truth) to `path` unless it already exists."""
+    from mamba_denoiser.data.synthetic import make_synthetic_panel
+
+    path = Path(path)
+    clean_path, truth_path = truth_paths(path)
+    if path.exists() and clean_path.exists() and truth_path.exists():
+        return path
+    log.info("Generating the built-in synthetic panel (%d rows, seed %d) -> %s", n_rows, seed, path)
+    sp = make_synthetic_panel(n_rows=n_rows, seed=seed)
+    atomic_write_csv(clean_path, sp.clean)
+    atomic_write_json(
+        truth_path,
+        {
+            "n_rows": n_rows,
+            "seed": seed,
+            "process": sp.process,
+            "expected_type": sp.expected_type,
+            "noise_std": {k: float(v) for k, v in sp.noise_std.items()},
+        },
+    )
+    atomic_write_csv(path, sp.frame)  # last: its presence means the set is complete
+    return path
+
+
+def load_truth(csv_path: str | Path) -> dict[str, Any] | None:
+    """Ground truth written beside a synthetic CSV, or None for user data."""
+    _, truth_path = truth_paths(csv_path)
+    if not truth_path.exists():
+        return None
+    return json.loads(truth_path.read_text())
+
+
+def panel_from_config(data: Mapping[str, Any]) -> Panel:
+    """Build a validated Panel from a `data` config node (conf/data/*.yaml)."""
+    kind = data.get("kind", "csv")
+    path = data.get("path")
+    if kind == "synthetic":
+        path = ensure_synthetic_csv(path, n_rows=int(data["n_rows"]), seed=int(data["seed"]))
+    elif kind != "csv":
+        raise PanelError(f"data.kind={kind!r}: expected 'synthetic' or 'csv'")
+    if not path or path == "???":
+        raise PanelError("data.path is not set: pass data=csv data.path=/path/to/train.csv")
+    split = data.get("split") or {}
+    window = int(data.get("window_size", 60))
+    return load_panel(
+        path,
+        id_col=data.get("id_col", "date_id"),
+        targets=list(data.get("targets") or []),
+        exclude=list(data.get("exclude") or []),
+        split=SplitSpec(
+            train=float(split.get("train", 0.7)),
+            val=float(split.get("val", 0.15)),
+            test=float(split.get("test", 0.15)),
+            embargo=int(split.get("embargo", window)),
+        ),
+        window_size=window,
+        min_train_obs=data.get("min_train_obs"),
+        max_discrete_values=int(data.get("max_discrete_values", 5)),
+        interior_gaps=data.get("interior_gaps", "mask"),
+    )

@@ -1,0 +1,72 @@
+"""Figures for run directories. Headless (Agg); every function writes one PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+TYPE_COLOURS = {"mean_reverting": "tab:blue", "trending": "tab:red", "random_walk": "tab:green"}
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_k_selection(curve: Sequence[dict], criterion: str, chosen_k: int, path) -> Path:
+    """Selection criterion (and inertia, for the elbow) against K, chosen K marked."""
+    ks = [row["k"] for row in curve]
+    keys = [k for k in curve[0] if k != "k" and isinstance(curve[0][k], (int, float))]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.2 * max(len(keys), 1), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, key in zip(axes, keys):
+        ax.plot(ks, [row[key] for row in curve], "o-")
+        ax.axvline(chosen_k, color="k", ls="--", lw=1)
+        ax.set_xlabel("K")
+        ax.set_title(key)
+    fig.suptitle(f"K selection ({criterion}): K={chosen_k}")
+    return _save(fig, path)
+
+
+def plot_feature_map(z: np.ndarray, labels: np.ndarray, names: Sequence[str], types: dict, path):
+    """Features on the first two principal components of their standardised statistics."""
+    from sklearn.decomposition import PCA
+
+    xy = PCA(n_components=2, random_state=0).fit_transform(z) if z.shape[1] >= 2 else z
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    cmap = plt.get_cmap("tab10")
+    for cid in np.unique(labels):
+        sel = labels == cid
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=28, color=cmap(int(cid) % 10),
+                   label=f"c{cid} {types[int(cid)]} ({sel.sum()})")
+    for (x, y), n in zip(xy, names):
+        ax.annotate(n, (x, y), fontsize=6, alpha=0.7, xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Features by cluster (PCA of standardised statistics)")
+    return _save(fig, path)
+
+
+def plot_cluster_examples(frame, clusters: Sequence[dict], id_col: str, path, per_cluster: int = 3):
+    """A few member series per cluster, each standardised, against the time index."""
+    fig, axes = plt.subplots(len(clusters), 1, figsize=(10, 1.9 * len(clusters)), squeeze=False)
+    t = frame[id_col].to_numpy()
+    for ax, c in zip(axes[:, 0], clusters):
+        for f in c["features"][:per_cluster]:
+            v = frame[f].to_numpy(dtype=float)
+            ax.plot(t, (v - np.nanmean(v)) / (np.nanstd(v) + 1e-12), lw=0.6, label=f)
+        ax.set_title(f"c{c['id']}: {c['type']} ({len(c['features'])} features)", fontsize=9,
+                     color=TYPE_COLOURS.get(c["type"], "k"))
+        ax.legend(fontsize=6, loc="upper left", ncol=per_cluster)
+    return _save(fig, path)
