@@ -70,3 +70,20 @@ def plot_cluster_examples(frame, clusters: Sequence[dict], id_col: str, path, pe
                      color=TYPE_COLOURS.get(c["type"], "k"))
         ax.legend(fontsize=6, loc="upper left", ncol=per_cluster)
     return _save(fig, path)
+
+
+def validation_window_figure(x0, x0_hat, mask, names, *, n_features: int = 3, title: str = ""):
+    """Observed window vs denoised estimate for the first few features; returns the figure."""
+    F = min(n_features, x0.shape[1])
+    fig, axes = plt.subplots(F, 1, figsize=(7, 1.8 * F), squeeze=False)
+    t = np.arange(x0.shape[0])
+    for f, ax in enumerate(axes[:, 0]):
+        obs = np.where(mask[:, f], x0[:, f], np.nan)
+        ax.plot(t, obs, color="0.6", lw=0.9, label="observed")
+        ax.plot(t, np.where(mask[:, f], x0_hat[:, f], np.nan), color="tab:red", lw=1.2,
+                label="denoised x̂0")
+        ax.set_ylabel(names[f], fontsize=8)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,118 @@
+"""LightningDataModule: one cluster's windows from the chronological splits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from mamba_denoiser.data.panel import Panel, PanelError
+from mamba_denoiser.data.windows import WindowDataset, collate_batch, window_starts
+
+log = logging.getLogger(__name__)
+
+
+def fit_scaler(values: np.ndarray, train: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of the observed TRAIN rows only (DESIGN.md §5.1)."""
+    tr = values[train[0] : train[1]]
+    n_obs = np.sum(~np.isnan(tr), axis=0)
+    if (n_obs < 2).any():
+        raise PanelError(f"features at positions {np.flatnonzero(n_obs < 2).tolist()} have "
+                         "fewer than 2 observed train rows; they cannot be scaled")
+    mean = np.nanmean(tr, axis=0)
+    std = np.nanstd(tr, axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return mean, std
+
+
+class ClusterDataModule(L.LightningDataModule):
+    """Windows of `features` from a Panel, scaled with train-split statistics.
+
+    `batch_size` is the global batch: under DDP each device gets batch_size // world_size.
+    Train windows come from the train split with `stride`; validation windows from the val
+    split with `val_stride`. The embargo between splits keeps them apart.
+    """
+
+    def __init__(
+        self,
+        panel: Panel,
+        features: Sequence[str],
+        *,
+        window_size: int = 60,
+        stride: int = 1,
+        val_stride: int = 5,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        min_observed_frac: float = 0.5,
+    ):
+        super().__init__()
+        missing = [f for f in features if f not in panel.frame.columns]
+        if missing:
+            raise PanelError(f"{panel.source}: cluster features {missing} are not in the panel; "
+                             "was clusters.json made from another file?")
+        self.features = list(features)
+        self.window_size = window_size
+        self.stride = stride
+        self.val_stride = val_stride
+        self.batch_size = batch_size
+        self.batch_size_per_device = batch_size
+        self.num_workers = num_workers
+        self.min_observed_frac = min_observed_frac
+        self.bounds = panel.bounds
+
+        raw = panel.frame[self.features].to_numpy(dtype=np.float64)  # (T, F)
+        self.mean, self.std = fit_scaler(raw, self.bounds["train"])
+        self.values = ((raw - self.mean) / self.std).astype(np.float32)  # NaN stays NaN
+        observed = ~np.isnan(self.values)
+        kw = dict(window=window_size, min_observed_frac=min_observed_frac)
+        self.train_starts = window_starts(observed, stride=stride,
+                                          start=self.bounds["train"][0],
+                                          stop=self.bounds["train"][1], **kw)
+        self.val_starts = window_starts(observed, stride=val_stride,
+                                        start=self.bounds["val"][0],
+                                        stop=self.bounds["val"][1], **kw)
+        if len(self.train_starts) == 0:
+            raise PanelError(
+                f"{panel.source}: no training window of {window_size} rows is at least "
+                f"{min_observed_frac:.0%} observed for features {self.features[:5]}...; "
+                "lower data.window_size or data.min_observed_frac"
+            )
+        if len(self.val_starts) == 0:
+            raise PanelError(
+                f"{panel.source}: the val split {self.bounds['val']} holds no usable window of "
+                f"{window_size} rows; raise data.split.val or lower data.window_size"
+            )
+
+    @property
+    def scaler(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:
+            world = self.trainer.world_size
+            if self.batch_size % world:
+                raise ValueError(f"batch_size {self.batch_size} is not divisible by the "
+                                 f"number of devices {world}")
+            self.batch_size_per_device = self.batch_size // world
+        self.train_set = WindowDataset(self.values, self.train_starts, self.window_size)
+        self.val_set = WindowDataset(self.values, self.val_starts, self.window_size)
+
+    def _loader(self, ds, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size_per_device,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_batch,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

@@ -1,0 +1,54 @@
+"""After a multirun: one table of every job's summary.json (a Hydra callback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+SUMMARY_FILE = "summary.json"
+COLUMNS = ("cluster", "type", "features", "epochs", "best_val_loss", "checkpoint")
+
+
+def collect_summaries(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    rows = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob(f"*/{SUMMARY_FILE}"))]
+    return sorted(rows, key=lambda r: (r.get("cluster_id", 0), r.get("job", "")))
+
+
+def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Path:
+    from mamba_denoiser.io import atomic_write_text
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append(
+            f"| c{r['cluster_id']} | {r['type']} | {r['n_features']} | {r['epochs']} | "
+            f"{r['best_val_loss']:.4f} | {r['best_checkpoint']} |"
+        )
+    return atomic_write_text(Path(sweep_dir) / "summary.md", "\n".join(lines) + "\n")
+
+
+def summary_rich_table(rows: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title=f"Training sweep: {len(rows)} cluster(s)")
+    for c in COLUMNS:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(f"c{r['cluster_id']}", r["type"], str(r["n_features"]), str(r["epochs"]),
+                      f"{r['best_val_loss']:.4f}", r["best_checkpoint"])
+    return table
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect_summaries(sweep_dir)
+        if not rows:
+            return
+        from rich.console import Console
+
+        path = write_summary_table(rows, sweep_dir)
+        Console().print(summary_rich_table(rows))
+        print(f"summary: {path}")
