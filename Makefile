@@ -12,6 +12,7 @@ install:
 
 run: install
 	$(PY) cluster.py
+	$(PY) train.py experiment=cpu_all_clusters
 
 test: install
 	$(PY) -m pytest -q
@@ -26,7 +27,7 @@ format:
 	ruff check --fix . && ruff format .
 
 bench:
-	$(PY) benchmarks/cluster.py
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf outputs multirun lightning_logs .pytest_cache
