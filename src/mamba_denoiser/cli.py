@@ -205,7 +205,13 @@ def run_train(cfg: DictConfig) -> float:
     log.info("Training c%d (%s, %d features: %s) on %d train / %d val windows",
              spec.id, spec.type, len(spec.features), ", ".join(spec.features[:8]),
              len(dm.train_starts), len(dm.val_starts))
+    init = {}
+    if cfg.get("validate_at_init", True) and not cfg.ckpt_path:
+        # The same fixed validation batches before training: the baseline that shows the
+        # model learned something (reported in summary.json and the sweep table).
+        init = trainer.validate(module, datamodule=dm, verbose=False)[0]
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     ckpt_cb = trainer.checkpoint_callback
     best = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None \
@@ -220,6 +226,8 @@ def run_train(cfg: DictConfig) -> float:
             "epochs": int(trainer.current_epoch),
             "global_step": int(trainer.global_step),
             "best_val_loss": best,
+            "init_val_noise_mse": float(init["val/noise_mse"]) if init else None,
+            "last_val_noise_mse": final.get("val/noise_mse"),
             "best_checkpoint": str(ckpt_cb.best_model_path) if ckpt_cb else "",
             "last_checkpoint": str(Path(ckpt_cb.dirpath) / "last.ckpt") if ckpt_cb else "",
             "train_windows": int(len(dm.train_starts)),

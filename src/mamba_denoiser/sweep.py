@@ -9,7 +9,18 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 SUMMARY_FILE = "summary.json"
-COLUMNS = ("cluster", "type", "features", "epochs", "best_val_loss", "checkpoint")
+COLUMNS = (
+    "cluster", "type", "features", "epochs", "val noise MSE init -> last", "best val loss",
+    "best checkpoint",
+)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _mse(r: dict[str, Any]) -> str:
+    return f"{_num(r.get('init_val_noise_mse'))} -> {_num(r.get('last_val_noise_mse'))}"
 
 
 def collect_summaries(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -24,7 +35,7 @@ def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Pa
     for r in rows:
         lines.append(
             f"| c{r['cluster_id']} | {r['type']} | {r['n_features']} | {r['epochs']} | "
-            f"{r['best_val_loss']:.4f} | {r['best_checkpoint']} |"
+            f"{_mse(r)} | {_num(r['best_val_loss'])} | {r['best_checkpoint']} |"
         )
     return atomic_write_text(Path(sweep_dir) / "summary.md", "\n".join(lines) + "\n")
 
@@ -37,7 +48,7 @@ def summary_rich_table(rows: list[dict[str, Any]]):
         table.add_column(c)
     for r in rows:
         table.add_row(f"c{r['cluster_id']}", r["type"], str(r["n_features"]), str(r["epochs"]),
-                      f"{r['best_val_loss']:.4f}", r["best_checkpoint"])
+                      _mse(r), _num(r["best_val_loss"]), r["best_checkpoint"])
     return table
 
 

@@ -59,7 +59,7 @@ class DenoiserModule(L.LightningModule):
         """ε-prediction loss on observed positions of x0 (B, L, F) at random or given t (B,)."""
         B = x0.shape[0]
         if t is None:
-            t = torch.randint(0, self.sde.num_diffusion_timesteps, (B,), device=x0.device)
+            t = torch.randint(0, self.sde.num_timesteps, (B,), device=x0.device)
         eps = torch.randn_like(x0)
         x0_safe = torch.where(mask, x0, torch.zeros_like(x0))
         x_t, _ = self.sde.sample(x0_safe, t, noise=eps)
@@ -93,7 +93,7 @@ class DenoiserModule(L.LightningModule):
         # t and ε for the same batch, so checkpoint selection is not driven by sampling luck.
         x0, mask = batch["x"], batch["mask"]
         g = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)
-        t = torch.randint(0, self.sde.num_diffusion_timesteps, (x0.shape[0],), generator=g)
+        t = torch.randint(0, self.sde.num_timesteps, (x0.shape[0],), generator=g)
         eps = torch.randn(x0.shape, generator=g).to(x0.device)
         t = t.to(x0.device)
         x0_safe = torch.where(mask, x0, torch.zeros_like(x0))
@@ -108,7 +108,7 @@ class DenoiserModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
 
     # ---- optimisation -----------------------------------------------------------------
-    def configure_model(self) -> None:
+    def setup(self, stage: str) -> None:
         if self.hparams.compile and not isinstance(self.model, torch._dynamo.OptimizedModule):
             self.model = torch.compile(self.model)
 

@@ -1,0 +1,167 @@
+"""train.py: fast_dev_run per cluster type and loss, resume, scaler, NaN guard, DDP, sweeps.
+
+Configs come from the real conf/ through Hydra's compose API (as in
+lightning-hydra-template); DDP and multirun go through the real command line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from mamba_denoiser.cli import register_cluster_options, run_train
+from mamba_denoiser.clustering.run import run_clustering
+from mamba_denoiser.data.panel import load_panel
+
+ROOT = Path(__file__).resolve().parents[1]
+WINDOW = 16
+TYPES = {0: "mean_reverting", 1: "trending", 2: "random_walk"}
+
+
+@pytest.fixture
+def clusters_json(tmp_path, small_csv):
+    """clusters.json over the small panel with one cluster of each type (hand-assigned)."""
+    panel = load_panel(small_csv, window_size=WINDOW)
+    doc = run_clustering(panel, tmp_path / "cluster", k=2, plots=False)
+    doc["clusters"] = [
+        {"id": 0, "name": "c0", "type": "mean_reverting", "strategy": "tv",
+         "strategy_description": "", "n_features": 2, "features": ["E1", "E2"]},
+        {"id": 1, "name": "c1", "type": "trending", "strategy": "fourier",
+         "strategy_description": "", "n_features": 1, "features": ["M1"]},
+        {"id": 2, "name": "c2", "type": "random_walk", "strategy": "balanced",
+         "strategy_description": "", "n_features": 2, "features": ["M1", "M2"]},
+    ]
+    path = tmp_path / "cluster" / "clusters.json"
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def base_overrides(tmp_path, csv, clusters):
+    return [
+        "data=csv", f"data.path={csv}", f"data.window_size={WINDOW}", f"clusters={clusters}",
+        "experiment=smoke", f"paths.root_dir={tmp_path}", "trainer.accelerator=cpu",
+        "callbacks.early_stopping.patience=100",
+    ]
+
+
+def make_cfg(tmp_path, csv, clusters, *overrides, run="run"):
+    register_cluster_options([f"clusters={clusters}"])
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*base_overrides(tmp_path, csv, clusters), *overrides],
+                      return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / run)
+    return cfg
+
+
+@pytest.mark.parametrize("cluster", ["c0", "c1", "c2"])
+def test_fast_dev_run_each_cluster_type(tmp_path, small_csv, clusters_json, cluster):
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, f"cluster={cluster}",
+                   "+trainer.fast_dev_run=true")
+    assert cfg.cluster.type == TYPES[int(cluster[1])]
+    run_train(cfg)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["type"] == TYPES[int(cluster[1])] and summary["global_step"] == 1
+
+
+@pytest.mark.parametrize("loss", ["auto", "tv", "fourier", "balanced", "none"])
+def test_fast_dev_run_each_loss(tmp_path, small_csv, clusters_json, loss):
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, f"loss={loss}",
+                   "+trainer.fast_dev_run=true", "logger=csv")
+    run_train(cfg)
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_resume_continues_epochs_and_scaler_is_train_only(tmp_path, small_csv, clusters_json):
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "trainer.max_epochs=1")
+    run_train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    assert ck["epoch"] == 0 and ck["global_step"] == 4
+
+    # The checkpoint's scaler is the train split's statistics, not the whole panel's.
+    panel = load_panel(small_csv, window_size=WINDOW)
+    train = panel.part("train")[["E1", "E2"]].to_numpy()
+    hp = ck["hyper_parameters"]
+    np.testing.assert_allclose(hp["scaler"]["mean"], np.nanmean(train, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(hp["scaler"]["std"], np.nanstd(train, axis=0), rtol=1e-12)
+    full = panel.frame[["E1", "E2"]].to_numpy()
+    assert not np.allclose(hp["scaler"]["mean"], np.nanmean(full, axis=0))
+    assert hp["cluster"]["features"] == ["E1", "E2"] and hp["window_size"] == WINDOW
+    assert hp["model"]["d_model"] == 16 and hp["sde"]["num_diffusion_timesteps"] == 1000
+
+    cfg2 = make_cfg(tmp_path, small_csv, clusters_json, "trainer.max_epochs=3",
+                    f"ckpt_path={last}", run="run2")
+    run_train(cfg2)
+    s = json.loads((tmp_path / "run2" / "summary.json").read_text())
+    assert s["epochs"] == 3 and s["global_step"] == 12  # 1 resumed + 2 new epochs of 4 steps
+
+
+def test_nan_guard_stops_without_saving(tmp_path, small_csv, clusters_json, monkeypatch):
+    from mamba_denoiser.training import DenoiserModule, NonFiniteLossError
+
+    orig = DenoiserModule.diffusion_loss
+
+    def poisoned(self, x0, mask, t=None):
+        loss, terms = orig(self, x0, mask, t)
+        return loss * float("nan") if self.global_step >= 2 else loss, terms
+
+    monkeypatch.setattr(DenoiserModule, "diffusion_loss", poisoned)
+    cfg = make_cfg(tmp_path, small_csv, clusters_json)
+    with pytest.raises(NonFiniteLossError, match="Lower the learning rate"):
+        run_train(cfg)
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_missing_clusters_file_is_a_clear_error(tmp_path, small_csv):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "data=csv", f"data.path={small_csv}",
+         f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 2 and "Run `python cluster.py` first" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def cli(tmp_path, csv, clusters, *args, flags=()):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *flags, *base_overrides(tmp_path, csv, clusters),
+         *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_ddp_cpu_two_processes_one_run_dir(tmp_path, small_csv, clusters_json):
+    runs = tmp_path / "runs"
+    r = cli(tmp_path, small_csv, clusters_json, "trainer=ddp_cpu", "trainer.max_epochs=1",
+            "batch_size=8", f"hydra.run.dir={runs}/ddp")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert [p.name for p in runs.iterdir()] == ["ddp"]
+    assert (runs / "ddp" / "checkpoints" / "last.ckpt").exists()
+    s = json.loads((runs / "ddp" / "summary.json").read_text())
+    assert s["global_step"] == 4  # batches split over 2 ranks, limit 4 per epoch
+    assert not (tmp_path / "outputs").exists()  # children made no run directories
+
+
+@pytest.mark.slow
+def test_multirun_two_clusters_writes_checkpoints_and_summary(tmp_path, small_csv, clusters_json):
+    sweep = tmp_path / "sweep"
+    r = cli(tmp_path, small_csv, clusters_json, "cluster=c0,c1", f"hydra.sweep.dir={sweep}",
+            flags=["-m"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    ckpts = sorted(sweep.glob("*/checkpoints/last.ckpt"))
+    assert len(ckpts) == 2
+    table = (sweep / "summary.md").read_text()
+    assert "| c0 | mean_reverting | 2 | 2 |" in table and "| c1 | trending | 1 | 2 |" in table
+    assert "Training sweep" in r.stdout
