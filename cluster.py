@@ -1,8 +1,8 @@
 """Group the panel's features into statistically homogeneous clusters.
 
-    python cluster.py                                   # built-in synthetic data
-    python cluster.py data=csv data.path=train.csv      # your own panel
-    python cluster.py clustering.k=7                    # fixed K
+python cluster.py                                   # built-in synthetic data
+python cluster.py data=csv data.path=train.csv      # your own panel
+python cluster.py clustering.k=7                    # fixed K
 """
 
 import hydra

@@ -1,11 +1,11 @@
 """Train one diffusion denoiser per feature cluster.
 
-    python train.py                                  # cluster c0 of the newest clusters.json
-    python train.py cluster=c2 clusters=outputs/cluster/<run>/clusters.json
-    python train.py experiment=all_clusters          # every cluster (multirun)
-    python train.py -m cluster=c0,c1 hydra/launcher=joblib
-    python train.py trainer=ddp                      # one cluster on all GPUs
-    python train.py ckpt_path=.../checkpoints/last.ckpt   # resume
+python train.py                                  # cluster c0 of the newest clusters.json
+python train.py cluster=c2 clusters=outputs/cluster/<run>/clusters.json
+python train.py experiment=all_clusters          # every cluster (multirun)
+python train.py -m cluster=c0,c1 hydra/launcher=joblib
+python train.py trainer=ddp                      # one cluster on all GPUs
+python train.py ckpt_path=.../checkpoints/last.ckpt   # resume
 """
 
 import hydra

@@ -22,15 +22,32 @@ from mamba_denoiser.data.panel import panel_from_frame
 from mamba_denoiser.data.synthetic import make_synthetic_panel
 from mamba_denoiser.training import DenoiserModule
 
-MODEL = dict(d_model=128, n_layers=4, d_state=16, d_conv=4, expand=2, dropout=0.1,
-             use_mask=True, backend="auto")
+MODEL = dict(
+    d_model=128,
+    n_layers=4,
+    d_state=16,
+    d_conv=4,
+    expand=2,
+    dropout=0.1,
+    use_mask=True,
+    backend="auto",
+)
 
 
 def fit_seconds(module, dm, steps: int) -> float:
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=steps,
-                        limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, gradient_clip_val=1.0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+    )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     return time.perf_counter() - t0
@@ -46,16 +63,24 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     sp = make_synthetic_panel(9000, 0)
     panel = panel_from_frame(sp.frame, window_size=60)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
-          f"{args.batch_size}, window 60, model {MODEL}")
-    print(f"{'features':>8} {'s/step':>8} {'windows/s':>10} {'train windows':>14} "
-          f"{'epoch (s)':>10}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch "
+        f"{args.batch_size}, window 60, model {MODEL}"
+    )
+    print(
+        f"{'features':>8} {'s/step':>8} {'windows/s':>10} {'train windows':>14} {'epoch (s)':>10}"
+    )
     for n_f in args.features:
         feats = panel.continuous[:n_f]
         dm = ClusterDataModule(panel, feats, window_size=60, batch_size=args.batch_size)
         module = DenoiserModule(
             cluster={"id": 0, "type": "mean_reverting", "strategy": "tv", "features": feats},
-            window_size=60, scaler=dm.scaler, model=MODEL, sde={}, loss={}, lr=1e-4,
+            window_size=60,
+            scaler=dm.scaler,
+            model=MODEL,
+            sde={},
+            loss={},
+            lr=1e-4,
         )
         fit_seconds(module, dm, 2)  # warm-up: allocator, first-call overheads
         t_short = fit_seconds(module, dm, 2)

@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "cluster.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cluster.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def small_panel(n=900, seed=0):
@@ -27,7 +32,7 @@ def small_panel(n=900, seed=0):
         for t in range(1, n):
             x[t] = 0.3 * x[t - 1] + e[t]
         cols[f"E{i + 1}"] = x * (i + 1)
-        cols[f"M{i + 1}"] = np.cumsum(rng.standard_normal(n)) * 10 ** i
+        cols[f"M{i + 1}"] = np.cumsum(rng.standard_normal(n)) * 10**i
     cols["forward_returns"] = rng.standard_normal(n) * 0.01
     cols["risk_free_rate"] = np.full(n, 1e-4)
     cols["market_forward_excess_returns"] = cols["forward_returns"] - 1e-4
@@ -41,12 +46,23 @@ def test_cluster_cli_end_to_end_and_deterministic(tmp_path):
     small_panel().to_csv(csv, index=False)
     docs = []
     for run in ("a", "b"):
-        r = run_cli("data=csv", f"data.path={csv}", "data.window_size=20", "clustering.k_max=4",
-                    f"hydra.run.dir={tmp_path / run}", cwd=tmp_path)
+        r = run_cli(
+            "data=csv",
+            f"data.path={csv}",
+            "data.window_size=20",
+            "clustering.k_max=4",
+            f"hydra.run.dir={tmp_path / run}",
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         out = tmp_path / run
-        for name in ("clusters.json", "feature_stats.csv", "k_selection.png", "feature_map.png",
-                     "cluster_examples.png"):
+        for name in (
+            "clusters.json",
+            "feature_stats.csv",
+            "k_selection.png",
+            "feature_map.png",
+            "cluster_examples.png",
+        ):
             assert (out / name).stat().st_size > 0, name
         docs.append((out / "clusters.json").read_bytes())
         assert "Cluster" in r.stdout and "Strategy" in r.stdout
@@ -54,12 +70,15 @@ def test_cluster_cli_end_to_end_and_deterministic(tmp_path):
     doc = json.loads(docs[0])
     assert doc["selection"]["k"] == 2
     groups = {frozenset(c["features"]): c["type"] for c in doc["clusters"]}
-    assert groups == {frozenset({"E1", "E2", "E3", "E4"}): "mean_reverting",
-                      frozenset({"M1", "M2", "M3", "M4"}): "random_walk"}
+    assert groups == {
+        frozenset({"E1", "E2", "E3", "E4"}): "mean_reverting",
+        frozenset({"M1", "M2", "M3", "M4"}): "random_walk",
+    }
     assert doc["excluded"]["D1"].startswith("discrete")
     assert doc["source"]["rows"] == 900 and len(doc["source"]["sha256"]) == 64
     assert set(doc["statistics"]["features"]) == {f"E{i}" for i in range(1, 5)} | {
-        f"M{i}" for i in range(1, 5)}
+        f"M{i}" for i in range(1, 5)
+    }
     for t in doc["targets"]:
         assert t not in doc["statistics"]["features"] and t not in doc["excluded"]
 

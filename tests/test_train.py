@@ -33,12 +33,33 @@ def clusters_json(tmp_path, small_csv):
     panel = load_panel(small_csv, window_size=WINDOW)
     doc = run_clustering(panel, tmp_path / "cluster", k=2, plots=False)
     doc["clusters"] = [
-        {"id": 0, "name": "c0", "type": "mean_reverting", "strategy": "tv",
-         "strategy_description": "", "n_features": 2, "features": ["E1", "E2"]},
-        {"id": 1, "name": "c1", "type": "trending", "strategy": "fourier",
-         "strategy_description": "", "n_features": 1, "features": ["M1"]},
-        {"id": 2, "name": "c2", "type": "random_walk", "strategy": "balanced",
-         "strategy_description": "", "n_features": 2, "features": ["M1", "M2"]},
+        {
+            "id": 0,
+            "name": "c0",
+            "type": "mean_reverting",
+            "strategy": "tv",
+            "strategy_description": "",
+            "n_features": 2,
+            "features": ["E1", "E2"],
+        },
+        {
+            "id": 1,
+            "name": "c1",
+            "type": "trending",
+            "strategy": "fourier",
+            "strategy_description": "",
+            "n_features": 1,
+            "features": ["M1"],
+        },
+        {
+            "id": 2,
+            "name": "c2",
+            "type": "random_walk",
+            "strategy": "balanced",
+            "strategy_description": "",
+            "n_features": 2,
+            "features": ["M1", "M2"],
+        },
     ]
     path = tmp_path / "cluster" / "clusters.json"
     path.write_text(json.dumps(doc, indent=2))
@@ -47,8 +68,13 @@ def clusters_json(tmp_path, small_csv):
 
 def base_overrides(tmp_path, csv, clusters):
     return [
-        "data=csv", f"data.path={csv}", f"data.window_size={WINDOW}", f"clusters={clusters}",
-        "experiment=smoke", f"paths.root_dir={tmp_path}", "trainer.accelerator=cpu",
+        "data=csv",
+        f"data.path={csv}",
+        f"data.window_size={WINDOW}",
+        f"clusters={clusters}",
+        "experiment=smoke",
+        f"paths.root_dir={tmp_path}",
+        "trainer.accelerator=cpu",
         "callbacks.early_stopping.patience=100",
     ]
 
@@ -56,8 +82,11 @@ def base_overrides(tmp_path, csv, clusters):
 def make_cfg(tmp_path, csv, clusters, *overrides, run="run"):
     register_cluster_options([f"clusters={clusters}"])
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*base_overrides(tmp_path, csv, clusters), *overrides],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[*base_overrides(tmp_path, csv, clusters), *overrides],
+            return_hydra_config=True,
+        )
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / run)
@@ -66,8 +95,9 @@ def make_cfg(tmp_path, csv, clusters, *overrides, run="run"):
 
 @pytest.mark.parametrize("cluster", ["c0", "c1", "c2"])
 def test_fast_dev_run_each_cluster_type(tmp_path, small_csv, clusters_json, cluster):
-    cfg = make_cfg(tmp_path, small_csv, clusters_json, f"cluster={cluster}",
-                   "+trainer.fast_dev_run=true")
+    cfg = make_cfg(
+        tmp_path, small_csv, clusters_json, f"cluster={cluster}", "+trainer.fast_dev_run=true"
+    )
     assert cfg.cluster.type == TYPES[int(cluster[1])]
     run_train(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -76,8 +106,14 @@ def test_fast_dev_run_each_cluster_type(tmp_path, small_csv, clusters_json, clus
 
 @pytest.mark.parametrize("loss", ["auto", "tv", "fourier", "balanced", "none"])
 def test_fast_dev_run_each_loss(tmp_path, small_csv, clusters_json, loss):
-    cfg = make_cfg(tmp_path, small_csv, clusters_json, f"loss={loss}",
-                   "+trainer.fast_dev_run=true", "logger=csv")
+    cfg = make_cfg(
+        tmp_path,
+        small_csv,
+        clusters_json,
+        f"loss={loss}",
+        "+trainer.fast_dev_run=true",
+        "logger=csv",
+    )
     run_train(cfg)
     assert (tmp_path / "run" / "summary.json").exists()
 
@@ -100,8 +136,9 @@ def test_resume_continues_epochs_and_scaler_is_train_only(tmp_path, small_csv, c
     assert hp["cluster"]["features"] == ["E1", "E2"] and hp["window_size"] == WINDOW
     assert hp["model"]["d_model"] == 16 and hp["sde"]["num_diffusion_timesteps"] == 1000
 
-    cfg2 = make_cfg(tmp_path, small_csv, clusters_json, "trainer.max_epochs=3",
-                    f"ckpt_path={last}", run="run2")
+    cfg2 = make_cfg(
+        tmp_path, small_csv, clusters_json, "trainer.max_epochs=3", f"ckpt_path={last}", run="run2"
+    )
     run_train(cfg2)
     s = json.loads((tmp_path / "run2" / "summary.json").read_text())
     assert s["epochs"] == 3 and s["global_step"] == 12  # 1 resumed + 2 new epochs of 4 steps
@@ -125,9 +162,18 @@ def test_nan_guard_stops_without_saving(tmp_path, small_csv, clusters_json, monk
 
 def test_missing_clusters_file_is_a_clear_error(tmp_path, small_csv):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "data=csv", f"data.path={small_csv}",
-         f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "data=csv",
+            f"data.path={small_csv}",
+            f"paths.root_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 2 and "Run `python cluster.py` first" in r.stderr
     assert not (tmp_path / "run").exists()
@@ -135,17 +181,32 @@ def test_missing_clusters_file_is_a_clear_error(tmp_path, small_csv):
 
 def cli(tmp_path, csv, clusters, *args, flags=()):
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *flags, *base_overrides(tmp_path, csv, clusters),
-         *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *flags,
+            *base_overrides(tmp_path, csv, clusters),
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
 @pytest.mark.slow
 def test_ddp_cpu_two_processes_one_run_dir(tmp_path, small_csv, clusters_json):
     runs = tmp_path / "runs"
-    r = cli(tmp_path, small_csv, clusters_json, "trainer=ddp_cpu", "trainer.max_epochs=1",
-            "batch_size=8", f"hydra.run.dir={runs}/ddp")
+    r = cli(
+        tmp_path,
+        small_csv,
+        clusters_json,
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "batch_size=8",
+        f"hydra.run.dir={runs}/ddp",
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     assert [p.name for p in runs.iterdir()] == ["ddp"]
     assert (runs / "ddp" / "checkpoints" / "last.ckpt").exists()
@@ -157,8 +218,14 @@ def test_ddp_cpu_two_processes_one_run_dir(tmp_path, small_csv, clusters_json):
 @pytest.mark.slow
 def test_multirun_two_clusters_writes_checkpoints_and_summary(tmp_path, small_csv, clusters_json):
     sweep = tmp_path / "sweep"
-    r = cli(tmp_path, small_csv, clusters_json, "cluster=c0,c1", f"hydra.sweep.dir={sweep}",
-            flags=["-m"])
+    r = cli(
+        tmp_path,
+        small_csv,
+        clusters_json,
+        "cluster=c0,c1",
+        f"hydra.sweep.dir={sweep}",
+        flags=["-m"],
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     ckpts = sorted(sweep.glob("*/checkpoints/last.ckpt"))
     assert len(ckpts) == 2

@@ -24,7 +24,9 @@ class ValidationFigure(L.Callback):
         self.t_star = t_star
         self.n_features = n_features
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
         if batch_idx != 0 or not trainer.is_global_zero or trainer.sanity_checking:
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs and trainer.current_epoch:
@@ -44,10 +46,13 @@ class ValidationFigure(L.Callback):
 
         names = pl_module.hparams.cluster["features"]
         fig = validation_window_figure(
-            x0[0].float().cpu().numpy(), x0_hat[0].float().cpu().numpy(),
-            mask[0].cpu().numpy(), names, n_features=self.n_features,
+            x0[0].float().cpu().numpy(),
+            x0_hat[0].float().cpu().numpy(),
+            mask[0].cpu().numpy(),
+            names,
+            n_features=self.n_features,
             title=f"c{pl_module.hparams.cluster['id']} epoch {trainer.current_epoch}: "
-                  f"observed vs x̂0 (t={self.t_star})",
+            f"observed vs x̂0 (t={self.t_star})",
         )
         tb.experiment.add_figure("val/denoised_windows", fig, global_step=trainer.global_step)
 
@@ -68,7 +73,11 @@ class EpochSummary(L.Callback):
 
         log.info(
             "c%s epoch %d/%d  train/loss %s  val/loss %s  val/noise_mse %s  (%.1fs)",
-            pl_module.hparams.cluster["id"], trainer.current_epoch + 1, trainer.max_epochs,
-            get("train/loss_epoch"), get("val/loss"), get("val/noise_mse"),
+            pl_module.hparams.cluster["id"],
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            get("train/loss_epoch"),
+            get("val/loss"),
+            get("val/noise_mse"),
             time.perf_counter() - getattr(self, "_t0", time.perf_counter()),
         )

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("mamba_denoiser")
 
 
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     from mamba_denoiser.clustering.artifact import ClustersError
     from mamba_denoiser.data.panel import PanelError
@@ -111,14 +110,25 @@ def register_cluster_options(argv: list[str] | None = None) -> None:
     try:
         clusters = load_clusters(resolve_clusters_path(_clusters_arg(argv)))
     except ClustersError as e:
-        cs.store(group="cluster", name="c0",
-                 node={"id": 0, "name": "c0", "type": "?", "n_features": 0, "error": str(e)})
+        cs.store(
+            group="cluster",
+            name="c0",
+            node={"id": 0, "name": "c0", "type": "?", "n_features": 0, "error": str(e)},
+        )
         return
     for c in clusters.clusters:
-        cs.store(group="cluster", name=c.name, node={
-            "id": c.id, "name": c.name, "type": c.type, "strategy": c.strategy,
-            "n_features": len(c.features), "error": None,
-        })
+        cs.store(
+            group="cluster",
+            name=c.name,
+            node={
+                "id": c.id,
+                "name": c.name,
+                "type": c.type,
+                "strategy": c.strategy,
+                "n_features": len(c.features),
+                "error": None,
+            },
+        )
 
 
 def _gpu_for_parallel_job(cfg: DictConfig) -> Any:
@@ -151,13 +161,17 @@ def run_train(cfg: DictConfig) -> float:
     from mamba_denoiser.training import DenoiserModule
 
     out = output_dir(cfg)
-    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    rank_zero = (
+        int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    )
     # Only the launching process may delete the run directory on bad input.
     guard = clean_failure(out) if rank_zero and not cfg.ckpt_path else contextlib.nullcontext()
     with guard:
         if cfg.cluster.get("error"):
             raise ClustersError(cfg.cluster.error)
-        clusters = load_clusters(resolve_clusters_path(cfg.clusters, Path(cfg.paths.log_dir) / "cluster"))
+        clusters = load_clusters(
+            resolve_clusters_path(cfg.clusters, Path(cfg.paths.log_dir) / "cluster")
+        )
         spec = clusters.get(int(cfg.cluster.id))
         if spec.type != cfg.cluster.type or len(spec.features) != cfg.cluster.n_features:
             raise ClustersError(f"{clusters.path} changed since start-up; run again")
@@ -172,17 +186,28 @@ def run_train(cfg: DictConfig) -> float:
         if src.get("split", {}).get("bounds") and src["split"]["bounds"] != {
             k: list(v) for k, v in panel.bounds.items()
         }:
-            raise ClustersError(f"{clusters.path} used another train/val/test split than "
-                                "data.split now; use the same split for every stage")
+            raise ClustersError(
+                f"{clusters.path} used another train/val/test split than "
+                "data.split now; use the same split for every stage"
+            )
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         dm = ClusterDataModule(
-            panel, spec.features, window_size=cfg.data.window_size, stride=cfg.stride,
-            val_stride=cfg.val_stride, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+            panel,
+            spec.features,
+            window_size=cfg.data.window_size,
+            stride=cfg.stride,
+            val_stride=cfg.val_stride,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
             min_observed_frac=cfg.min_observed_frac,
         )
         module = DenoiserModule(
-            cluster={"id": spec.id, "type": spec.type, "strategy": spec.strategy,
-                     "features": list(spec.features)},
+            cluster={
+                "id": spec.id,
+                "type": spec.type,
+                "strategy": spec.strategy,
+                "features": list(spec.features),
+            },
             window_size=cfg.data.window_size,
             scaler=dm.scaler,
             model=to_dict(cfg.model),
@@ -200,11 +225,18 @@ def run_train(cfg: DictConfig) -> float:
     trainer_kw = to_dict(cfg.trainer)
     trainer_kw.pop("_target_", None)
     trainer_kw["devices"] = _gpu_for_parallel_job(cfg)
-    trainer = L.Trainer(**trainer_kw, callbacks=callbacks, logger=loggers or False,
-                        enable_progress_bar=interactive)
-    log.info("Training c%d (%s, %d features: %s) on %d train / %d val windows",
-             spec.id, spec.type, len(spec.features), ", ".join(spec.features[:8]),
-             len(dm.train_starts), len(dm.val_starts))
+    trainer = L.Trainer(
+        **trainer_kw, callbacks=callbacks, logger=loggers or False, enable_progress_bar=interactive
+    )
+    log.info(
+        "Training c%d (%s, %d features: %s) on %d train / %d val windows",
+        spec.id,
+        spec.type,
+        len(spec.features),
+        ", ".join(spec.features[:8]),
+        len(dm.train_starts),
+        len(dm.val_starts),
+    )
     init = {}
     if cfg.get("validate_at_init", True) and not cfg.ckpt_path:
         # The same fixed validation batches before training: the baseline that shows the
@@ -214,8 +246,11 @@ def run_train(cfg: DictConfig) -> float:
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     ckpt_cb = trainer.checkpoint_callback
-    best = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None \
+    best = (
+        float(ckpt_cb.best_model_score)
+        if ckpt_cb and ckpt_cb.best_model_score is not None
         else float("nan")
+    )
     if trainer.is_global_zero:
         summary = {
             "cluster_id": spec.id,
@@ -234,7 +269,9 @@ def run_train(cfg: DictConfig) -> float:
             "val_windows": int(len(dm.val_starts)),
             "job": str(out.name),
         }
-        atomic_write_json(out / "summary.json", {k: (None if isinstance(v, float) and v != v else v)
-                                                 for k, v in summary.items()})
+        atomic_write_json(
+            out / "summary.json",
+            {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()},
+        )
         log.info("c%d done: best val/loss %.4f -> %s", spec.id, best, summary["best_checkpoint"])
     return best

@@ -47,8 +47,13 @@ def plot_feature_map(z: np.ndarray, labels: np.ndarray, names: Sequence[str], ty
     cmap = plt.get_cmap("tab10")
     for cid in np.unique(labels):
         sel = labels == cid
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=28, color=cmap(int(cid) % 10),
-                   label=f"c{cid} {types[int(cid)]} ({sel.sum()})")
+        ax.scatter(
+            xy[sel, 0],
+            xy[sel, 1],
+            s=28,
+            color=cmap(int(cid) % 10),
+            label=f"c{cid} {types[int(cid)]} ({sel.sum()})",
+        )
     for (x, y), n in zip(xy, names):
         ax.annotate(n, (x, y), fontsize=6, alpha=0.7, xytext=(2, 2), textcoords="offset points")
     ax.set_xlabel("PC1")
@@ -66,8 +71,11 @@ def plot_cluster_examples(frame, clusters: Sequence[dict], id_col: str, path, pe
         for f in c["features"][:per_cluster]:
             v = frame[f].to_numpy(dtype=float)
             ax.plot(t, (v - np.nanmean(v)) / (np.nanstd(v) + 1e-12), lw=0.6, label=f)
-        ax.set_title(f"c{c['id']}: {c['type']} ({len(c['features'])} features)", fontsize=9,
-                     color=TYPE_COLOURS.get(c["type"], "k"))
+        ax.set_title(
+            f"c{c['id']}: {c['type']} ({len(c['features'])} features)",
+            fontsize=9,
+            color=TYPE_COLOURS.get(c["type"], "k"),
+        )
         ax.legend(fontsize=6, loc="upper left", ncol=per_cluster)
     return _save(fig, path)
 
@@ -80,8 +88,13 @@ def validation_window_figure(x0, x0_hat, mask, names, *, n_features: int = 3, ti
     for f, ax in enumerate(axes[:, 0]):
         obs = np.where(mask[:, f], x0[:, f], np.nan)
         ax.plot(t, obs, color="0.6", lw=0.9, label="observed")
-        ax.plot(t, np.where(mask[:, f], x0_hat[:, f], np.nan), color="tab:red", lw=1.2,
-                label="denoised x̂0")
+        ax.plot(
+            t,
+            np.where(mask[:, f], x0_hat[:, f], np.nan),
+            color="tab:red",
+            lw=1.2,
+            label="denoised x̂0",
+        )
         ax.set_ylabel(names[f], fontsize=8)
     axes[0, 0].legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=9)

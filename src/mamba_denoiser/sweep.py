@@ -10,7 +10,12 @@ from hydra.experimental.callback import Callback
 
 SUMMARY_FILE = "summary.json"
 COLUMNS = (
-    "cluster", "type", "features", "epochs", "val noise MSE init -> last", "best val loss",
+    "cluster",
+    "type",
+    "features",
+    "epochs",
+    "val noise MSE init -> last",
+    "best val loss",
     "best checkpoint",
 )
 
@@ -47,8 +52,15 @@ def summary_rich_table(rows: list[dict[str, Any]]):
     for c in COLUMNS:
         table.add_column(c)
     for r in rows:
-        table.add_row(f"c{r['cluster_id']}", r["type"], str(r["n_features"]), str(r["epochs"]),
-                      _mse(r), _num(r["best_val_loss"]), r["best_checkpoint"])
+        table.add_row(
+            f"c{r['cluster_id']}",
+            r["type"],
+            str(r["n_features"]),
+            str(r["epochs"]),
+            _mse(r),
+            _num(r["best_val_loss"]),
+            r["best_checkpoint"],
+        )
     return table
 
 

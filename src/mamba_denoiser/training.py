@@ -82,10 +82,21 @@ class DenoiserModule(L.LightningModule):
                 "the optimiser step, so no broken weights are saved. Lower the learning rate "
                 "(model.lr), use precision=32, or check the input data."
             )
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False,
-                      on_step=True, on_epoch=True, batch_size=batch["x"].shape[0])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=batch["x"].shape[0])
+        self.log_dict(
+            {f"train/{k}": v for k, v in terms.items()},
+            prog_bar=False,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch["x"].shape[0],
+        )
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch["x"].shape[0],
+        )
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -103,8 +114,9 @@ class DenoiserModule(L.LightningModule):
         x0_hat = self.sde.predict_x0(x_t, t, eps_hat)
         loss, terms = self.loss_fn(eps_hat, eps, x0_hat, mask=mask, return_terms=True)
         bs = x0.shape[0]
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs,
-                      sync_dist=True)
+        self.log_dict(
+            {f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs, sync_dist=True
+        )
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
 
     # ---- optimisation -----------------------------------------------------------------
@@ -121,9 +133,12 @@ class DenoiserModule(L.LightningModule):
             # Norms, biases, A_log and D are not weights to shrink (as in mamba-ssm/nanoGPT).
             (no_decay if p.ndim < 2 or name.endswith(("A_log", "D")) else decay).append(p)
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=tuple(hp.betas),
+            [
+                {"params": decay, "weight_decay": hp.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(hp.warmup_steps, max(total // 10, 1))
@@ -132,7 +147,9 @@ class DenoiserModule(L.LightningModule):
             if step < warmup:
                 return (step + 1) / warmup
             progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (
+                1 + math.cos(math.pi * progress)
+            )
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

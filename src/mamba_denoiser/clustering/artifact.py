@@ -10,11 +10,6 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 CLUSTER_TYPES = ("mean_reverting", "trending", "random_walk")
-STRATEGY_DESCRIPTION = {
-    "tv": "total-variation guidance, 2x",
-    "fourier": "Fourier high-frequency guidance, 2x",
-    "balanced": "TV + Fourier guidance, 1x each",
-}
 
 
 class ClustersError(ValueError):
@@ -68,6 +63,8 @@ def build_document(
     passthrough: dict[str, str],
     config: dict[str, Any],
 ) -> dict[str, Any]:
+    from mamba_denoiser.clustering.grouping import STRATEGY_DESCRIPTION
+
     features = list(stats.index)
     clusters = []
     for cid in range(result.k):
@@ -91,15 +88,15 @@ def build_document(
         "config": config,
         "statistics": {
             "columns": list(stats.columns),
-            "features": {
-                f: {c: _round(stats.loc[f, c]) for c in stats.columns} for f in features
-            },
+            "features": {f: {c: _round(stats.loc[f, c]) for c in stats.columns} for f in features},
         },
         "selection": {
             "criterion": result.criterion,
             "k": int(result.k),
-            "curve": [{k: _round(v) if isinstance(v, float) else v for k, v in row.items()}
-                      for row in result.selection],
+            "curve": [
+                {k: _round(v) if isinstance(v, float) else v for k, v in row.items()}
+                for row in result.selection
+            ],
         },
         "clusters": clusters,
         "excluded": dict(passthrough),

@@ -69,15 +69,22 @@ def run_clustering(
     if plots:
         from mamba_denoiser import plots as P
 
-        P.plot_k_selection(doc["selection"]["curve"], result.criterion, result.k,
-                           out_dir / "k_selection.png")
+        P.plot_k_selection(
+            doc["selection"]["curve"], result.criterion, result.k, out_dir / "k_selection.png"
+        )
         z = getattr(result, "standardized", None)
         if z is None:
             z = (stats - stats.mean()) / (stats.std(ddof=0) + 1e-12)
-        P.plot_feature_map(np.asarray(z, dtype=float), np.asarray(result.labels),
-                           list(stats.index), result.types, out_dir / "feature_map.png")
-        P.plot_cluster_examples(panel.frame, doc["clusters"], panel.id_col,
-                                out_dir / "cluster_examples.png")
+        P.plot_feature_map(
+            np.asarray(z, dtype=float),
+            np.asarray(result.labels),
+            list(stats.index),
+            result.types,
+            out_dir / "feature_map.png",
+        )
+        P.plot_cluster_examples(
+            panel.frame, doc["clusters"], panel.id_col, out_dir / "cluster_examples.png"
+        )
     atomic_write_json(out_dir / "clusters.json", doc)
     return doc
 
@@ -87,8 +94,10 @@ def cluster_table(doc: dict[str, Any]):
     from rich.table import Table
 
     n = sum(c["n_features"] for c in doc["clusters"])
-    table = Table(title=f"{len(doc['clusters'])} clusters of {n} continuous features "
-                        f"(K by {doc['selection']['criterion']})")
+    table = Table(
+        title=f"{len(doc['clusters'])} clusters of {n} continuous features "
+        f"(K by {doc['selection']['criterion']})"
+    )
     for col in ("Cluster", "Features", "Type", "Strategy"):
         table.add_column(col)
     for c in doc["clusters"]:

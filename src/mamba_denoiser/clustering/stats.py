@@ -13,7 +13,7 @@ column              definition (and what it separates)
 ==================  ===========================================================================
 hurst               Hurst exponent of the *increments* ``d``, estimated by DFA-1 (detrended
                     fluctuation analysis; profile = cumsum(d - mean d) = demeaned-drift level)
-                    over log-spaced box sizes 8..min(256, n/8). A random walk (white-noise
+                    over log-spaced box sizes 8..min(256, n/4). A random walk (white-noise
                     increments) gives 0.5, a mean-reverting level (anti-persistent
                     increments) < 0.5 (white-noise level ~0.05), a trending level
                     (persistent increments) > 0.5.
@@ -22,8 +22,11 @@ adf_pvalue          MacKinnon p-value of the augmented Dickey-Fuller test on ``x
                     the unit root is rejected (mean reversion).
 acf1                lag-1 autocorrelation of ``x``.
 skewness            skewness of ``d`` (changes, not levels: the moments of a non-stationary
-                    level depend on the path, those of its changes do not).
-kurtosis            excess kurtosis of ``d`` (0 for Gaussian changes).
+                    level depend on the path, those of its changes do not), after
+                    winsorising ``d`` at median +- ``winsor`` (6) robust sigmas, so that
+                    one outlier cannot decide it (Gaussian data are left unchanged).
+kurtosis            excess kurtosis of the same winsorised ``d`` (0 for Gaussian changes;
+                    bounded, but still large for heavy tails, jumps and vol regimes).
 vol_mean            mean of the rolling std of ``d`` (``rolling_window``), in units of the
                     robust scale of ``d`` (1.4826 MAD). ~1 for homoscedastic Gaussian
                     changes; > 1 with heavy tails or jumps (std grows, MAD does not).
@@ -38,21 +41,28 @@ acf1_diff           lag-1 autocorrelation of ``d``: > 0 momentum, ~0 random walk
 vol_clustering      mean autocorrelation of |d - mean d| over lags 2..``clustering_lags``+1.
                     Lag 1 is skipped on purpose: i.i.d. observation noise n_t enters both
                     d_t and d_{t+1}, which alone correlates |d| at lag 1.
-jump_ratio          share of the quadratic variation of ``d`` carried by changes beyond
-                    ``jump_threshold`` robust sigmas (~0.001 Gaussian, large with jumps).
+log_half_life       log10 of the lag at which the autocorrelation of ``x`` first falls to
+                    1/2 (linear interpolation between lags), capped at ``max_half_life``
+                    (= the top DFA box size): the memory of the level. ~-0.3 for white
+                    noise (the crossing interpolated between lags 0 and 1),
+                    log10(ln 2 / -ln phi) for an AR(1), the cap for random walks. Robust to
+                    observation noise, which only scales the autocorrelations by
+                    1 / (1 + noise-to-signal variance).
 ==================  ===========================================================================
 
-Cost: O(n log n) numpy per feature plus one fixed-lag ADF regression; ~85 features x
-6000 values take well under a second of numpy plus ~0.5 s of statsmodels on 2 cores.
+Cost: O(n log n) numpy per feature plus one fixed-lag ADF regression; 85 features x
+~5000 values take ~0.5 s on one core (BLAS is pinned to one thread: see below).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 from statsmodels.tsa.stattools import adfuller
+from threadpoolctl import threadpool_limits
 
 STAT_COLUMNS: tuple[str, ...] = (
     "hurst",
@@ -65,12 +75,17 @@ STAT_COLUMNS: tuple[str, ...] = (
     "variance_ratio",
     "acf1_diff",
     "vol_clustering",
-    "jump_ratio",
+    "log_half_life",
 )
 
 MIN_OBS = 50  # below this the DFA, ADF and rolling statistics are mostly noise
 
 _MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^{-1}(3/4): MAD -> sigma for a Gaussian
+# statsmodels >= 0.15 warns unless the tuple return is asked for explicitly; older
+# versions do not know the argument.
+_ADF_KW = (
+    {"result_object": False} if "result_object" in inspect.signature(adfuller).parameters else {}
+)
 
 
 def compute_feature_stats(
@@ -82,7 +97,8 @@ def compute_feature_stats(
     dfa_min_scale: int = 8,
     dfa_max_scale: int = 256,
     clustering_lags: int = 9,
-    jump_threshold: float = 4.0,
+    max_half_life: int = 256,
+    winsor: float | None = 6.0,
     min_obs: int = MIN_OBS,
 ) -> pd.DataFrame:
     """Statistics table: one row per feature (input order kept), columns ``STAT_COLUMNS``.
@@ -93,30 +109,34 @@ def compute_feature_stats(
         rolling_window: window of the rolling std behind ``vol_mean`` / ``vol_dispersion``.
         vr_lag: horizon q of the variance ratio.
         adf_maxlag: number of lagged differences in the ADF regression (fixed, no autolag).
-        dfa_min_scale, dfa_max_scale: DFA box sizes; the upper one is also capped at n/8
-            so every box size has at least 8 boxes.
+        dfa_min_scale, dfa_max_scale: DFA box sizes; the upper one is also capped at n/4
+            so every box size has at least 4 boxes from each end.
         clustering_lags: how many lags (starting at 2) ``vol_clustering`` averages.
-        jump_threshold: robust-sigma threshold of ``jump_ratio``.
+        max_half_life: cap of the half-life (lags) behind ``log_half_life``.
         min_obs: fewer observed values than this is an error.
 
     Raises:
         ValueError: a series is not 1-D, contains NaN/inf, is shorter than ``min_obs``
             (or than the DFA / ADF need), or has constant changes.
     """
-    rows = {}
-    for name, values in series.items():
-        x = _validated(name, values, min_obs=max(min_obs, 2 * dfa_min_scale + 2, adf_maxlag + 10))
-        rows[name] = _feature_stats(
-            name,
-            x,
-            rolling_window=rolling_window,
-            vr_lag=vr_lag,
-            adf_maxlag=adf_maxlag,
-            dfa_min_scale=dfa_min_scale,
-            dfa_max_scale=dfa_max_scale,
-            clustering_lags=clustering_lags,
-            jump_threshold=jump_threshold,
-        )
+    params = dict(
+        rolling_window=rolling_window,
+        vr_lag=vr_lag,
+        adf_maxlag=adf_maxlag,
+        dfa_min_scale=dfa_min_scale,
+        dfa_max_scale=dfa_max_scale,
+        clustering_lags=clustering_lags,
+        max_half_life=max_half_life,
+        winsor=winsor,
+    )
+    need = max(min_obs, 4 * (dfa_min_scale + 1) + 1, rolling_window + 2, adf_maxlag + 10)
+    # The ADF regressions are small (n x ~14) SVDs: a multi-threaded BLAS gains nothing
+    # on them, and on a busy machine its oversubscribed pool was measured 10x slower.
+    with threadpool_limits(limits=1):
+        rows = {
+            name: _feature_stats(name, _validated(name, values, min_obs=need), **params)
+            for name, values in series.items()
+        }
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(STAT_COLUMNS))
     frame.index.name = "feature"
     return frame
@@ -160,19 +180,27 @@ def _feature_stats(name: str, x: np.ndarray, **kw) -> dict[str, float]:
         robust_sigma = dc.std()
 
     roll_std = _rolling_std(d, kw["rolling_window"])
-    m2 = np.mean(dc**2)
+    # Moments of changes winsorised at +-winsor robust sigmas: one outlier must not decide a
+    # feature's skewness/kurtosis (heavy-tailed sample moments are otherwise mostly noise).
+    w = (
+        dc
+        if kw["winsor"] is None
+        else np.clip(dc, -kw["winsor"] * robust_sigma, kw["winsor"] * robust_sigma)
+    )
+    w = w - w.mean()
+    m2 = np.mean(w**2)
     return {
         "hurst": dfa_hurst(d, min_scale=kw["dfa_min_scale"], max_scale=kw["dfa_max_scale"]),
         "adf_pvalue": adf_pvalue(x, maxlag=kw["adf_maxlag"]),
         "acf1": _acf(x - x.mean(), 1),
-        "skewness": float(np.mean(dc**3) / m2**1.5),
-        "kurtosis": float(np.mean(dc**4) / m2**2 - 3.0),
+        "skewness": float(np.mean(w**3) / m2**1.5),
+        "kurtosis": float(np.mean(w**4) / m2**2 - 3.0),
         "vol_mean": float(roll_std.mean() / robust_sigma),
         "vol_dispersion": float(roll_std.std() / roll_std.mean()),
         "variance_ratio": variance_ratio(x, q=kw["vr_lag"]),
         "acf1_diff": _acf(dc, 1),
         "vol_clustering": _abs_clustering(dc, kw["clustering_lags"]),
-        "jump_ratio": _jump_ratio(d, robust_sigma, kw["jump_threshold"]),
+        "log_half_life": _log_half_life(x - x.mean(), kw["max_half_life"]),
     }
 
 
@@ -182,13 +210,13 @@ def dfa_hurst(increments: np.ndarray, *, min_scale: int = 8, max_scale: int = 25
     The profile is cumsum(increments - mean); boxes of size s tile it from the start and,
     separately, from the end (so no data is dropped); F(s) is the RMS residual of a line
     fitted per box; H is the least-squares slope of log F(s) on log s over ~12 log-spaced
-    box sizes in [min_scale, min(max_scale, n/8)]. White-noise increments give 0.5.
+    box sizes in [min_scale, min(max_scale, n/4)]. White-noise increments give 0.5.
     """
     y = np.cumsum(increments - increments.mean())
     n = y.size
-    top = min(max_scale, n // 8)
+    top = min(max_scale, n // 4)
     if top <= min_scale:
-        raise ValueError(f"DFA needs at least {8 * (min_scale + 1)} values, got {n + 1}")
+        raise ValueError(f"DFA needs at least {4 * (min_scale + 1) + 1} values, got {n + 1}")
     scales = np.unique(np.round(np.geomspace(min_scale, top, 12)).astype(int))
     log_f = np.empty(scales.size)
     for i, s in enumerate(scales):
@@ -204,7 +232,7 @@ def dfa_hurst(increments: np.ndarray, *, min_scale: int = 8, max_scale: int = 25
 
 def adf_pvalue(x: np.ndarray, *, maxlag: int = 12) -> float:
     """ADF p-value (constant, exactly ``maxlag`` lagged differences, MacKinnon p-value)."""
-    return float(adfuller(x, maxlag=maxlag, regression="c", autolag=None)[1])
+    return float(adfuller(x, maxlag=maxlag, regression="c", autolag=None, **_ADF_KW)[1])
 
 
 def variance_ratio(x: np.ndarray, *, q: int = 10) -> float:
@@ -242,8 +270,17 @@ def _abs_clustering(dc: np.ndarray, n_lags: int) -> float:
     return float(np.mean([np.dot(a[:-k], a[k:]) / denom for k in range(2, n_lags + 2)]))
 
 
-def _jump_ratio(d: np.ndarray, robust_sigma: float, threshold: float) -> float:
-    dev = d - np.median(d)
-    qv = np.dot(dev, dev)
-    big = np.abs(dev) > threshold * robust_sigma
-    return float(np.dot(dev[big], dev[big]) / qv)
+def _log_half_life(z: np.ndarray, max_lag: int) -> float:
+    """log10 of the first lag where the autocorrelation of demeaned ``z`` crosses 1/2."""
+    n = z.size
+    max_lag = min(max_lag, n - 1)
+    nfft = 1 << int(np.ceil(np.log2(2 * n)))  # zero padding: linear, not circular, lags
+    f = np.fft.rfft(z, nfft)
+    acov = np.fft.irfft(f * np.conj(f), nfft)[: max_lag + 1]
+    rho = acov / acov[0]
+    below = np.flatnonzero(rho < 0.5)
+    if below.size == 0:
+        return float(np.log10(max_lag))
+    k = int(below[0])
+    lag = k - 1 + (rho[k - 1] - 0.5) / (rho[k - 1] - rho[k])
+    return float(np.log10(lag))

@@ -20,8 +20,10 @@ def fit_scaler(values: np.ndarray, train: tuple[int, int]) -> tuple[np.ndarray, 
     tr = values[train[0] : train[1]]
     n_obs = np.sum(~np.isnan(tr), axis=0)
     if (n_obs < 2).any():
-        raise PanelError(f"features at positions {np.flatnonzero(n_obs < 2).tolist()} have "
-                         "fewer than 2 observed train rows; they cannot be scaled")
+        raise PanelError(
+            f"features at positions {np.flatnonzero(n_obs < 2).tolist()} have "
+            "fewer than 2 observed train rows; they cannot be scaled"
+        )
     mean = np.nanmean(tr, axis=0)
     std = np.nanstd(tr, axis=0)
     std = np.where(std > 0, std, 1.0)
@@ -51,8 +53,10 @@ class ClusterDataModule(L.LightningDataModule):
         super().__init__()
         missing = [f for f in features if f not in panel.frame.columns]
         if missing:
-            raise PanelError(f"{panel.source}: cluster features {missing} are not in the panel; "
-                             "was clusters.json made from another file?")
+            raise PanelError(
+                f"{panel.source}: cluster features {missing} are not in the panel; "
+                "was clusters.json made from another file?"
+            )
         self.features = list(features)
         self.window_size = window_size
         self.stride = stride
@@ -68,12 +72,20 @@ class ClusterDataModule(L.LightningDataModule):
         self.values = ((raw - self.mean) / self.std).astype(np.float32)  # NaN stays NaN
         observed = ~np.isnan(self.values)
         kw = dict(window=window_size, min_observed_frac=min_observed_frac)
-        self.train_starts = window_starts(observed, stride=stride,
-                                          start=self.bounds["train"][0],
-                                          stop=self.bounds["train"][1], **kw)
-        self.val_starts = window_starts(observed, stride=val_stride,
-                                        start=self.bounds["val"][0],
-                                        stop=self.bounds["val"][1], **kw)
+        self.train_starts = window_starts(
+            observed,
+            stride=stride,
+            start=self.bounds["train"][0],
+            stop=self.bounds["train"][1],
+            **kw,
+        )
+        self.val_starts = window_starts(
+            observed,
+            stride=val_stride,
+            start=self.bounds["val"][0],
+            stop=self.bounds["val"][1],
+            **kw,
+        )
         if len(self.train_starts) == 0:
             raise PanelError(
                 f"{panel.source}: no training window of {window_size} rows is at least "
@@ -94,8 +106,10 @@ class ClusterDataModule(L.LightningDataModule):
         if self.trainer is not None:
             world = self.trainer.world_size
             if self.batch_size % world:
-                raise ValueError(f"batch_size {self.batch_size} is not divisible by the "
-                                 f"number of devices {world}")
+                raise ValueError(
+                    f"batch_size {self.batch_size} is not divisible by the "
+                    f"number of devices {world}"
+                )
             self.batch_size_per_device = self.batch_size // world
         self.train_set = WindowDataset(self.values, self.train_starts, self.window_size)
         self.val_set = WindowDataset(self.values, self.val_starts, self.window_size)

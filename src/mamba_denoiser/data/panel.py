@@ -337,7 +337,9 @@ def panel_from_frame(
         continuous.append(col)
 
     if not continuous:
-        log.warning("%s: no continuous feature columns; nothing will be clustered or denoised", where)
+        log.warning(
+            "%s: no continuous feature columns; nothing will be clustered or denoised", where
+        )
     return Panel(
         frame=frame,
         source=source,

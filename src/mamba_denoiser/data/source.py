@@ -26,18 +26,22 @@ def truth_paths(csv_path: str | Path) -> tuple[Path, Path]:
 
 def ensure_synthetic_csv(path: str | Path, *, n_rows: int = 9000, seed: int = 0) -> Path:
     """Write the synthetic panel (and its ground truth) to `path` unless it already exists."""
-    from mamba_denoiser.data.synthetic import make_synthetic_panel
+    from mamba_denoiser.data.synthetic import GENERATOR_VERSION, make_synthetic_panel
 
     path = Path(path)
     clean_path, truth_path = truth_paths(path)
     if path.exists() and clean_path.exists() and truth_path.exists():
-        return path
+        meta = json.loads(truth_path.read_text())
+        if meta.get("generator_version") == GENERATOR_VERSION:
+            return path
+        log.info("%s was made by another generator version; remaking it", path)
     log.info("Generating the built-in synthetic panel (%d rows, seed %d) -> %s", n_rows, seed, path)
     sp = make_synthetic_panel(n_rows=n_rows, seed=seed)
     atomic_write_csv(clean_path, sp.clean)
     atomic_write_json(
         truth_path,
         {
+            "generator_version": GENERATOR_VERSION,
             "n_rows": n_rows,
             "seed": seed,
             "process": sp.process,
