@@ -24,6 +24,17 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def _ckpt(r: dict[str, Any], sweep_dir: Path | None) -> str:
+    """Checkpoint path relative to the sweep directory: short enough for a table."""
+    path = Path(r.get("best_checkpoint") or "")
+    if sweep_dir is not None:
+        try:
+            return str(path.relative_to(Path(sweep_dir).resolve()))
+        except ValueError:
+            pass
+    return str(path)
+
+
 def _mse(r: dict[str, Any]) -> str:
     return f"{_num(r.get('init_val_noise_mse'))} -> {_num(r.get('last_val_noise_mse'))}"
 
@@ -40,12 +51,12 @@ def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Pa
     for r in rows:
         lines.append(
             f"| c{r['cluster_id']} | {r['type']} | {r['n_features']} | {r['epochs']} | "
-            f"{_mse(r)} | {_num(r['best_val_loss'])} | {r['best_checkpoint']} |"
+            f"{_mse(r)} | {_num(r['best_val_loss'])} | {_ckpt(r, Path(sweep_dir))} |"
         )
     return atomic_write_text(Path(sweep_dir) / "summary.md", "\n".join(lines) + "\n")
 
 
-def summary_rich_table(rows: list[dict[str, Any]]):
+def summary_rich_table(rows: list[dict[str, Any]], sweep_dir: str | Path | None = None):
     from rich.table import Table
 
     table = Table(title=f"Training sweep: {len(rows)} cluster(s)")
@@ -59,7 +70,7 @@ def summary_rich_table(rows: list[dict[str, Any]]):
             str(r["epochs"]),
             _mse(r),
             _num(r["best_val_loss"]),
-            r["best_checkpoint"],
+            _ckpt(r, Path(sweep_dir) if sweep_dir else None),
         )
     return table
 
@@ -73,5 +84,5 @@ class SweepSummary(Callback):
         from rich.console import Console
 
         path = write_summary_table(rows, sweep_dir)
-        Console().print(summary_rich_table(rows))
+        Console().print(summary_rich_table(rows, sweep_dir))
         print(f"summary: {path}")
