@@ -1,0 +1,139 @@
+"""MultivariateMambaDenoiser: ε-prediction network for windows of a feature group.
+
+(x_t [B, L, F], t [B], optional observation mask [B, L, F]) -> ε̂ [B, L, F].
+
+Each time step's F features (and F mask channels with ``use_mask``) are projected to
+d_model and a fixed sinusoidal position embedding is added; a stack of bidirectional Mamba
+blocks mixes along time; the diffusion timestep, embedded sinusoidally and passed through
+an MLP, conditions every block through adaLN-Zero (DiT), and the output head too. The
+output head is zero-initialised, so the untrained model predicts ε̂ = 0, the MSE-optimal
+constant, and each block starts as the identity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mamba_denoiser.models.blocks import AdaLNZero, BiMambaBlock, modulate
+
+
+def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """(...,) positions or timesteps -> (..., dim) [cos | sin] features, float32."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=x.device) / half
+    )
+    args = x.float()[..., None] * freqs  # (..., half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[..., :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """t (B,) -> (B, dim): sinusoidal features -> MLP, as DiT's TimestepEmbedder."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        for layer in (self.mlp[0], self.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(t, self.freq_dim))
+
+
+class MultivariateMambaDenoiser(nn.Module):
+    """Bidirectional Mamba ε-predictor with adaLN-Zero timestep conditioning.
+
+    ``window_size`` is the training window length, kept as metadata (checkpoints,
+    inference); the network itself accepts any length L.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        window_size: int,
+        d_model: int = 128,
+        n_layers: int = 4,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dropout: float = 0.1,
+        use_mask: bool = False,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if n_features < 1 or window_size < 1 or n_layers < 1:
+            raise ValueError(
+                f"n_features, window_size and n_layers must be >= 1; "
+                f"got {n_features}, {window_size}, {n_layers}"
+            )
+        self.n_features, self.window_size, self.d_model = n_features, window_size, d_model
+        self.use_mask = use_mask
+        in_dim = 2 * n_features if use_mask else n_features  # values (+ mask channels)
+        self.input_proj = nn.Linear(in_dim, d_model)
+        self.t_embed = TimestepEmbedding(d_model)
+        self.blocks = nn.ModuleList(
+            BiMambaBlock(
+                d_model,
+                d_state=d_state,
+                d_conv=d_conv,
+                expand=expand,
+                dropout=dropout,
+                cond_dim=d_model,
+                backend=backend,
+            )  # fmt: skip
+            for _ in range(n_layers)
+        )
+        self.norm_out = nn.LayerNorm(d_model, elementwise_affine=False)
+        self.adaLN_out = AdaLNZero(d_model, d_model, n_chunks=2)  # (shift, scale)
+        self.head = nn.Linear(d_model, n_features)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor | int | float, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x_t: (B, L, F) noisy window; t: (B,) or scalar timestep (int or float);
+        mask: (B, L, F) bool, True where observed (needs use_mask=True). Returns ε̂ (B, L, F).
+        """
+        if x_t.dim() != 3 or x_t.shape[-1] != self.n_features:
+            raise ValueError(
+                f"x_t must be (B, L, F={self.n_features}), got shape {tuple(x_t.shape)}"
+            )
+        batch, L, _ = x_t.shape
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must be a scalar or of shape (B={batch},), got {tuple(t.shape)}")
+
+        if self.use_mask:
+            if mask is None:
+                mask = torch.ones_like(x_t, dtype=torch.bool)
+            if mask.shape != x_t.shape:
+                raise ValueError(f"mask must match x_t's shape {tuple(x_t.shape)}")
+            mask = mask.bool()
+            # masked_fill (not *): unobserved entries may be NaN, and NaN * 0 is NaN
+            x_in = torch.cat([x_t.masked_fill(~mask, 0.0), mask.to(x_t.dtype)], dim=-1)
+        else:
+            if mask is not None:
+                raise ValueError(
+                    "a mask was given but the model was built with use_mask=False; "
+                    "build it with use_mask=True or drop the mask"
+                )
+            x_in = x_t
+
+        pos = sinusoidal_embedding(torch.arange(L, device=x_t.device), self.d_model)  # (L, D)
+        h = self.input_proj(x_in) + pos  # (B, L, D)
+        c = self.t_embed(t)  # (B, D)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.adaLN_out(c)
+        return self.head(modulate(self.norm_out(h), shift, scale))  # (B, L, F)

@@ -1,0 +1,299 @@
+"""Triton selective scan (GPU default backend); same conventions as ``ssm.selective_scan``.
+
+One program per (batch · group, block of BLOCK_D channels). The state h
+(BLOCK_D, BLOCK_N) lives in registers, in float32, and the program walks sequentially
+over L, fusing softplus(Δ + bias), exp(ΔA), the B̄x update, C·h, the D skip and the SiLU(z)
+gate; the output is the only (batch, dim, L) write. The forward stores h at the start of
+every chunk of CHUNK steps. The backward walks the chunks in reverse: it recomputes the
+chunk's states from the checkpoint into a per-program scratch buffer, then runs the
+reverse-time adjoint recursion ∂h_t = Ā_{t+1} ⊙ ∂h_{t+1} + C_t ∂y_t in registers. Per-
+channel gradients (u, Δ, z) are written directly; gradients shared across programs
+(A, D, Δ-bias summed over batch; B, C summed over channels) go to per-program partial
+buffers that the host sums, which keeps the result deterministic (no atomics).
+
+triton is optional: without it this module imports fine and ``HAS_TRITON`` is False.
+On a machine without a GPU the kernels can still be run by Triton's interpreter
+(set TRITON_INTERPRET=1 before triton is first imported); the tests do this.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # triton is an optional (GPU) dependency
+    triton = tl = None
+    HAS_TRITON = False
+
+_LOG2_E = math.log2(math.e)
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _softplus(x):
+        # as mamba-ssm's kernel: identity above 20, where exp would only lose precision
+        return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+    @triton.jit
+    def _fwd_kernel(
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr,
+        L, G, Dg, N, n_dblocks, n_chunks, CHUNK,
+        s_b, s_d, s_Bb, s_Bg, s_Bn,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, SAVE_CKPT: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        pid_bg = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        b = pid_bg // G
+        g = pid_bg % G
+        offs_c = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_c < Dg
+        offs_d = g * Dg + offs_c  # global channel index
+        offs_n = tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        mask_dn = mask_d[:, None] & mask_n[None, :]
+
+        A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
+        A2 = A2 * 1.4426950408889634  # exp(ΔA) = exp2(ΔA log2 e)
+        if HAS_D:
+            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+        row = b * s_b + offs_d * s_d  # (b, d, t) lives at row + t
+        brow = b * s_Bb + g * s_Bg + offs_n * s_Bn  # (b, g, n, t) lives at brow + t
+        tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
+        ckpt_base = (pid_bg * n_dblocks + pid_d) * n_chunks * BLOCK_D * BLOCK_N
+
+        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        for t in range(L):
+            if SAVE_CKPT:
+                if t % CHUNK == 0:
+                    tl.store(ckpt_ptr + ckpt_base + (t // CHUNK) * BLOCK_D * BLOCK_N + tile, h)
+            u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0)
+            dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0)
+            if HAS_BIAS:
+                dt = dt + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            Bt = tl.load(B_ptr + brow + t, mask=mask_n, other=0.0)
+            Ct = tl.load(C_ptr + brow + t, mask=mask_n, other=0.0)
+            dA = tl.exp2(dt[:, None] * A2)
+            h = dA * h + (dt * u)[:, None] * Bt[None, :]
+            y = tl.sum(h * Ct[None, :], axis=1)
+            if HAS_D:
+                y = y + Dv * u
+            if HAS_Z:
+                zt = tl.load(z_ptr + row + t, mask=mask_d, other=0.0)
+                y = y * zt * tl.sigmoid(zt)
+            tl.store(out_ptr + row + t, y, mask=mask_d)
+
+    @triton.jit
+    def _bwd_kernel(
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gout_ptr, ckpt_ptr,
+        scratch_ptr, gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr, gB_ptr, gC_ptr,
+        L, G, Dg, N, dim, n_dblocks, n_chunks, CHUNK,
+        s_b, s_d, s_Bb, s_Bg, s_Bn,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        pid_bg = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        b = pid_bg // G
+        g = pid_bg % G
+        offs_c = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_c < Dg
+        offs_d = g * Dg + offs_c
+        offs_n = tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        mask_dn = mask_d[:, None] & mask_n[None, :]
+
+        A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
+        A2 = A * 1.4426950408889634
+        if HAS_D:
+            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+        row = b * s_b + offs_d * s_d
+        brow = b * s_Bb + g * s_Bg + offs_n * s_Bn
+        tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
+        tile_size = BLOCK_D * BLOCK_N
+        prog = pid_bg * n_dblocks + pid_d
+        ckpt_base = prog * n_chunks * tile_size
+        scratch_base = prog * (CHUNK + 1) * tile_size
+        # partial sums over this program's channels, for B and C: (n_dblocks, bG, N, L)
+        part = (pid_d * (tl.num_programs(0)) + pid_bg) * N * L + offs_n * L
+
+        carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # Ā_{t+1} ⊙ ∂h_{t+1}
+        gA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        gD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        gbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for cc in range(n_chunks):
+            c = n_chunks - 1 - cc
+            t0 = c * CHUNK
+            n_steps = tl.minimum(L - t0, CHUNK)
+            # recompute the chunk's states: scratch slot 0 = h_{t0-1}, slot i+1 = h_{t0+i}
+            h = tl.load(ckpt_ptr + ckpt_base + c * tile_size + tile)
+            tl.store(scratch_ptr + scratch_base + tile, h)
+            for i in range(n_steps):
+                t = t0 + i
+                u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0)
+                dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0)
+                if HAS_BIAS:
+                    dt = dt + bias
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                Bt = tl.load(B_ptr + brow + t, mask=mask_n, other=0.0)
+                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+                tl.store(scratch_ptr + scratch_base + (i + 1) * tile_size + tile, h)
+            tl.debug_barrier()  # the states written above are read back by other threads
+            for ii in range(n_steps):
+                i = n_steps - 1 - ii
+                t = t0 + i
+                u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0)
+                dt_raw = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0)
+                if HAS_BIAS:
+                    dt_raw = dt_raw + bias
+                if SOFTPLUS:
+                    dt = _softplus(dt_raw)
+                else:
+                    dt = dt_raw
+                Bt = tl.load(B_ptr + brow + t, mask=mask_n, other=0.0)
+                Ct = tl.load(C_ptr + brow + t, mask=mask_n, other=0.0)
+                gout = tl.load(gout_ptr + row + t, mask=mask_d, other=0.0)
+                h_t = tl.load(scratch_ptr + scratch_base + (i + 1) * tile_size + tile)
+                h_prev = tl.load(scratch_ptr + scratch_base + i * tile_size + tile)
+                if HAS_Z:
+                    zt = tl.load(z_ptr + row + t, mask=mask_d, other=0.0)
+                    sz = tl.sigmoid(zt)
+                    y = tl.sum(h_t * Ct[None, :], axis=1)
+                    if HAS_D:
+                        y = y + Dv * u
+                    tl.store(gz_ptr + row + t, gout * y * sz * (1 + zt * (1 - sz)), mask=mask_d)
+                    gy = gout * zt * sz
+                else:
+                    gy = gout
+                gy = tl.where(mask_d, gy, 0.0)
+                gh = carry + gy[:, None] * Ct[None, :]
+                tl.store(gC_ptr + part + t, tl.sum(gy[:, None] * h_t, axis=0), mask=mask_n)
+                tl.store(gB_ptr + part + t, tl.sum((dt * u)[:, None] * gh, axis=0), mask=mask_n)
+                g_du = tl.sum(gh * Bt[None, :], axis=1)
+                carry = gh * tl.exp2(dt[:, None] * A2)
+                q = carry * h_prev  # ∂L/∂Ā_t ⊙ Ā_t
+                g_dt = tl.sum(q * A, axis=1) + g_du * u
+                gA_acc += q * dt[:, None]
+                gu = g_du * dt
+                if HAS_D:
+                    gu = gu + gy * Dv
+                    gD_acc += gy * u
+                if SOFTPLUS:
+                    g_dt = g_dt * tl.sigmoid(dt_raw)
+                gbias_acc += g_dt
+                tl.store(gu_ptr + row + t, gu, mask=mask_d)
+                tl.store(gdelta_ptr + row + t, g_dt, mask=mask_d)
+            tl.debug_barrier()  # scratch is overwritten by the next chunk
+        # per-batch partials over (dim, N) / (dim,); the host sums over batch
+        tl.store(gA_ptr + b * dim * N + offs_d[:, None] * N + offs_n[None, :], gA_acc, mask=mask_dn)
+        if HAS_D:
+            tl.store(gD_ptr + b * dim + offs_d, gD_acc, mask=mask_d)
+        if HAS_BIAS:
+            tl.store(gbias_ptr + b * dim + offs_d, gbias_acc, mask=mask_d)
+
+
+def _launch_config(dim: int, G: int, N: int, L: int):
+    Dg = dim // G
+    block_d = min(32, triton.next_power_of_2(Dg))
+    block_n = triton.next_power_of_2(N)
+    chunk = max(1, math.isqrt(max(L - 1, 0)) + 1) if L > 1 else 1
+    return Dg, block_d, block_n, chunk, triton.cdiv(Dg, block_d), triton.cdiv(L, chunk)
+
+
+class _TritonSelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        ctx.dtypes = [None if x is None else x.dtype for x in (u, delta, A, B, C, D, z, delta_bias)]
+        ctx.B_shape, ctx.C_shape = B.shape, C.shape
+        B = B.unsqueeze(1) if B.dim() == 3 else B
+        C = C.unsqueeze(1) if C.dim() == 3 else C
+        u, delta, A, B, C = (x.float().contiguous() for x in (u, delta, A, B, C))
+        D, z, delta_bias = (
+            None if x is None else x.float().contiguous() for x in (D, z, delta_bias)
+        )
+        batch, dim, L = u.shape
+        G, N = B.shape[1], A.shape[1]
+        Dg, block_d, block_n, chunk, n_dblocks, n_chunks = _launch_config(dim, G, N, L)
+        out = torch.empty_like(u)
+        ckpt = u.new_empty(batch * G * n_dblocks * n_chunks * block_d * block_n)
+        grid = (batch * G, n_dblocks)
+        _fwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+            delta_bias if delta_bias is not None else u, out, ckpt,
+            L, G, Dg, N, n_dblocks, n_chunks, chunk,
+            u.stride(0), u.stride(1), B.stride(0), B.stride(1), B.stride(2),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), SAVE_CKPT=True, BLOCK_D=block_d, BLOCK_N=block_n,
+        )  # fmt: skip
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        ctx.delta_softplus = bool(delta_softplus)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        gout = gout.float().contiguous()
+        batch, dim, L = u.shape
+        G, N = B.shape[1], A.shape[1]
+        Dg, block_d, block_n, chunk, n_dblocks, n_chunks = _launch_config(dim, G, N, L)
+        gu, gdelta = torch.empty_like(u), torch.empty_like(u)
+        gz = torch.empty_like(u) if z is not None else u
+        gA = u.new_zeros(batch, dim, N)
+        gD = u.new_zeros(batch, dim)
+        gbias = u.new_zeros(batch, dim)
+        gB = u.new_zeros(n_dblocks, batch * G, N, L)
+        gC = u.new_zeros(n_dblocks, batch * G, N, L)
+        scratch = u.new_empty(batch * G * n_dblocks * (chunk + 1) * block_d * block_n)
+        grid = (batch * G, n_dblocks)
+        _bwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+            delta_bias if delta_bias is not None else u, gout, ckpt, scratch,
+            gu, gdelta, gz, gA, gD, gbias, gB, gC,
+            L, G, Dg, N, dim, n_dblocks, n_chunks, chunk,
+            u.stride(0), u.stride(1), B.stride(0), B.stride(1), B.stride(2),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=ctx.delta_softplus, BLOCK_D=block_d, BLOCK_N=block_n,
+        )  # fmt: skip
+        t_u, t_delta, t_A, t_B, t_C, t_D, t_z, t_bias = ctx.dtypes
+        gB = gB.sum(0).reshape(batch, G, N, L).reshape(ctx.B_shape).to(t_B)
+        gC = gC.sum(0).reshape(batch, G, N, L).reshape(ctx.C_shape).to(t_C)
+        return (
+            gu.to(t_u),
+            gdelta.to(t_delta),
+            gA.sum(0).to(t_A),
+            gB,
+            gC,
+            gD.sum(0).to(t_D) if D is not None else None,
+            gz.to(t_z) if z is not None else None,
+            gbias.sum(0).to(t_bias) if delta_bias is not None else None,
+            None,
+        )
+
+
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False
+) -> torch.Tensor:
+    """Triton backend of ``ssm.selective_scan``; float32 inside, output in u's dtype."""
+    if not HAS_TRITON:
+        raise RuntimeError("triton is not installed; `pip install triton` or use backend='fused'")
+    from mamba_denoiser.models.ssm import _check_shapes, _no_autocast
+
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    with _no_autocast(u.device.type):
+        out = _TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return out.to(u.dtype)
