@@ -111,6 +111,23 @@ def test_autocast_bf16_cpu_is_finite():
     torch.testing.assert_close(out.float(), model(x, t, mask), rtol=0.1, atol=0.05)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_runs_scan_in_float32(dtype):
+    torch.manual_seed(0)
+    model = perturb(small_model())
+    x, t = torch.randn(2, 16, 3), torch.tensor([3, 700])
+    ref = model(x, t)
+    with torch.autocast("cpu", dtype=dtype):  # Lightning "bf16-mixed" / "16-mixed"
+        mixed = model(x, t)
+    model.to(dtype)  # Lightning "bf16-true": weights and activations in low precision
+    true_low = model(x.to(dtype), t)
+    true_low.float().sum().backward()
+    for out in (mixed, true_low):
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.05)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     sde = VPSDE(num_diffusion_timesteps=100)

@@ -167,25 +167,32 @@ def test_selective_ssm_is_causal():
     assert x.grad[0, :6].abs().max() > 0
 
 
+def assert_module_backend_parity(module, x, backend):
+    """Output, input grad and every parameter grad agree between `reference` and `backend`."""
+    results = {}
+    for name in ("reference", backend):
+        for m in module.modules():
+            if hasattr(m, "backend"):
+                m.backend = name
+        module.zero_grad()
+        x.grad = None
+        out = module(x)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+        results[name] = (out.detach(), x.grad.clone(), grads)
+    (o_ref, gx_ref, g_ref), (o, gx, g) = results["reference"], results[backend]
+    assert_close(o, o_ref, what="output")
+    assert_close(gx, gx_ref, what="grad x")
+    assert set(g) == set(g_ref)
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], what=f"grad {name}")
+
+
 @pytest.mark.parametrize("L", [1, 13])
 def test_selective_ssm_module_backend_parity(L):
     torch.manual_seed(0)
-    ssm = SelectiveSSM(d_model=16, d_state=8, backend="reference")
-    x = torch.randn(2, L, 16, requires_grad=True)
-    results = {}
-    for backend in ("reference", "fused"):
-        ssm.backend = backend
-        ssm.zero_grad()
-        x.grad = None
-        out = ssm(x)
-        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
-        grads = {n: p.grad.clone() for n, p in ssm.named_parameters()}
-        results[backend] = (out.detach(), x.grad.clone(), grads)
-    (o_ref, gx_ref, g_ref), (o, gx, g) = results["reference"], results["fused"]
-    assert_close(o, o_ref, what="output")
-    assert_close(gx, gx_ref, what="grad x")
-    for name in g_ref:
-        assert_close(g[name], g_ref[name], what=f"grad {name}")
+    ssm = SelectiveSSM(d_model=16, d_state=8)
+    assert_module_backend_parity(ssm, torch.randn(2, L, 16, requires_grad=True), "fused")
 
 
 TRITON_SCRIPT = textwrap.dedent(
@@ -193,7 +200,9 @@ TRITON_SCRIPT = textwrap.dedent(
     import os, sys
     assert os.environ["TRITON_INTERPRET"] == "1"
     sys.path.insert(0, {tests!r})
-    from test_ssm import CASES, assert_close, make_inputs, run
+    import torch
+    from test_ssm import CASES, assert_close, assert_module_backend_parity, make_inputs, run
+    from mamba_denoiser.models import BiMambaBlock, SelectiveSSM
 
     cases = dict(
         CASES,
@@ -202,6 +211,12 @@ TRITON_SCRIPT = textwrap.dedent(
         masked_blocks=dict(batch=2, dim=40, L=5, N=5, groups=2),  # channel/state masks
     )
     for name in sys.argv[1].split(","):
+        if name == "modules":  # whole layers: the triton path through (b, l, d) views
+            torch.manual_seed(0)
+            x = torch.randn(2, 7, 6, requires_grad=True)
+            assert_module_backend_parity(SelectiveSSM(d_model=6, d_state=3), x, "triton")
+            assert_module_backend_parity(BiMambaBlock(d_model=6, d_state=3), x, "triton")
+            continue
         for softplus in (True, False):
             inputs = make_inputs(**cases[name], positive=not softplus)
             ref_out, ref_grads = run("reference", inputs, softplus)
@@ -231,6 +246,7 @@ def run_triton_interpreter(tmp_path, cases):
 
 def test_triton_kernel_matches_reference_in_interpreter(tmp_path):
     cases = ["odd_L", "L1", "batch1", "groups", "no_optional", "partial_chunk", "masked_blocks"]
+    cases.append("modules")
     run_triton_interpreter(tmp_path, cases)
 
 

@@ -45,7 +45,8 @@ class TimestepEmbedding(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.freq_dim))
+        emb = sinusoidal_embedding(t, self.freq_dim)  # float32; the MLP may be bf16 ("-true")
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
 class MultivariateMambaDenoiser(nn.Module):
@@ -131,7 +132,8 @@ class MultivariateMambaDenoiser(nn.Module):
             x_in = x_t
 
         pos = sinusoidal_embedding(torch.arange(L, device=x_t.device), self.d_model)  # (L, D)
-        h = self.input_proj(x_in) + pos  # (B, L, D)
+        h = self.input_proj(x_in.to(self.input_proj.weight.dtype))  # (B, L, D)
+        h = h + pos.to(h.dtype)
         c = self.t_embed(t)  # (B, D)
         for block in self.blocks:
             h = block(h, c)

@@ -45,7 +45,7 @@ if HAS_TRITON:
     def _fwd_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, ckpt_ptr,
         L, G, Dg, N, n_dblocks, n_chunks, CHUNK,
-        s_b, s_d, s_Bb, s_Bg, s_Bn,
+        s_b, s_d, s_l, s_Bb, s_Bg, s_Bn, s_Bl,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, SAVE_CKPT: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -67,8 +67,8 @@ if HAS_TRITON:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-        row = b * s_b + offs_d * s_d  # (b, d, t) lives at row + t
-        brow = b * s_Bb + g * s_Bg + offs_n * s_Bn  # (b, g, n, t) lives at brow + t
+        row = b * s_b + offs_d * s_d  # (b, d, t) lives at row + t * s_l
+        brow = b * s_Bb + g * s_Bg + offs_n * s_Bn  # (b, g, n, t) lives at brow + t * s_Bl
         tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
         ckpt_base = (pid_bg * n_dblocks + pid_d) * n_chunks * BLOCK_D * BLOCK_N
 
@@ -77,30 +77,30 @@ if HAS_TRITON:
             if SAVE_CKPT:
                 if t % CHUNK == 0:
                     tl.store(ckpt_ptr + ckpt_base + (t // CHUNK) * BLOCK_D * BLOCK_N + tile, h)
-            u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0)
-            dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0)
+            u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
+            dt = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
             if HAS_BIAS:
                 dt = dt + bias
             if SOFTPLUS:
                 dt = _softplus(dt)
-            Bt = tl.load(B_ptr + brow + t, mask=mask_n, other=0.0)
-            Ct = tl.load(C_ptr + brow + t, mask=mask_n, other=0.0)
+            Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+            Ct = tl.load(C_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
             dA = tl.exp2(dt[:, None] * A2)
             h = dA * h + (dt * u)[:, None] * Bt[None, :]
             y = tl.sum(h * Ct[None, :], axis=1)
             if HAS_D:
                 y = y + Dv * u
             if HAS_Z:
-                zt = tl.load(z_ptr + row + t, mask=mask_d, other=0.0)
+                zt = tl.load(z_ptr + row + t * s_l, mask=mask_d, other=0.0)
                 y = y * zt * tl.sigmoid(zt)
-            tl.store(out_ptr + row + t, y, mask=mask_d)
+            tl.store(out_ptr + row + t * s_l, y, mask=mask_d)
 
     @triton.jit
     def _bwd_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gout_ptr, ckpt_ptr,
         scratch_ptr, gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gD_ptr, gbias_ptr, gB_ptr, gC_ptr,
         L, G, Dg, N, dim, n_dblocks, n_chunks, CHUNK,
-        s_b, s_d, s_Bb, s_Bg, s_Bn,
+        s_b, s_d, s_l, s_Bb, s_Bg, s_Bn, s_Bl,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
@@ -144,39 +144,41 @@ if HAS_TRITON:
             tl.store(scratch_ptr + scratch_base + tile, h)
             for i in range(n_steps):
                 t = t0 + i
-                u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0)
-                dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0)
+                u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
+                dt = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
                 if HAS_BIAS:
                     dt = dt + bias
                 if SOFTPLUS:
                     dt = _softplus(dt)
-                Bt = tl.load(B_ptr + brow + t, mask=mask_n, other=0.0)
+                Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
                 h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
                 tl.store(scratch_ptr + scratch_base + (i + 1) * tile_size + tile, h)
             tl.debug_barrier()  # the states written above are read back by other threads
             for ii in range(n_steps):
                 i = n_steps - 1 - ii
                 t = t0 + i
-                u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0)
-                dt_raw = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0)
+                u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
+                dt_raw = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
                 if HAS_BIAS:
                     dt_raw = dt_raw + bias
                 if SOFTPLUS:
                     dt = _softplus(dt_raw)
                 else:
                     dt = dt_raw
-                Bt = tl.load(B_ptr + brow + t, mask=mask_n, other=0.0)
-                Ct = tl.load(C_ptr + brow + t, mask=mask_n, other=0.0)
-                gout = tl.load(gout_ptr + row + t, mask=mask_d, other=0.0)
+                Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+                Ct = tl.load(C_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+                gout = tl.load(gout_ptr + row + t * s_l, mask=mask_d, other=0.0)
                 h_t = tl.load(scratch_ptr + scratch_base + (i + 1) * tile_size + tile)
                 h_prev = tl.load(scratch_ptr + scratch_base + i * tile_size + tile)
                 if HAS_Z:
-                    zt = tl.load(z_ptr + row + t, mask=mask_d, other=0.0)
+                    zt = tl.load(z_ptr + row + t * s_l, mask=mask_d, other=0.0)
                     sz = tl.sigmoid(zt)
                     y = tl.sum(h_t * Ct[None, :], axis=1)
                     if HAS_D:
                         y = y + Dv * u
-                    tl.store(gz_ptr + row + t, gout * y * sz * (1 + zt * (1 - sz)), mask=mask_d)
+                    tl.store(
+                        gz_ptr + row + t * s_l, gout * y * sz * (1 + zt * (1 - sz)), mask=mask_d
+                    )
                     gy = gout * zt * sz
                 else:
                     gy = gout
@@ -196,8 +198,8 @@ if HAS_TRITON:
                 if SOFTPLUS:
                     g_dt = g_dt * tl.sigmoid(dt_raw)
                 gbias_acc += g_dt
-                tl.store(gu_ptr + row + t, gu, mask=mask_d)
-                tl.store(gdelta_ptr + row + t, g_dt, mask=mask_d)
+                tl.store(gu_ptr + row + t * s_l, gu, mask=mask_d)
+                tl.store(gdelta_ptr + row + t * s_l, g_dt, mask=mask_d)
             tl.debug_barrier()  # scratch is overwritten by the next chunk
         # per-batch partials over (dim, N) / (dim,); the host sums over batch
         tl.store(gA_ptr + b * dim * N + offs_d[:, None] * N + offs_n[None, :], gA_acc, mask=mask_dn)
@@ -215,6 +217,15 @@ def _launch_config(dim: int, G: int, N: int, L: int):
     return Dg, block_d, block_n, chunk, triton.cdiv(Dg, block_d), triton.cdiv(L, chunk)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """float32 with L as the outer axis and channels innermost: (b, d, l) with memory
+    (b, l, d), or (b, g, n, l) with memory (b, l, g, n). No copy if already so."""
+    x = x.float()
+    perm = (0, x.dim() - 1, *range(1, x.dim() - 1))  # logical -> memory order
+    inv = [perm.index(i) for i in range(x.dim())]
+    return x.permute(perm).contiguous().permute(inv)
+
+
 class _TritonSelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -222,10 +233,13 @@ class _TritonSelectiveScan(torch.autograd.Function):
         ctx.B_shape, ctx.C_shape = B.shape, C.shape
         B = B.unsqueeze(1) if B.dim() == 3 else B
         C = C.unsqueeze(1) if C.dim() == 3 else C
-        u, delta, A, B, C = (x.float().contiguous() for x in (u, delta, A, B, C))
-        D, z, delta_bias = (
-            None if x is None else x.float().contiguous() for x in (D, z, delta_bias)
-        )
+        # channel-innermost memory: the BLOCK_D channels a program reads at step t are
+        # adjacent (coalesced), and (b, l, d) tensors from the Mamba layers need no copy
+        u, delta, z = (None if x is None else _channels_last(x) for x in (u, delta, z))
+        B, C = _channels_last(B), _channels_last(C)
+        A = A.float().contiguous()
+        D = D.float().contiguous() if D is not None else None
+        delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
         batch, dim, L = u.shape
         G, N = B.shape[1], A.shape[1]
         Dg, block_d, block_n, chunk, n_dblocks, n_chunks = _launch_config(dim, G, N, L)
@@ -236,7 +250,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
             u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
             delta_bias if delta_bias is not None else u, out, ckpt,
             L, G, Dg, N, n_dblocks, n_chunks, chunk,
-            u.stride(0), u.stride(1), B.stride(0), B.stride(1), B.stride(2),
+            *u.stride(), *B.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), SAVE_CKPT=True, BLOCK_D=block_d, BLOCK_N=block_n,
         )  # fmt: skip
@@ -247,7 +261,9 @@ class _TritonSelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gout):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        gout = gout.float().contiguous()
+        gout = _channels_last(gout)
+        if gout.stride() != u.stride():  # the kernel indexes gout with u's strides
+            gout = torch.empty_like(u).copy_(gout)
         batch, dim, L = u.shape
         G, N = B.shape[1], A.shape[1]
         Dg, block_d, block_n, chunk, n_dblocks, n_chunks = _launch_config(dim, G, N, L)
@@ -265,7 +281,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
             delta_bias if delta_bias is not None else u, gout, ckpt, scratch,
             gu, gdelta, gz, gA, gD, gbias, gB, gC,
             L, G, Dg, N, dim, n_dblocks, n_chunks, chunk,
-            u.stride(0), u.stride(1), B.stride(0), B.stride(1), B.stride(2),
+            *u.stride(), *B.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.delta_softplus, BLOCK_D=block_d, BLOCK_N=block_n,
         )  # fmt: skip
