@@ -149,8 +149,8 @@ def test_nan_guard_stops_without_saving(tmp_path, small_csv, clusters_json, monk
 
     orig = DenoiserModule.diffusion_loss
 
-    def poisoned(self, x0, mask, t=None):
-        loss, terms = orig(self, x0, mask, t)
+    def poisoned(self, x0, mask, t=None, eps=None):
+        loss, terms = orig(self, x0, mask, t, eps)
         return loss * float("nan") if self.global_step >= 2 else loss, terms
 
     monkeypatch.setattr(DenoiserModule, "diffusion_loss", poisoned)

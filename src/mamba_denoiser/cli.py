@@ -7,8 +7,8 @@ never Hydra globals), so everything below it stays importable without Hydra.
 from __future__ import annotations
 
 import contextlib
-import os
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Iterator

@@ -54,21 +54,25 @@ class DenoiserModule(L.LightningModule):
 
     # ---- the diffusion training objective -------------------------------------------
     def diffusion_loss(
-        self, x0: torch.Tensor, mask: torch.Tensor, t: torch.Tensor | None = None
+        self,
+        x0: torch.Tensor,
+        mask: torch.Tensor,
+        t: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ε-prediction loss on observed positions of x0 (B, L, F) at random or given t (B,)."""
-        B = x0.shape[0]
         if t is None:
-            t = torch.randint(0, self.sde.num_timesteps, (B,), device=x0.device)
-        eps = torch.randn_like(x0)
-        x0_safe = torch.where(mask, x0, torch.zeros_like(x0))
-        x_t, _ = self.sde.sample(x0_safe, t, noise=eps)
+            t = torch.randint(0, self.sde.num_timesteps, (x0.shape[0],), device=x0.device)
+        eps = torch.randn_like(x0) if eps is None else eps
+        x_t, _ = self.sde.sample(torch.where(mask, x0, torch.zeros_like(x0)), t, noise=eps)
         # Unobserved positions carry pure noise: no value, filled or otherwise, reaches the
         # network from a cell that was never observed; the mask input says which they are.
         x_t = torch.where(mask, x_t, eps)
-        eps_hat = self.model(x_t, t, mask=mask) if self.use_mask else self.model(x_t, t)
+        eps_hat = self(x_t, t, mask)
         x0_hat = self.sde.predict_x0(x_t, t, eps_hat)
-        return self.loss_fn(eps_hat, eps, x0_hat, mask=mask, return_terms=True)
+        return self.loss_fn(
+            eps_hat, eps, x0_hat, mask=mask, return_terms=True, sample_weight=self.sde.alpha_bar(t)
+        )
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None):
         return self.model(x_t, t, mask=mask) if self.use_mask else self.model(x_t, t)
@@ -105,14 +109,8 @@ class DenoiserModule(L.LightningModule):
         x0, mask = batch["x"], batch["mask"]
         g = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)
         t = torch.randint(0, self.sde.num_timesteps, (x0.shape[0],), generator=g)
-        eps = torch.randn(x0.shape, generator=g).to(x0.device)
-        t = t.to(x0.device)
-        x0_safe = torch.where(mask, x0, torch.zeros_like(x0))
-        x_t, _ = self.sde.sample(x0_safe, t, noise=eps)
-        x_t = torch.where(mask, x_t, eps)
-        eps_hat = self(x_t, t, mask)
-        x0_hat = self.sde.predict_x0(x_t, t, eps_hat)
-        loss, terms = self.loss_fn(eps_hat, eps, x0_hat, mask=mask, return_terms=True)
+        eps = torch.randn(x0.shape, generator=g)
+        loss, terms = self.diffusion_loss(x0, mask, t.to(x0.device), eps.to(x0.device, x0.dtype))
         bs = x0.shape[0]
         self.log_dict(
             {f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs, sync_dist=True

@@ -131,3 +131,20 @@ def test_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match="denoised_output"):
         DenoisingLoss("trending")(torch.zeros(1, 4, 1), torch.zeros(1, 4, 1))
     assert DenoisingLoss("Mean-Reverting").strategy == "tv"
+
+
+def test_sample_weight_is_a_weighted_mean():
+    torch.manual_seed(0)
+    x = torch.randn(3, 20, 2)
+    mask = torch.rand(3, 20, 2) > 0.2
+    ones = torch.ones(3)
+    for fn in (total_variation, lambda a, m, w: high_frequency_energy(a, 0.25, m, w)):
+        # all-ones weights change nothing; a zero weight removes that sample entirely
+        torch.testing.assert_close(fn(x, mask, ones), fn(x, mask, None))
+        w = torch.tensor([1.0, 0.0, 1.0])
+        keep = torch.tensor([0, 2])
+        torch.testing.assert_close(fn(x, mask, w), fn(x[keep], mask[keep], None))
+        # values of a zero-weight sample cannot change the result
+        y = x.clone()
+        y[1] = 1e6 * torch.randn(20, 2)
+        torch.testing.assert_close(fn(y, mask, w), fn(x, mask, w))

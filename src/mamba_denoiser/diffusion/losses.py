@@ -50,32 +50,51 @@ def _observed(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else torch.where(mask, x, torch.zeros((), device=x.device))
 
 
-def total_variation(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean |x_{t+1} - x_t| over adjacent (observed) pairs; x: [B, L, F]. 0 if no pairs."""
+def _sample_weight(w: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """(B,) per-sample weights as (B, 1, 1), float32; ones when None."""
+    if w is None:
+        return torch.ones(x.shape[0], 1, 1, device=x.device)
+    if w.shape != (x.shape[0],):
+        raise ValueError(f"sample_weight must have shape ({x.shape[0]},), got {tuple(w.shape)}")
+    return w.float().reshape(-1, 1, 1)
+
+
+def total_variation(
+    x: torch.Tensor, mask: torch.Tensor | None = None, sample_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean |x_{t+1} - x_t| over adjacent (observed) pairs; x: [B, L, F]. 0 if no pairs.
+
+    With ``sample_weight`` (B,), every pair of sample b counts with weight w_b (a weighted
+    mean; all-ones gives the plain mean)."""
     x = _observed(x, mask)
     diff = (x[:, 1:] - x[:, :-1]).abs()  # (B, L-1, F)
-    if mask is None:
-        return diff.mean() if diff.numel() else diff.sum()
-    pairs = mask[:, 1:] & mask[:, :-1]
-    return (diff * pairs).sum() / pairs.sum().clamp(min=1)
+    pairs = torch.ones_like(diff) if mask is None else (mask[:, 1:] & mask[:, :-1]).float()
+    pairs = pairs * _sample_weight(sample_weight, x)
+    return (diff * pairs).sum() / pairs.sum().clamp(min=1e-12)
 
 
 def high_frequency_energy(
-    x: torch.Tensor, cutoff: float = 0.25, mask: torch.Tensor | None = None
+    x: torch.Tensor,
+    cutoff: float = 0.25,
+    mask: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean-square value of x above ``cutoff`` × Nyquist along time; x: [B, L, F]."""
+    """Mean-square value of x above ``cutoff`` × Nyquist along time; x: [B, L, F].
+
+    With ``sample_weight`` (B,), sample b's energy and observed count are weighted by w_b."""
     if not 0.0 <= cutoff <= 1.0:
         raise ValueError(f"cutoff is a fraction of the Nyquist frequency in [0, 1], got {cutoff}")
     x = _observed(x, mask)
     L = x.shape[1]
+    w = _sample_weight(sample_weight, x)  # (B, 1, 1)
     if mask is None:
-        n_obs = torch.tensor(float(x.numel()), device=x.device)
+        n_obs = (w * L).sum() * x.shape[2]
         x = x - x.mean(dim=1, keepdim=True)  # changes only the DC bin, which is never penalised
     else:
         counts = mask.sum(dim=1, keepdim=True)  # (B, 1, F)
         mean = x.sum(dim=1, keepdim=True) / counts.clamp(min=1)
         x = torch.where(mask, x - mean, torch.zeros((), device=x.device))
-        n_obs = counts.sum().float()
+        n_obs = (counts * w).sum()
     spec = torch.fft.rfft(x, dim=1, norm="ortho")  # (B, L//2 + 1, F)
     k = torch.arange(spec.shape[1], device=x.device)
     # one-sided spectrum: every bin except DC and (for even L) Nyquist stands for two
@@ -84,8 +103,8 @@ def high_frequency_energy(
     if L % 2 == 0:
         weight[-1] = 1.0
     weight = weight * (2.0 * k / L > cutoff)  # normalised frequency, 1.0 = Nyquist
-    energy = (spec.real**2 + spec.imag**2) * weight[None, :, None]
-    return energy.sum() / n_obs.clamp(min=1)
+    energy = (spec.real**2 + spec.imag**2) * weight[None, :, None] * w
+    return energy.sum() / n_obs.clamp(min=1e-12)
 
 
 class DenoisingLoss(nn.Module):
@@ -138,8 +157,14 @@ class DenoisingLoss(nn.Module):
         denoised_output: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         return_terms: bool = False,
+        sample_weight: torch.Tensor | None = None,
     ):
         """ε̂, ε, x̂0: [B, L, F]; mask: [B, L, F] bool (True = observed) or None.
+
+        ``sample_weight`` (B,) weights each sample's guidance terms (not the ε-MSE). Training
+        passes ᾱ_t: at high noise x̂0 = (x_t - σ_t ε̂)/√ᾱ_t amplifies ε̂ by up to ~1/√ᾱ_T ≈
+        160x, and an unweighted TV/Fourier term would be dominated by those near-meaningless
+        estimates instead of shaping x̂0 where it carries signal.
 
         Returns the scalar loss, or (loss, terms) with ``return_terms=True``; terms holds
         detached float32 scalars total, noise_mse, tv, fourier, guidance (tv and fourier
@@ -169,9 +194,9 @@ class DenoisingLoss(nn.Module):
         else:
             # terms with zero weight are still computed for logging, but without a graph
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.tv_coef != 0):
-                tv = total_variation(denoised_output, mask)
+                tv = total_variation(denoised_output, mask, sample_weight)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.fourier_coef != 0):
-                fourier = high_frequency_energy(denoised_output, self.cutoff, mask)
+                fourier = high_frequency_energy(denoised_output, self.cutoff, mask, sample_weight)
             guidance = self.tv_coef * tv + self.fourier_coef * fourier
         total = noise_mse + self.guidance_weight * guidance
         if not return_terms:
