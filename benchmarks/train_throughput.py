@@ -10,6 +10,7 @@ For clusters of 1, 9 and 38 features of the default synthetic panel: time a Ligh
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 import warnings
@@ -61,6 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     sp = make_synthetic_panel(9000, 0)
     panel = panel_from_frame(sp.frame, window_size=60)
     print(
