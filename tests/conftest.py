@@ -7,6 +7,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tests use tiny tensors: one intra-op thread is as fast, and far faster on a shared,
+    busy CPU (a parallel region waits for its slowest thread, which may be descheduled)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_small_frame(n_rows: int = 600, seed: int = 0) -> pd.DataFrame:
