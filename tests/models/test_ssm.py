@@ -93,6 +93,22 @@ def test_fused_no_grad_and_shapes_of_grads():
         assert g.shape == inputs[name].shape, name
 
 
+def test_fused_trains_after_inference_mode():
+    # Lightning validates under torch.inference_mode; the fused scan's reused scratch
+    # buffers must still be writable by the next training step.
+    from mamba_denoiser.models.ssm import release_workspace
+
+    release_workspace()
+    inputs = make_inputs(batch=2, dim=4, L=7, N=3)
+    with torch.inference_mode():
+        selective_scan(**{k: v.detach() for k, v in inputs.items()}, backend="fused")
+    out, grads = run("fused", inputs)
+    ref, ref_grads = run("reference", inputs)
+    assert_close(out, ref)
+    for name in grads:
+        assert_close(grads[name], ref_grads[name])
+
+
 def test_fused_saves_no_full_state_tensor():
     # the backward must not keep (batch, L, dim, N) of states: only O(sqrt(L)) of them
     batch, dim, L, N = 2, 32, 256, 16

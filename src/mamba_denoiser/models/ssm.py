@@ -185,7 +185,10 @@ def _workspace(slot: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.T
         bufs = _WORKSPACE.bufs = {}
     buf = bufs.get(slot)
     if buf is None or buf.numel() < numel:
-        buf = bufs[slot] = torch.empty(numel, dtype=torch.float32)
+        # Always a normal tensor: one made under inference_mode (e.g. Lightning's validation)
+        # could not be written in a later training step.
+        with torch.inference_mode(False):
+            buf = bufs[slot] = torch.empty(numel, dtype=torch.float32)
     return buf[:numel].view(shape)
 
 
