@@ -50,10 +50,9 @@ def to_dict(node: Any) -> dict:
 
 
 def run_cluster(cfg: DictConfig) -> dict:
-    from rich.console import Console
-
     from mamba_denoiser.clustering.run import cluster_table, run_clustering
     from mamba_denoiser.data.source import panel_from_config
+    from mamba_denoiser.io import console
 
     out = output_dir(cfg)
     with clean_failure(out):
@@ -71,7 +70,7 @@ def run_cluster(cfg: DictConfig) -> dict:
             rolling_window=c.rolling_window,
             plots=cfg.plots,
         )
-    Console().print(cluster_table(doc))
+    console().print(cluster_table(doc))
     log.info("Wrote %s", out / "clusters.json")
     return doc
 

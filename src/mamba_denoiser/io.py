@@ -36,3 +36,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def atomic_write_csv(path: str | Path, frame, **kwargs) -> Path:
     kwargs.setdefault("index", False)
     return atomic_write(path, lambda p: frame.to_csv(p, **kwargs))
+
+
+def console():
+    """A rich Console; wide when not a terminal, so tables in logs and CI stay on one line."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)

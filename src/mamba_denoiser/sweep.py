@@ -81,8 +81,8 @@ class SweepSummary(Callback):
         rows = collect_summaries(sweep_dir)
         if not rows:
             return
-        from rich.console import Console
+        from mamba_denoiser.io import console
 
         path = write_summary_table(rows, sweep_dir)
-        Console().print(summary_rich_table(rows, sweep_dir))
+        console().print(summary_rich_table(rows, sweep_dir))
         print(f"summary: {path}")
