@@ -262,6 +262,7 @@ def run_train(cfg: DictConfig) -> float:
             "best_val_loss": best,
             "init_val_noise_mse": float(init["val/noise_mse"]) if init else None,
             "last_val_noise_mse": final.get("val/noise_mse"),
+            "val_noise_mse_iid_baseline": final.get("val/noise_mse_iid_baseline"),
             "best_checkpoint": str(ckpt_cb.best_model_path) if ckpt_cb else "",
             "last_checkpoint": str(Path(ckpt_cb.dirpath) / "last.ckpt") if ckpt_cb else "",
             "train_windows": int(len(dm.train_starts)),

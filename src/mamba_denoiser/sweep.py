@@ -14,7 +14,7 @@ COLUMNS = (
     "type",
     "features",
     "epochs",
-    "val noise MSE init -> last",
+    "val noise MSE init -> last (iid baseline)",
     "best val loss",
     "best checkpoint",
 )
@@ -36,7 +36,10 @@ def _ckpt(r: dict[str, Any], sweep_dir: Path | None) -> str:
 
 
 def _mse(r: dict[str, Any]) -> str:
-    return f"{_num(r.get('init_val_noise_mse'))} -> {_num(r.get('last_val_noise_mse'))}"
+    return (
+        f"{_num(r.get('init_val_noise_mse'))} -> {_num(r.get('last_val_noise_mse'))} "
+        f"({_num(r.get('val_noise_mse_iid_baseline'))})"
+    )
 
 
 def collect_summaries(sweep_dir: str | Path) -> list[dict[str, Any]]:
