@@ -232,3 +232,19 @@ def test_multirun_two_clusters_writes_checkpoints_and_summary(tmp_path, small_cs
     table = (sweep / "summary.md").read_text()
     assert "| c0 | mean_reverting | 2 | 2 |" in table and "| c1 | trending | 1 | 2 |" in table
     assert "Training sweep" in r.stdout
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_and_checkpoint_loads_uncompiled(tmp_path, small_csv, clusters_json):
+    from mamba_denoiser.training import DenoiserModule
+
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "compile=true", "trainer.max_epochs=1",
+                   "validate_at_init=false")
+    run_train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    assert not any("_orig_mod" in k for k in ck["state_dict"])
+    module = DenoiserModule.load_from_checkpoint(last, map_location="cpu", compile=False)
+    x = torch.randn(2, WINDOW, 2)
+    out = module(x, torch.tensor([10, 500]), torch.ones_like(x, dtype=torch.bool))
+    assert out.shape == x.shape and torch.isfinite(out).all()

@@ -126,8 +126,11 @@ class DenoiserModule(L.LightningModule):
 
     # ---- optimisation -----------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self.hparams.compile and not isinstance(self.model, torch._dynamo.OptimizedModule):
-            self.model = torch.compile(self.model)
+        # nn.Module.compile works in place: state_dict keys stay free of "_orig_mod.", so
+        # checkpoints load into an uncompiled model for denoising.
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.model.compile()
+            self._compiled = True
 
     def configure_optimizers(self):
         hp = self.hparams

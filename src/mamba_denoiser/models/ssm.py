@@ -389,6 +389,10 @@ class _FusedSelectiveScan(torch.autograd.Function):
         )
 
 
+# The fused scan is a Python loop over time with a hand-written backward: dynamo cannot trace
+# it (it aliases scratch buffers) and would gain nothing, so torch.compile leaves it out and
+# compiles the projections, convolution and norms around it.
+@torch.compiler.disable
 def selective_scan_fused(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False
 ) -> torch.Tensor:
