@@ -238,8 +238,14 @@ def test_multirun_two_clusters_writes_checkpoints_and_summary(tmp_path, small_cs
 def test_torch_compile_trains_and_checkpoint_loads_uncompiled(tmp_path, small_csv, clusters_json):
     from mamba_denoiser.training import DenoiserModule
 
-    cfg = make_cfg(tmp_path, small_csv, clusters_json, "compile=true", "trainer.max_epochs=1",
-                   "validate_at_init=false")
+    cfg = make_cfg(
+        tmp_path,
+        small_csv,
+        clusters_json,
+        "compile=true",
+        "trainer.max_epochs=1",
+        "validate_at_init=false",
+    )
     run_train(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ck = torch.load(last, map_location="cpu", weights_only=False)
