@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from mamba_denoiser.clustering.artifact import build_document
 from mamba_denoiser.clustering.grouping import (
     STRATEGY,
     STRATEGY_DESCRIPTION,
@@ -83,15 +84,21 @@ def test_deterministic_including_json():
     b = cluster_features(stats.copy(), seed=7)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.centroids, b.centroids)
-    assert json.dumps(a.to_dict()) == json.dumps(b.to_dict())
     assert a.selection == b.selection
+    doc_a, doc_b = (
+        build_document(source={}, targets=[], stats=stats, result=r, passthrough={}, config={})
+        for r in (a, b)
+    )
+    assert json.dumps(doc_a) == json.dumps(doc_b)
 
 
-def test_to_dict_is_json_ready():
+def test_clusters_document_is_json_ready():
     stats, _ = blobs()
-    d = cluster_features(stats).to_dict()
-    text = json.dumps(d)
-    assert json.loads(text)["k"] == 3
+    result = cluster_features(stats)
+    d = build_document(source={}, targets=[], stats=stats, result=result, passthrough={}, config={})
+    text = json.dumps(d, allow_nan=False)
+    assert json.loads(text)["selection"]["k"] == 3
+    assert [c["features"] for c in d["clusters"]] == list(result.members().values())
     for c in d["clusters"]:
         assert c["strategy_description"] == STRATEGY_DESCRIPTION[c["strategy"]]
 

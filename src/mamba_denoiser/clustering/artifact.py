@@ -66,21 +66,18 @@ def build_document(
     from mamba_denoiser.clustering.grouping import STRATEGY_DESCRIPTION
 
     features = list(stats.index)
-    clusters = []
-    for cid in range(result.k):
-        members = [f for f, lab in zip(features, result.labels) if int(lab) == cid]
-        strategy = result.strategies[cid]
-        clusters.append(
-            {
-                "id": cid,
-                "name": f"c{cid}",
-                "type": result.types[cid],
-                "strategy": strategy,
-                "strategy_description": STRATEGY_DESCRIPTION.get(strategy, strategy),
-                "n_features": len(members),
-                "features": members,
-            }
-        )
+    clusters = [
+        {
+            "id": cid,
+            "name": f"c{cid}",
+            "type": result.types[cid],
+            "strategy": result.strategies[cid],
+            "strategy_description": STRATEGY_DESCRIPTION[result.strategies[cid]],
+            "n_features": len(members),
+            "features": members,
+        }
+        for cid, members in result.members().items()
+    ]
     return {
         "schema_version": SCHEMA_VERSION,
         "source": source,
@@ -93,10 +90,7 @@ def build_document(
         "selection": {
             "criterion": result.criterion,
             "k": int(result.k),
-            "curve": [
-                {k: _round(v) if isinstance(v, float) else v for k, v in row.items()}
-                for row in result.selection
-            ],
+            "curve": list(result.selection),  # already rounded by grouping
         },
         "clusters": clusters,
         "excluded": dict(passthrough),

@@ -107,28 +107,6 @@ class ClusteringResult:
             c: [f for f, lab in zip(self.features, self.labels) if lab == c] for c in range(self.k)
         }
 
-    def to_dict(self) -> dict:
-        """JSON-ready summary (python scalars, rounded floats)."""
-        return {
-            "k": int(self.k),
-            "criterion": self.criterion,
-            "selection": self.selection,
-            "clusters": [
-                {
-                    "id": c,
-                    "type": self.types[c],
-                    "strategy": self.strategies[c],
-                    "strategy_description": STRATEGY_DESCRIPTION[self.strategies[c]],
-                    "features": feats,
-                }
-                for c, feats in self.members().items()
-            ],
-            "centroids": [[_round(v) for v in row] for row in self.centroids],
-            "stat_columns": list(self.stat_columns),
-            "seed": int(self.seed),
-            "n_init": int(self.n_init),
-        }
-
 
 def standardise_stats(stats: pd.DataFrame) -> np.ndarray:
     """Transform (``TRANSFORMS``) and z-score the statistics table: (n_features, n_stats).
