@@ -8,7 +8,9 @@ python cluster.py clustering.k=7                    # fixed K
 import hydra
 from omegaconf import DictConfig
 
-from mamba_denoiser.cli import run_cluster
+from mamba_denoiser.cli import run_cluster, set_project_root
+
+set_project_root()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="cluster")

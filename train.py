@@ -11,8 +11,10 @@ python train.py ckpt_path=.../checkpoints/last.ckpt   # resume
 import hydra
 from omegaconf import DictConfig
 
-from mamba_denoiser.cli import register_cluster_options, run_train
+from mamba_denoiser.cli import set_project_root
+from mamba_denoiser.train_job import register_cluster_options, run_train
 
+set_project_root()
 register_cluster_options()
 
 

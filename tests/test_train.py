@@ -7,6 +7,7 @@ lightning-hydra-template); DDP and multirun go through the real command line.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from mamba_denoiser.cli import register_cluster_options, run_train
+from mamba_denoiser.train_job import register_cluster_options, run_train
 from mamba_denoiser.clustering.run import run_clustering
 from mamba_denoiser.data.panel import load_panel
 
@@ -57,8 +58,8 @@ def clusters_json(tmp_path, small_csv):
             "type": "random_walk",
             "strategy": "balanced",
             "strategy_description": "",
-            "n_features": 2,
-            "features": ["M1", "M2"],
+            "n_features": 1,
+            "features": ["M2"],
         },
     ]
     path = tmp_path / "cluster" / "clusters.json"
@@ -80,7 +81,7 @@ def base_overrides(tmp_path, csv, clusters):
 
 
 def make_cfg(tmp_path, csv, clusters, *overrides, run="run"):
-    register_cluster_options([f"clusters={clusters}"])
+    register_cluster_options([f"clusters={clusters}", *overrides])
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
             "train",
@@ -131,6 +132,8 @@ def test_resume_continues_epochs_and_scaler_is_train_only(tmp_path, small_csv, c
     hp = ck["hyper_parameters"]
     np.testing.assert_allclose(hp["scaler"]["mean"], np.nanmean(train, axis=0), rtol=1e-12)
     np.testing.assert_allclose(hp["scaler"]["std"], np.nanstd(train, axis=0), rtol=1e-12)
+    assert len(hp["scaler"]["window_scale"]) == 2 and hp["scaler"]["anchor_len"] == 10
+    assert hp["model"]["direction"] == "causal"
     full = panel.frame[["E1", "E2"]].to_numpy()
     assert not np.allclose(hp["scaler"]["mean"], np.nanmean(full, axis=0))
     assert hp["cluster"]["features"] == ["E1", "E2"] and hp["window_size"] == WINDOW
@@ -139,13 +142,14 @@ def test_resume_continues_epochs_and_scaler_is_train_only(tmp_path, small_csv, c
     cfg2 = make_cfg(
         tmp_path, small_csv, clusters_json, "trainer.max_epochs=3", f"ckpt_path={last}", run="run2"
     )
+    assert cfg2.cluster.checkpoint == str(last)  # the option came from the checkpoint
     run_train(cfg2)
     s = json.loads((tmp_path / "run2" / "summary.json").read_text())
     assert s["epochs"] == 3 and s["global_step"] == 12  # 1 resumed + 2 new epochs of 4 steps
 
 
-def test_nan_guard_stops_without_saving(tmp_path, small_csv, clusters_json, monkeypatch):
-    from mamba_denoiser.training import DenoiserModule, NonFiniteLossError
+def test_nan_guard_stops_without_saving(tmp_path, small_csv, clusters_json, monkeypatch, capsys):
+    from mamba_denoiser.training import DenoiserModule
 
     orig = DenoiserModule.diffusion_loss
 
@@ -155,9 +159,34 @@ def test_nan_guard_stops_without_saving(tmp_path, small_csv, clusters_json, monk
 
     monkeypatch.setattr(DenoiserModule, "diffusion_loss", poisoned)
     cfg = make_cfg(tmp_path, small_csv, clusters_json)
-    with pytest.raises(NonFiniteLossError, match="Lower the learning rate"):
+    with pytest.raises(SystemExit) as exc:
         run_train(cfg)
-    assert not list((tmp_path / "run").rglob("*.ckpt"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Lower the learning rate (optim.lr=...)" in err and "trainer.precision=32-true" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # failed before its first checkpoint: no run dir
+
+
+def test_failure_after_a_checkpoint_keeps_it_and_records_the_failure(
+    tmp_path, small_csv, clusters_json, monkeypatch, capsys
+):
+    from mamba_denoiser.training import DenoiserModule
+
+    orig = DenoiserModule.diffusion_loss
+
+    def poisoned(self, x0, mask, t=None, eps=None):
+        loss, terms = orig(self, x0, mask, t, eps)
+        return loss * float("nan") if self.global_step >= 5 else loss, terms
+
+    monkeypatch.setattr(DenoiserModule, "diffusion_loss", poisoned)
+    cfg = make_cfg(tmp_path, small_csv, clusters_json)  # 4 steps per epoch: epoch 1 saved
+    with pytest.raises(SystemExit):
+        run_train(cfg)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "failed" and "training loss is nan" in s["error"]
+    assert s["cluster_id"] == 0 and s["features"] == ["E1", "E2"]
 
 
 def test_missing_clusters_file_is_a_clear_error(tmp_path, small_csv):
@@ -254,3 +283,151 @@ def test_torch_compile_trains_and_checkpoint_loads_uncompiled(tmp_path, small_cs
     x = torch.randn(2, WINDOW, 2)
     out = module(x, torch.tensor([10, 500]), torch.ones_like(x, dtype=torch.bool))
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+# ---- refusals before training (each leaves no run directory) ---------------------------
+
+
+def _with_features(clusters_json, cluster_id, features):
+    doc = json.loads(clusters_json.read_text())
+    doc["clusters"][cluster_id]["features"] = features
+    doc["clusters"][cluster_id]["n_features"] = len(features)
+    clusters_json.write_text(json.dumps(doc))
+    return clusters_json
+
+
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        (["E1", "forward_returns"], "is a target"),
+        (["E1", "D1"], "is a passthrough column"),
+        (["E1", "date_id"], "is the id column"),
+        (["E1", "NOPE"], "is not a column of"),
+        (["E1", "M1"], "more than one cluster"),  # M1 is in c1 too
+    ],
+)
+def test_clusters_json_is_checked_against_the_panel(
+    tmp_path, small_csv, clusters_json, capsys, features, message
+):
+    _with_features(clusters_json, 0, features)
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "cluster=c0")
+    with pytest.raises(SystemExit) as exc:
+        run_train(cfg)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_a_mismatching_cluster_is_refused(tmp_path, small_csv, clusters_json, capsys):
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "cluster=c1", "trainer.max_epochs=1")
+    run_train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg2 = make_cfg(
+        tmp_path, small_csv, clusters_json, "cluster=c2", f"ckpt_path={last}", run="run2"
+    )
+    with pytest.raises(SystemExit):
+        run_train(cfg2)
+    assert "checkpoint of cluster c1, but cluster=c2" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path, small_csv, clusters_json, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, f"ckpt_path={bad}")
+    with pytest.raises(SystemExit):
+        run_train(cfg)
+    assert "cannot be read as a safe (weights-only) torch checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_hparams_and_final_metrics_reach_tensorboard(tmp_path, small_csv, clusters_json):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "cluster=c1", "trainer.max_epochs=1")
+    run_train(cfg)
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "hp/best_val_noise_mse" in acc.Tags()["scalars"]
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert session.hparams["cluster"].string_value == "c1"
+    assert session.hparams["type"].string_value == "trending"
+    assert session.hparams["direction"].string_value == "causal"
+    assert session.hparams["lr"].number_value == pytest.approx(1e-4)
+
+
+def test_trainer_gpu_without_a_gpu_is_a_clean_error(tmp_path, small_csv, clusters_json):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    r = cli(
+        tmp_path,
+        small_csv,
+        clusters_json,
+        "trainer=gpu",
+        "trainer.accelerator=gpu",  # base_overrides pin cpu; this is what trainer=gpu sets
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "asks for a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_resume_needs_only_the_checkpoint(tmp_path, small_csv, clusters_json):
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "cluster=c2", "trainer.max_epochs=1")
+    run_train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"ckpt_path={last}",
+            "data=csv",
+            f"data.path={small_csv}",
+            f"data.window_size={WINDOW}",
+            "experiment=smoke",
+            "trainer.max_epochs=2",
+            "trainer.accelerator=cpu",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "train").glob("*_c2"))  # named after the checkpoint
+    assert len(runs) == 1
+    s = json.loads((runs[0] / "summary.json").read_text())
+    assert s["cluster_id"] == 2 and s["features"] == ["M2"] and s["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_multirun_from_a_fresh_directory_without_overrides(tmp_path):
+    """The README's commands as a new user types them: no path or sweep-dir override."""
+    env = {k: v for k, v in os.environ.items() if k != "MAMBA_DENOISER_ROOT"}
+    for args in (
+        [str(ROOT / "cluster.py"), "plots=false", "data.n_rows=1200"],
+        [str(ROOT / "train.py"), "-m", "cluster=c0,c1", "experiment=smoke", "data.n_rows=1200"],
+    ):
+        r = subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr[-4000:]
+    sweeps = list((tmp_path / "outputs" / "train_multirun").iterdir())
+    assert len(sweeps) == 1
+    assert len(list(sweeps[0].glob("*/checkpoints/last.ckpt"))) == 2
+    assert (sweeps[0] / "summary.md").exists()
+    assert r.stdout.count("Training c0 ") == 1  # each log line once

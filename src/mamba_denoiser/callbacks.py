@@ -40,7 +40,6 @@ class ValidationFigure(L.Callback):
         t = torch.full((1,), self.t_star, device=x0.device, dtype=torch.long)
         with torch.no_grad():
             x_t, _ = pl_module.sde.sample(torch.where(mask, x0, torch.zeros_like(x0)), t, noise=eps)
-            x_t = torch.where(mask, x_t, eps)
             x0_hat = pl_module.sde.predict_x0(x_t, t, pl_module(x_t, t, mask))
         from mamba_denoiser.plots import validation_window_figure
 

@@ -14,8 +14,10 @@ COLUMNS = (
     "type",
     "features",
     "epochs",
-    "val noise MSE init -> last (iid baseline)",
-    "best val loss",
+    "val noise MSE init -> best (iid baseline)",
+    "vs baseline",
+    "train/val gap z -> window",
+    "status",
     "best checkpoint",
 )
 
@@ -37,9 +39,41 @@ def _ckpt(r: dict[str, Any], sweep_dir: Path | None) -> str:
 
 def _mse(r: dict[str, Any]) -> str:
     return (
-        f"{_num(r.get('init_val_noise_mse'))} -> {_num(r.get('last_val_noise_mse'))} "
+        f"{_num(r.get('init_val_noise_mse'))} -> {_num(r.get('best_val_noise_mse'))} "
         f"({_num(r.get('val_noise_mse_iid_baseline'))})"
     )
+
+
+def _vs_baseline(r: dict[str, Any]) -> str:
+    """Best val noise MSE relative to the i.i.d. reference: -30% = 30 % below it."""
+    best, ref = r.get("best_val_noise_mse"), r.get("val_noise_mse_iid_baseline")
+    return "-" if best is None or not ref else f"{100 * (best / ref - 1):+.0f}%"
+
+
+def _gap(r: dict[str, Any]) -> str:
+    """Median/max over features of |mean_val - mean_train| / sd_train, z-score -> window."""
+    g = r.get("train_val_gap") or {}
+    if not g:
+        return "-"
+    z, w = g.get("zscore", {}), g.get("window", {})
+    return (
+        f"{z.get('median', 0):.2f}/{z.get('max', 0):.2f} -> "
+        f"{w.get('median', 0):.2f}/{w.get('max', 0):.2f}"
+    )
+
+
+def _row(r: dict[str, Any], sweep_dir: Path | None) -> list[str]:
+    return [
+        f"c{r.get('cluster_id', '?')}",
+        str(r.get("type", "?")),
+        str(r.get("n_features", "?")),
+        str(r.get("epochs", "-")),
+        _mse(r),
+        _vs_baseline(r),
+        _gap(r),
+        str(r.get("status", "ok")) + (f": {r['error'][:60]}" if r.get("error") else ""),
+        _ckpt(r, sweep_dir),
+    ]
 
 
 def collect_summaries(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -52,10 +86,7 @@ def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Pa
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        lines.append(
-            f"| c{r['cluster_id']} | {r['type']} | {r['n_features']} | {r['epochs']} | "
-            f"{_mse(r)} | {_num(r['best_val_loss'])} | {_ckpt(r, Path(sweep_dir))} |"
-        )
+        lines.append("| " + " | ".join(_row(r, Path(sweep_dir))) + " |")
     return atomic_write_text(Path(sweep_dir) / "summary.md", "\n".join(lines) + "\n")
 
 
@@ -66,15 +97,7 @@ def summary_rich_table(rows: list[dict[str, Any]], sweep_dir: str | Path | None 
     for c in COLUMNS:
         table.add_column(c)
     for r in rows:
-        table.add_row(
-            f"c{r['cluster_id']}",
-            r["type"],
-            str(r["n_features"]),
-            str(r["epochs"]),
-            _mse(r),
-            _num(r["best_val_loss"]),
-            _ckpt(r, Path(sweep_dir) if sweep_dir else None),
-        )
+        table.add_row(*_row(r, Path(sweep_dir) if sweep_dir else None))
     return table
 
 

@@ -1,8 +1,9 @@
 """LightningModule: MultivariateMambaDenoiser + VPSDE + DenoisingLoss for one cluster.
 
-The module's hyper-parameters are the checkpoint contract of DESIGN.md §4: they carry the
-cluster (id, type, strategy, features), the window size, the train-split scaler and the
-model/SDE/loss settings, so denoise.py needs nothing but the checkpoint.
+The module's hyper-parameters are the checkpoint contract (docs/design.md, "Checkpoint"):
+they carry the cluster (id, type, strategy, features), the window size, the train-split
+scaler (z-score, window scale, anchor length), the model settings (direction included)
+and the SDE/loss settings, so denoise.py needs nothing but the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class DenoiserModule(L.LightningModule):
         *,
         cluster: dict[str, Any],  # {id, type, strategy, features}
         window_size: int = 60,
-        scaler: dict[str, list[float]] | None = None,  # {mean, std} of the train split
+        scaler: dict[str, Any] | None = None,  # train-split {mean, std, window_scale, anchor_len}
         model: dict[str, Any] | None = None,  # MultivariateMambaDenoiser kwargs
         sde: dict[str, Any] | None = None,  # VPSDE kwargs
         loss: dict[str, Any] | None = None,  # DenoisingLoss kwargs (strategy, weights)
@@ -41,7 +42,9 @@ class DenoiserModule(L.LightningModule):
         source: dict[str, Any] | None = None,  # data provenance (path, sha256, split)
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # Not sent to the loggers as-is (the scaler alone is hundreds of numbers): train.py
+        # logs a flat, comparable summary with the final metrics to TensorBoard's HPARAMS.
+        self.save_hyperparameters(logger=False)
         n_features = len(cluster["features"])
         self.model = MultivariateMambaDenoiser(
             n_features=n_features, window_size=window_size, **(model or {})
@@ -50,7 +53,7 @@ class DenoiserModule(L.LightningModule):
         loss = dict(loss or {})
         strategy = loss.pop("strategy", "auto")
         self.loss_fn = DenoisingLoss(cluster_type=cluster["type"], strategy=strategy, **loss)
-        self.use_mask = bool((model or {}).get("use_mask", False))
+        self.use_mask = self.model.use_mask
 
     # ---- the diffusion training objective -------------------------------------------
     def diffusion_loss(
@@ -64,10 +67,9 @@ class DenoiserModule(L.LightningModule):
         if t is None:
             t = torch.randint(0, self.sde.num_timesteps, (x0.shape[0],), device=x0.device)
         eps = torch.randn_like(x0) if eps is None else eps
+        # Unobserved cells: the network zeroes them and reads the mask bit (models/denoiser.py),
+        # the loss skips them; the 0 here only keeps NaN out of the arithmetic.
         x_t, _ = self.sde.sample(torch.where(mask, x0, torch.zeros_like(x0)), t, noise=eps)
-        # Unobserved positions carry pure noise: no value, filled or otherwise, reaches the
-        # network from a cell that was never observed; the mask input says which they are.
-        x_t = torch.where(mask, x_t, eps)
         eps_hat = self(x_t, t, mask)
         x0_hat = self.sde.predict_x0(x_t, t, eps_hat)
         loss, terms = self.loss_fn(
@@ -91,7 +93,8 @@ class DenoiserModule(L.LightningModule):
                 f"training loss is {loss.item()} at epoch {self.current_epoch}, step "
                 f"{self.global_step} (cluster c{self.hparams.cluster['id']}). Stopped before "
                 "the optimiser step, so no broken weights are saved. Lower the learning rate "
-                "(model.lr), use precision=32, or check the input data."
+                "(optim.lr=...), train in full precision (trainer.precision=32-true), or check "
+                "the input data."
             )
         self.log_dict(
             {f"train/{k}": v for k, v in terms.items()},

@@ -10,13 +10,20 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from mamba_denoiser.data.panel import Panel, PanelError
-from mamba_denoiser.data.windows import WindowDataset, collate_batch, window_starts
+from mamba_denoiser.data.windows import (
+    WindowDataset,
+    collate_batch,
+    fit_window_scale,
+    gather_windows,
+    window_anchor,
+    window_starts,
+)
 
 log = logging.getLogger(__name__)
 
 
 def fit_scaler(values: np.ndarray, train: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std of the observed TRAIN rows only (DESIGN.md §5.1)."""
+    """Per-feature mean and std of the observed TRAIN rows only (honesty rule 1)."""
     tr = values[train[0] : train[1]]
     n_obs = np.sum(~np.isnan(tr), axis=0)
     if (n_obs < 2).any():
@@ -31,7 +38,11 @@ def fit_scaler(values: np.ndarray, train: tuple[int, int]) -> tuple[np.ndarray, 
 
 
 class ClusterDataModule(L.LightningDataModule):
-    """Windows of `features` from a Panel, scaled with train-split statistics.
+    """Scale-free windows of `features` from a Panel (see data/windows.py).
+
+    Two train-split fits: the per-feature z-score (mean, std) and the window scale c
+    (RMS of z minus the window anchor over the train windows). Nothing is fitted on
+    validation or test rows.
 
     `batch_size` is the global batch: under DDP each device gets batch_size // world_size.
     Train windows come from the train split with `stride`; validation windows from the val
@@ -49,8 +60,14 @@ class ClusterDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         min_observed_frac: float = 0.5,
+        anchor_len: int = 10,
     ):
         super().__init__()
+        if not 1 <= anchor_len < window_size:
+            raise PanelError(
+                f"anchor_len={anchor_len} must be in [1, window_size={window_size}); "
+                "lower data.anchor_len"
+            )
         missing = [f for f in features if f not in panel.frame.columns]
         if missing:
             raise PanelError(
@@ -65,6 +82,7 @@ class ClusterDataModule(L.LightningDataModule):
         self.batch_size_per_device = batch_size
         self.num_workers = num_workers
         self.min_observed_frac = min_observed_frac
+        self.anchor_len = anchor_len
         self.bounds = panel.bounds
 
         raw = panel.frame[self.features].to_numpy(dtype=np.float64)  # (T, F)
@@ -97,10 +115,51 @@ class ClusterDataModule(L.LightningDataModule):
                 f"{panel.source}: the val split {self.bounds['val']} holds no usable window of "
                 f"{window_size} rows; raise data.split.val or lower data.window_size"
             )
+        self.window_scale = fit_window_scale(
+            self.values, self.train_starts, window_size, anchor_len
+        )
 
     @property
-    def scaler(self) -> dict[str, list[float]]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+    def scaler(self) -> dict:
+        """Everything needed to map raw values to model windows and back (checkpointed)."""
+        return {
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "window_scale": self.window_scale.tolist(),
+            "anchor_len": self.anchor_len,
+        }
+
+    def distribution_gap(self) -> dict[str, dict[str, float]]:
+        """How far validation windows sit from training windows, per feature:
+        |mean_val - mean_train| / sd_train of the model's inputs, summarised over features
+        (median, p90, max) for the plain z-score and for the scale-free windows."""
+        import torch
+
+        v = torch.as_tensor(self.values, dtype=torch.float64)
+        out = {}
+        for name in ("zscore", "window"):
+            stats = []
+            for starts in (self.train_starts, self.val_starts):
+                z = gather_windows(v, torch.as_tensor(starts), self.window_size)
+                mask = ~torch.isnan(z)
+                if name == "window":
+                    z = (z - window_anchor(z, mask, self.anchor_len)) / torch.as_tensor(
+                        self.window_scale
+                    )
+                zz = torch.where(mask, z, torch.zeros((), dtype=z.dtype))
+                n = mask.sum((0, 1)).clamp(min=1)
+                mean = zz.sum((0, 1)) / n
+                var = (torch.where(mask, z - mean, torch.zeros((), dtype=z.dtype)) ** 2).sum(
+                    (0, 1)
+                ) / n
+                stats.append((mean, var.sqrt().clamp(min=1e-12)))
+            gap = ((stats[1][0] - stats[0][0]).abs() / stats[0][1]).numpy()
+            out[name] = {
+                "median": float(np.median(gap)),
+                "p90": float(np.quantile(gap, 0.9)),
+                "max": float(gap.max()),
+            }
+        return out
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
@@ -111,8 +170,9 @@ class ClusterDataModule(L.LightningDataModule):
                     f"number of devices {world}"
                 )
             self.batch_size_per_device = self.batch_size // world
-        self.train_set = WindowDataset(self.values, self.train_starts, self.window_size)
-        self.val_set = WindowDataset(self.values, self.val_starts, self.window_size)
+        kw = dict(scale=self.window_scale, anchor_len=self.anchor_len)
+        self.train_set = WindowDataset(self.values, self.train_starts, self.window_size, **kw)
+        self.val_set = WindowDataset(self.values, self.val_starts, self.window_size, **kw)
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -1,8 +1,25 @@
 """Sliding windows over one cluster's features, fetched a whole batch at a time.
 
 Missing values stay NaN here and travel with an observation mask: nothing is filled with
-zeros or future values (DESIGN.md §5.3). The model decides what an unobserved input
-looks like (pure noise) and the loss ignores those positions.
+zeros or future values (docs/design.md, honesty rules). The network sees unobserved cells
+as 0 plus a mask bit, and the loss ignores those positions.
+
+Scale-free windows (docs/design.md, "Windows"): one z-score per feature, fitted on the
+train split, is not enough for random-walk and trending levels: validation windows sit
+far outside the range seen in training. So each window is put on a common scale with a
+level taken from inside the window and a train-split constant:
+
+    w = (z - a) / c,        z = (y - mean_f) / std_f   (train-split z-score)
+
+    a  (B, 1, F): the anchor, the mean of the feature's observed values in the window's
+                  first `anchor_len` rows; if it has none there, its first observed value.
+    c  (F,):      the window scale, the RMS of (z - a) over observed cells of the train
+                  split's windows (fit_window_scale), so training windows are ~unit scale.
+
+The anchor uses rows 0..anchor_len-1 of the window (or the first observation), so the
+value at window position j >= anchor_len depends on rows <= j only: with a causal
+network the window's later positions are causal outputs. The inverse is exact:
+z = w · c + a.
 """
 
 from __future__ import annotations
@@ -39,26 +56,89 @@ def window_starts(
     return (s[keep] + start).astype(np.int64)
 
 
+def window_anchor(z: torch.Tensor, mask: torch.Tensor, anchor_len: int = 10) -> torch.Tensor:
+    """(B, L, F) values (NaN where unobserved) -> anchor a (B, 1, F); 0 where never observed.
+
+    Mean of the observed values in the first `anchor_len` rows; a feature with none there
+    takes its first observed value (a late-starting history), which also lies at or before
+    every observed position, so the causal reading of the module docstring holds.
+    """
+    zf = torch.where(mask, z, torch.zeros((), dtype=z.dtype))
+    head_n = mask[:, :anchor_len].sum(1, keepdim=True)  # (B, 1, F)
+    head_mean = zf[:, :anchor_len].sum(1, keepdim=True) / head_n.clamp(min=1)
+    first = mask.float().argmax(1, keepdim=True)  # index of the first True (0 if none)
+    first_val = torch.gather(zf, 1, first)  # (B, 1, F)
+    return torch.where(head_n > 0, head_mean, first_val)
+
+
+def normalise_windows(
+    z: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor, anchor_len: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """z (B, L, F) -> (w = (z - a) / c, a); NaN stays NaN. Inverse: `denormalise_windows`."""
+    a = window_anchor(z, mask, anchor_len)
+    return (z - a) / scale, a
+
+
+def denormalise_windows(w: torch.Tensor, anchor: torch.Tensor, scale: torch.Tensor):
+    """Exact inverse of `normalise_windows`: z = w · c + a."""
+    return w * scale + anchor
+
+
+def gather_windows(values: torch.Tensor, starts: torch.Tensor, window: int) -> torch.Tensor:
+    """(T, F) values, (N,) starts -> (N, L, F) windows with one advanced-indexing call."""
+    return values[starts[:, None] + torch.arange(window, device=values.device)]
+
+
+def fit_window_scale(
+    values: np.ndarray, starts: np.ndarray, window: int, anchor_len: int = 10
+) -> np.ndarray:
+    """Per-feature RMS of (z - a) over observed cells of the given (train-split) windows.
+
+    A train-split constant (nothing from validation/test rows); 1.0 for a feature that is
+    flat or never observed in those windows.
+    """
+    v = torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float64)
+    z = gather_windows(v, torch.as_tensor(starts, dtype=torch.long), window)  # (N, L, F)
+    mask = ~torch.isnan(z)
+    dev = z - window_anchor(z, mask, anchor_len)
+    sq = torch.where(mask, dev, torch.zeros((), dtype=dev.dtype)).square().sum((0, 1))
+    n = mask.sum((0, 1))
+    rms = (sq / n.clamp(min=1)).sqrt().numpy()
+    return np.where((n.numpy() > 1) & (rms > 1e-12), rms, 1.0)
+
+
 class WindowDataset(Dataset):
-    """Windows (L, F) of a scaled (T, F) array; items are dicts {x, mask, start}.
+    """Scale-free windows (L, F) of a z-scored (T, F) array; items are dicts
+    {x (normalised, NaN where unobserved), mask, anchor, start}.
 
     `__getitems__` gathers a whole batch with one advanced-indexing call, so the
     DataLoader does no per-window Python work (use `collate_batch` as collate_fn).
     """
 
-    def __init__(self, values: np.ndarray, starts: np.ndarray, window: int):
+    def __init__(
+        self,
+        values: np.ndarray,
+        starts: np.ndarray,
+        window: int,
+        scale: np.ndarray | None = None,
+        anchor_len: int = 10,
+    ):
         self.values = torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32)  # (T, F)
         self.starts = torch.as_tensor(starts, dtype=torch.long)  # (N,)
-        self.offsets = torch.arange(window)
-        self.window = window
+        n_f = self.values.shape[1]
+        scale = np.ones(n_f) if scale is None else np.asarray(scale)
+        self.scale = torch.as_tensor(scale, dtype=torch.float32)  # (F,)
+        self.window, self.anchor_len = window, anchor_len
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitems__(self, indices) -> dict[str, torch.Tensor]:
         s = self.starts[torch.as_tensor(indices, dtype=torch.long)]  # (B,)
-        x = self.values[s[:, None] + self.offsets]  # (B, L, F)
-        return {"x": x, "mask": ~torch.isnan(x), "start": s}
+        z = gather_windows(self.values, s, self.window)  # (B, L, F)
+        mask = ~torch.isnan(z)
+        x, anchor = normalise_windows(z, mask, self.scale, self.anchor_len)
+        return {"x": x, "mask": mask, "anchor": anchor, "start": s}
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([i]).items()}

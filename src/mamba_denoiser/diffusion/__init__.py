@@ -1,4 +1,4 @@
-"""Diffusion process (VP-SDE) and the guided denoising loss."""
+"""Diffusion process (VP-SDE), the guided denoising loss, samplers and noise estimation."""
 
 from mamba_denoiser.diffusion.losses import (
     CLUSTER_TYPES,
@@ -7,14 +7,42 @@ from mamba_denoiser.diffusion.losses import (
     high_frequency_energy,
     total_variation,
 )
+from mamba_denoiser.diffusion.noise import (
+    NOISE_METHODS,
+    NoiseEstimate,
+    estimate_noise,
+    estimate_noise_std,
+)
+from mamba_denoiser.diffusion.sampling import (
+    GUIDANCES,
+    SDEditResult,
+    choose_t,
+    diffusion_noise,
+    guidance_is_causal,
+    posterior_mean,
+    resolvable,
+    sdedit,
+)
 from mamba_denoiser.diffusion.sde import SCHEDULES, VPSDE
 
 __all__ = [
     "CLUSTER_TYPES",
+    "GUIDANCES",
+    "NOISE_METHODS",
     "SCHEDULES",
     "STRATEGIES",
     "VPSDE",
     "DenoisingLoss",
+    "NoiseEstimate",
+    "SDEditResult",
+    "choose_t",
+    "diffusion_noise",
+    "estimate_noise",
+    "estimate_noise_std",
+    "guidance_is_causal",
     "high_frequency_energy",
+    "posterior_mean",
+    "resolvable",
+    "sdedit",
     "total_variation",
 ]

@@ -1,0 +1,463 @@
+"""Denoising with a trained ε-predictor ε̂ = eps_fn(x_t, t, mask): posterior mean and SDEdit.
+
+The network was trained on observed, NOISY windows y = s + n, n ~ N(0, σ²) white with a
+per-feature σ (in the units of y), as a DDPM ε-predictor: x_t = √ᾱ_t y + √(1-ᾱ_t) ε.
+
+Posterior mean (Tweedie / Noise2Score). Given y, x_t = √ᾱ s + √(ᾱσ² + 1 - ᾱ) ξ, and
+ε̂ ≈ E[ε | x_t] = -√(1-ᾱ) ∇ log p(x_t), so Tweedie's formula w.r.t. s gives
+
+    E[s | x_t] = (x_t - (ᾱσ² + 1 - ᾱ) / √(1-ᾱ) · ε̂(x_t, t)) / √ᾱ,
+
+averaged over ``n_draws`` draws of ε (the draws' std is an uncertainty proxy).
+
+Effective diffusion noise. x_t / √ᾱ_t = y + τ_t ε with τ_t = √((1-ᾱ_t) / ᾱ_t) = 1/√SNR_t:
+diffusing to t adds noise of std τ_t, in the units of y, on top of the noise σ.
+
+Error amplification. An error δ in ε̂ moves the posterior mean by
+(ᾱσ² + 1 - ᾱ) / (√ᾱ √(1-ᾱ)) · δ = (σ²/τ_t + τ_t) · δ, i.e. by
+
+    A(σ, τ) · σ · δ,   A(σ, τ) = σ/τ + τ/σ >= 2, with equality at τ = σ,
+
+relative to the noise σ being removed. Small t (τ << σ) loses the least information to the
+added noise but amplifies ε̂ errors by σ/τ; large t (τ >> σ) by τ/σ.
+
+Rule for t (``choose_t``): the smallest t with
+
+    τ_t >= c · σ_ref,    clipped to [t_min, t_max],
+
+where σ_ref is the geometric mean of the features' σ (one t per window: the network takes
+one t per sample; the geometric mean minimises Σ_f (log τ - log σ_f)², and A depends on
+σ and τ only through |log τ - log σ|). c = 1 minimises the amplification; c < 1 trades
+some of it for less added noise. Default c = 0.5; a reported small conv-net on 0 dB OU windows did
+best at t ≈ 50-100 of 1000 on the linear schedule, i.e. τ/σ ≈ 0.25-0.5 for unit-variance
+windows. c is a knob to choose on validation data, not a derived constant.
+
+Pass-through rule (``resolvable``): a feature is denoised only if an ε̂ error of RMS
+``eps_error`` (in ε units) would add at most ``max_error_ratio`` × σ of error at the t used:
+
+    eps_error · (σ/τ_t + τ_t/σ) <= max_error_ratio.
+
+With the defaults (0.1, 0.5) that is σ/τ + τ/σ <= 5, i.e. τ_t/σ in [0.21, 4.8]. When each
+feature gets its own t (``t=None``), τ = c·σ and the rule fails only at the ends of the
+schedule: σ below ≈ τ_{t_min}/4.8 (too little noise for the smallest diffusion noise to
+resolve; the ε̂ error would dwarf it) or σ above ≈ 4.8 τ_{t_max}. Non-finite σ (not
+estimated) and σ = 0 (no noise) pass through too. ``eps_error`` is the network's ε̂ error
+relative to the Bayes ε̂, which is unknown for a real model: 0.1 is a guess to be set from
+validation, not a measured number.
+
+SDEdit: diffuse y to t_start, run the reverse process to t = 0 (DDPM ancestral steps, or
+DDIM on ``sde.ddim_timesteps``), ``n_samples`` samples at once; the mean and quantile
+bands over samples. SDEdit conditions on y only through the start.
+
+Guidance (SDEdit only): at each reverse step x̂0 = predict_x0(x_t, ε̂) is moved by a
+gradient step on a smoothness penalty and ε̂ is recomputed from the moved x̂0, so the step
+is consistent with it: "tv" lowers the total variation along time (mean-reverting), "fourier"
+the energy above ``cutoff`` × Nyquist (trending), "balanced" both (the weights of
+losses.STRATEGY_WEIGHTS). NOT causal: TV and the FFT along time use later rows of the
+window, so a guided output at row l depends on rows > l of the same window
+(``guidance_is_causal``).
+
+Conventions. y, mask: (B, L, F); mask bool, True = observed; unobserved cells of y may be
+anything (NaN included): eps_fn sees them as 0, together with the mask, exactly as in
+training, and they are NaN in every output. eps_fn(x (N, L, F), t (N,) long, mask (N, L, F))
+-> ε̂ (N, L, F). Everything is batched over windows, draws and samples (loops run over
+diffusion steps only); ``max_batch`` caps the rows per eps_fn call. Random numbers come
+from ``generator`` and are drawn for the full shape before use, so they do not depend on
+the values of y: with a causal eps_fn, rows <= l of the outputs do not change when rows
+> l of y (or of the mask) change. Computation is float32, under torch.no_grad() (guidance
+enables grad on x̂0 only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from mamba_denoiser.diffusion.losses import (
+    STRATEGY_WEIGHTS,
+    high_frequency_energy,
+    total_variation,
+)
+from mamba_denoiser.diffusion.sde import VPSDE
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+GUIDANCES = ("tv", "fourier", "balanced")
+METHODS = ("ddpm", "ddim")
+
+
+def guidance_is_causal(name: str | None) -> bool:
+    """Whether guidance ``name`` keeps a window's output at row l free of rows > l.
+
+    None / "none": True (no guidance). "tv", "fourier", "balanced": False, because total
+    variation and the FFT along time couple each row to later rows of the window. A causal
+    caller must refuse these, or use only the last row of each window.
+    """
+    if name is None or name == "none":
+        return True
+    if name in GUIDANCES:
+        return False
+    raise ValueError(f"unknown guidance {name!r}; choose one of {GUIDANCES} or None")
+
+
+# ---------------------------------------------------------------- rules for t
+
+
+def diffusion_noise(sde: VPSDE) -> torch.Tensor:
+    """τ_t = √((1-ᾱ_t)/ᾱ_t), t = 0..T-1: the noise std diffusing to t adds to y. (T,)"""
+    a = sde.alphas_cumprod.double()
+    return ((1 - a) / a).sqrt()
+
+
+def _sigma_tensor(sigma, *, n_features: int | None = None) -> torch.Tensor:
+    sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().reshape(-1)
+    if n_features is not None:
+        if sigma.numel() == 1:
+            sigma = sigma.expand(n_features)
+        if sigma.numel() != n_features:
+            raise ValueError(
+                f"sigma must be a scalar or have {n_features} entries, got {sigma.numel()}"
+            )
+    return sigma
+
+
+def _clip_range(sde: VPSDE, t_min: int, t_max: int | None) -> tuple[int, int]:
+    T = sde.num_timesteps
+    t_max = T - 1 if t_max is None else t_max
+    if not 0 <= t_min <= t_max <= T - 1:
+        raise ValueError(f"need 0 <= t_min <= t_max <= {T - 1}, got t_min={t_min}, t_max={t_max}")
+    return t_min, t_max
+
+
+def choose_t(
+    sde: VPSDE,
+    sigma,
+    *,
+    c: float = 0.5,
+    t_min: int = 1,
+    t_max: int | None = None,
+    reduce: str | None = "geomean",
+):
+    """The smallest t with τ_t >= c · σ, clipped to [t_min, t_max] (module docstring).
+
+    sigma: (F,) noise std per feature, in the units of y (or a scalar). reduce="geomean":
+    one int t for σ_ref = geometric mean of the finite, positive σ (features that
+    ``resolvable`` rejects should be left out first). reduce=None: a (F,) long tensor, one
+    t per feature (t_min where σ is not finite and positive).
+    """
+    if c <= 0:
+        raise ValueError(f"c must be > 0, got {c}")
+    t_min, t_max = _clip_range(sde, t_min, t_max)
+    sigma = _sigma_tensor(sigma)
+    usable = torch.isfinite(sigma) & (sigma > 0)
+    tau = diffusion_noise(sde).cpu()  # increasing in t; sigma is on the CPU too
+    if reduce is None:
+        target = torch.where(usable, c * sigma, torch.zeros_like(sigma))
+    elif reduce == "geomean":
+        if not usable.any():
+            raise ValueError(
+                "no feature has a finite, positive sigma; nothing to denoise "
+                "(check resolvable() and the noise estimates)"
+            )
+        target = c * sigma[usable].log().mean().exp().reshape(1)
+    else:
+        raise ValueError(f"reduce must be 'geomean' or None, got {reduce!r}")
+    t = torch.searchsorted(tau, target).clamp(t_min, t_max)
+    return t if reduce is None else int(t)
+
+
+def resolvable(
+    sde: VPSDE,
+    sigma,
+    *,
+    t: int | None = None,
+    c: float = 0.5,
+    t_min: int = 1,
+    t_max: int | None = None,
+    eps_error: float = 0.1,
+    max_error_ratio: float = 0.5,
+) -> tuple[torch.Tensor, list[str]]:
+    """Which features to denoise: (ok (F,) bool, reasons (F,) str; "ok" where denoised).
+
+    The rule (module docstring): eps_error · (σ/τ_t + τ_t/σ) <= max_error_ratio, with τ_t
+    at the given shared ``t``, or at each feature's own choose_t(..., reduce=None) when
+    t is None. Non-finite σ and σ <= 0 pass through.
+    """
+    sigma = _sigma_tensor(sigma)
+    tau_all = diffusion_noise(sde).cpu()
+    if t is None:
+        t_f = choose_t(sde, sigma, c=c, t_min=t_min, t_max=t_max, reduce=None)
+    else:
+        if not 0 <= int(t) < sde.num_timesteps:
+            raise ValueError(f"t must be in [0, {sde.num_timesteps - 1}], got {t}")
+        t_f = torch.full(sigma.shape, int(t), dtype=torch.long)
+    tau = tau_all[t_f]
+    ok = torch.zeros(sigma.shape, dtype=torch.bool)
+    reasons = []
+    for f in range(sigma.numel()):  # per feature, for the reason strings only
+        s, tf, tu = float(sigma[f]), int(t_f[f]), float(tau[f])
+        if not math.isfinite(s):
+            reasons.append("sigma not estimated (not finite)")
+            continue
+        if s <= 0:
+            reasons.append("sigma = 0: no observation noise to remove")
+            continue
+        added = eps_error * (s / tu + tu / s)  # error added per unit σ
+        if added <= max_error_ratio:
+            ok[f] = True
+            reasons.append("ok")
+        elif tu > s:
+            reasons.append(
+                f"sigma={s:.3g} is below what t={tf} resolves (tau_t={tu:.3g}): an eps error "
+                f"of {eps_error} would add {added:.2g} sigma of error"
+            )
+        else:
+            reasons.append(
+                f"sigma={s:.3g} is large for t={tf} (tau_t={tu:.3g}): eps errors amplified to "
+                f"{added:.2g} sigma; use a larger t"
+            )
+    return ok, reasons
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _prepare(y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y with unobserved cells = 0, as float32; mask as bool), both (B, L, F)."""
+    if y.dim() != 3:
+        raise ValueError(f"y must have shape (B, L, F), got {tuple(y.shape)}")
+    if mask.shape != y.shape:
+        raise ValueError(f"mask must have y's shape {tuple(y.shape)}, got {tuple(mask.shape)}")
+    mask = mask.to(device=y.device, dtype=torch.bool)
+    y = y.float()
+    if not torch.isfinite(y[mask]).all():
+        raise ValueError("y has non-finite values at observed cells (mask True); mask them out")
+    return torch.where(mask, y, torch.zeros((), device=y.device)), mask
+
+
+def _eps(
+    eps_fn: EpsFn, x: torch.Tensor, t: int, mask: torch.Tensor, max_batch: int | None
+) -> torch.Tensor:
+    """ε̂ for x (N, L, F), unobserved cells fed as 0, in chunks of at most max_batch rows."""
+    x = torch.where(mask, x, torch.zeros((), device=x.device))
+    n = x.shape[0]
+    step = n if max_batch is None else max(1, int(max_batch))
+    out = []
+    for i in range(0, n, step):
+        xi, mi = x[i : i + step], mask[i : i + step]
+        ti = torch.full((xi.shape[0],), t, dtype=torch.long, device=x.device)
+        out.append(eps_fn(xi, ti, mi).float())
+    eps_hat = out[0] if len(out) == 1 else torch.cat(out)
+    if eps_hat.shape != x.shape:
+        raise ValueError(f"eps_fn returned shape {tuple(eps_hat.shape)}, expected {tuple(x.shape)}")
+    return eps_hat
+
+
+def _randn(shape, y: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, device=y.device, dtype=torch.float32)
+
+
+def _nan_outside(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, x, torch.full((), float("nan"), device=x.device))
+
+
+def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """Quantile q over dim 0, linear interpolation (torch.quantile's default), without
+    torch.quantile's input-size limit."""
+    xs = x.sort(dim=0).values
+    pos = q * (x.shape[0] - 1)
+    lo, frac = int(math.floor(pos)), pos - math.floor(pos)
+    hi = min(lo + 1, x.shape[0] - 1)
+    return xs[lo] + frac * (xs[hi] - xs[lo])
+
+
+def _check_t(sde: VPSDE, t, name: str) -> int:
+    if isinstance(t, torch.Tensor):
+        if t.numel() != 1:
+            raise ValueError(f"{name} must be one timestep (the network takes one t per sample)")
+        t = t.item()
+    if int(t) != t or not 0 <= int(t) < sde.num_timesteps:
+        raise ValueError(f"{name} must be an integer in [0, {sde.num_timesteps - 1}], got {t}")
+    return int(t)
+
+
+# ---------------------------------------------------------------- posterior mean
+
+
+@torch.no_grad()
+def posterior_mean(
+    eps_fn: EpsFn,
+    sde: VPSDE,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    sigma,
+    t: int,
+    n_draws: int = 8,
+    generator: torch.Generator | None = None,
+    return_std: bool = False,
+    max_batch: int | None = None,
+):
+    """E[s | x_t] averaged over ``n_draws`` draws of x_t = √ᾱ_t y + √(1-ᾱ_t) ε.
+
+    y, mask: (B, L, F); sigma: (F,) (or scalar) observation-noise std in the units of y;
+    t: one timestep (choose_t). Returns the mean (B, L, F), or (mean, std) with
+    ``return_std=True`` (std over draws, n_draws >= 2): NaN at unobserved cells.
+
+    With the Bayes ε̂ the mean over draws tends to E_ε[E[s | x_t] | y], which is not
+    E[s | y]: for s ~ N(0, a²) per cell it is ᾱa² / (ᾱ(a² + σ²) + 1 - ᾱ) · y against
+    a² / (a² + σ²) · y, the same as t -> 0.
+    """
+    t = _check_t(sde, t, "t")
+    if n_draws < 1 or (return_std and n_draws < 2):
+        raise ValueError(f"n_draws must be >= 1 (>= 2 with return_std), got {n_draws}")
+    y0, mask = _prepare(y, mask)
+    B, L, F = y0.shape
+    sigma = _sigma_tensor(sigma, n_features=F)
+    if not (torch.isfinite(sigma) & (sigma >= 0)).all():
+        raise ValueError(
+            "sigma must be finite and >= 0 for every feature; pass features with unknown "
+            "sigma through unchanged (see resolvable())"
+        )
+    a = float(sde.alpha_bar(t))
+    # the Tweedie factor (ᾱσ² + 1 - ᾱ) / √(1-ᾱ), per feature; float64 for ᾱ near 1
+    k = ((a * sigma**2 + 1 - a) / math.sqrt(1 - a)).to(device=y0.device, dtype=torch.float32)
+
+    eps = _randn((n_draws, B, L, F), y0, generator)  # all draws first: independent of y
+    x_t = math.sqrt(a) * y0 + math.sqrt(1 - a) * eps  # (D, B, L, F)
+    masks = mask.expand(n_draws, B, L, F).reshape(n_draws * B, L, F)
+    eps_hat = _eps(eps_fn, x_t.reshape(n_draws * B, L, F), t, masks, max_batch)
+    s_hat = (x_t - k * eps_hat.reshape(n_draws, B, L, F)) / math.sqrt(a)  # (D, B, L, F)
+
+    mean = _nan_outside(s_hat.mean(dim=0), mask)
+    if not return_std:
+        return mean
+    return mean, _nan_outside(s_hat.std(dim=0), mask)
+
+
+# ---------------------------------------------------------------- SDEdit
+
+
+class SDEditResult(NamedTuple):
+    mean: torch.Tensor  # (B, L, F) mean over samples; NaN where unobserved
+    lower: torch.Tensor  # (B, L, F) quantiles[0] over samples
+    upper: torch.Tensor  # (B, L, F) quantiles[1] over samples
+
+
+def _guided_eps(
+    sde: VPSDE,
+    x_t: torch.Tensor,
+    t: int,
+    eps_hat: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    weights: tuple[float, float],
+    scale: float,
+    cutoff: float,
+) -> torch.Tensor:
+    """ε̂ consistent with x̂0 moved by one gradient step on the smoothness penalty.
+
+    The penalty is summed over pairs / cells rather than averaged (the loss functions'
+    means times their counts), so a cell's gradient does not depend on the batch size or
+    on other windows' masks: TV's is in {-2w, ..., 2w}; HF's is 2w × the high-passed x̂0.
+    ``scale`` is thus a step in the units of y. The sampler's output is the last step's
+    (moved) x̂0, so ``scale`` sets the final move; earlier moves carry over through the
+    trajectory, so the total effect grows with the number of steps (DDPM from t_start
+    guides more than a 10-step DDIM at the same scale).
+    """
+    w_tv, w_f = weights
+    a = float(sde.alpha_bar(t))
+    x0_hat = (x_t - math.sqrt(1 - a) * eps_hat) / math.sqrt(a)
+    with torch.enable_grad():
+        x0 = x0_hat.detach().requires_grad_(True)
+        penalty = x0.new_zeros(())
+        if w_tv:
+            n_pairs = (mask[:, 1:] & mask[:, :-1]).sum()
+            penalty = penalty + w_tv * total_variation(x0, mask) * n_pairs
+        if w_f:
+            penalty = penalty + w_f * high_frequency_energy(x0, cutoff, mask) * mask.sum()
+        (grad,) = torch.autograd.grad(penalty, x0)
+    x0_moved = x0_hat - scale * grad
+    return (x_t - math.sqrt(a) * x0_moved) / math.sqrt(1 - a)
+
+
+@torch.no_grad()
+def sdedit(
+    eps_fn: EpsFn,
+    sde: VPSDE,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    t_start: int,
+    steps: int | None = None,
+    method: str = "ddpm",
+    n_samples: int = 8,
+    eta: float = 0.0,
+    guidance: str | None = None,
+    guidance_scale: float = 0.02,
+    cutoff: float = 0.25,
+    generator: torch.Generator | None = None,
+    quantiles: Sequence[float] = (0.05, 0.95),
+    max_batch: int | None = None,
+) -> SDEditResult:
+    """Diffuse y to t_start, reverse to t = 0 with ``n_samples`` samples; SDEditResult.
+
+    method="ddpm": every ancestral step t_start, ..., 0 (``steps`` must be None).
+    method="ddim": ``steps`` (None = t_start + 1, every step) timesteps from
+    sde.ddim_timesteps(steps, t_start), with ``eta`` (0 = deterministic given the start).
+    guidance: None, "tv", "fourier" or "balanced" with step ``guidance_scale`` (units of
+    y) and ``cutoff`` (fraction of Nyquist, for "fourier"); NOT causal, see
+    guidance_is_causal. quantiles: (lower, upper) levels for the band over samples.
+    """
+    t_start = _check_t(sde, t_start, "t_start")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method == "ddpm" and (steps is not None or eta != 0):
+        raise ValueError(
+            "method='ddpm' takes every step from t_start with its own noise; for fewer "
+            "steps or eta use method='ddim' (eta=1 gives stochastic strided steps)"
+        )
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    q_lo, q_hi = (float(q) for q in quantiles)
+    if not 0 <= q_lo <= q_hi <= 1:
+        raise ValueError(
+            f"quantiles must be (lower, upper) with 0 <= lower <= upper <= 1, got {quantiles}"
+        )
+    guidance_is_causal(guidance)  # validates the name
+    weights = STRATEGY_WEIGHTS[guidance] if guidance not in (None, "none") else None
+
+    y0, mask = _prepare(y, mask)
+    B, L, F = y0.shape
+    N = n_samples * B
+    masks = mask.expand(n_samples, B, L, F).reshape(N, L, F)
+
+    if method == "ddpm":
+        ts = list(range(t_start, -1, -1))
+    else:
+        ts = sde.ddim_timesteps(t_start + 1 if steps is None else steps, t_start).tolist()
+    prevs = ts[1:] + [-1]
+
+    a = float(sde.alpha_bar(t_start))
+    eps = _randn((n_samples, B, L, F), y0, generator)  # all samples first: independent of y
+    x = (math.sqrt(a) * y0 + math.sqrt(1 - a) * eps).reshape(N, L, F)  # x_{t_start}
+    for t, t_prev in zip(ts, prevs):
+        eps_hat = _eps(eps_fn, x, t, masks, max_batch)  # (N, L, F)
+        if weights is not None:
+            eps_hat = _guided_eps(
+                sde, x, t, eps_hat, masks, weights=weights, scale=guidance_scale, cutoff=cutoff
+            )
+        t_b = torch.full((N,), t, dtype=torch.long, device=x.device)
+        if method == "ddpm":
+            x = sde.denoise_step(x, t_b, eps_hat, generator=generator)
+        else:
+            x = sde.ddim_step(x, t_b, t_prev, eps_hat, eta=eta, generator=generator)
+
+    samples = x.reshape(n_samples, B, L, F)
+    return SDEditResult(
+        mean=_nan_outside(samples.mean(dim=0), mask),
+        lower=_nan_outside(_quantile(samples, q_lo), mask),
+        upper=_nan_outside(_quantile(samples, q_hi), mask),
+    )

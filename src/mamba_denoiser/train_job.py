@@ -1,0 +1,406 @@
+"""train.py's work: one cluster's denoiser from a config, with checks before anything runs.
+
+Order matters: every check that can fail (clusters.json against the data, the resume
+checkpoint against the data and the requested cluster, the accelerator) runs before the
+first batch, so a bad run fails in seconds and leaves no run directory behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mamba_denoiser.cli import (
+    ROOT_ENV,
+    ConfigError,
+    fail_cleanly,
+    output_dir,
+    route_lightning_logs,
+    to_dict,
+)
+
+log = logging.getLogger("mamba_denoiser")
+
+
+# ---- which clusters.json, and the `cluster=` options ----------------------------------
+
+
+def _arg(argv: list[str], key: str) -> str | None:
+    """The value of the last `key=value` override on the command line (None if absent)."""
+    found = None
+    for a in argv:
+        k, sep, value = a.lstrip("+~").partition("=")
+        if sep and k == key and value not in ("", "null"):
+            found = value
+    return found
+
+
+def clusters_dir(argv: list[str]) -> Path:
+    """Where the newest clusters.json is looked up: <paths.log_dir>/cluster, with
+    paths.log_dir = <paths.root_dir>/outputs as in conf/paths/default.yaml."""
+    log_dir = _arg(argv, "paths.log_dir")
+    if log_dir:
+        return Path(log_dir) / "cluster"
+    root = _arg(argv, "paths.root_dir") or os.environ.get(ROOT_ENV) or os.getcwd()
+    return Path(root) / "outputs" / "cluster"
+
+
+def resolve_clusters_path(argv: list[str]) -> Path:
+    from mamba_denoiser.clustering.artifact import find_latest_clusters
+
+    given = _arg(argv, "clusters")
+    return Path(given) if given else find_latest_clusters(clusters_dir(argv))
+
+
+def _node(spec, clusters_file: str | None, error: str | None = None, ckpt: str | None = None):
+    return {
+        "id": spec.id if spec else 0,
+        "name": spec.name if spec else "c0",
+        "type": spec.type if spec else "?",
+        "strategy": spec.strategy if spec else "?",
+        "n_features": len(spec.features) if spec else 0,
+        "clusters_file": clusters_file,
+        "checkpoint": ckpt,
+        "error": error,
+    }
+
+
+def register_cluster_options(argv: list[str] | None = None) -> None:
+    """Register Hydra options c0..c{K-1} of the `cluster` group from clusters.json.
+
+    Hydra group options must exist before composition, and K is only known from the
+    clusters file, so train.py calls this before @hydra.main. This is the one place that
+    decides which clusters.json a run uses: `clusters=PATH` if given, else the newest under
+    clusters_dir(); the path is stored in each option (`cluster.clusters_file`) and the run
+    reads exactly that file. With `ckpt_path=` (resume) the cluster comes from the
+    checkpoint, and `cluster=c<id>` is added to the command line if absent, so the run
+    directory carries the right name. Errors are stored in a placeholder option and
+    reported cleanly by run_train.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from mamba_denoiser.checkpoint import CheckpointError, load_checkpoint
+    from mamba_denoiser.clustering.artifact import ClustersError, ClusterSpec, load_clusters
+
+    real_cli = argv is None
+    argv = sys.argv[1:] if argv is None else argv
+    cs = ConfigStore.instance()
+    ckpt = _arg(argv, "ckpt_path")
+    error = None
+    try:
+        path = resolve_clusters_path(argv)
+        for spec in load_clusters(path).clusters:
+            cs.store(group="cluster", name=spec.name, node=_node(spec, str(path)))
+    except ClustersError as e:
+        error = str(e)
+    if ckpt:
+        # Resume: the checkpoint's cluster replaces the option of the same name, so an
+        # explicit cluster=cK that disagrees with it is caught by run_train.
+        try:
+            c = load_checkpoint(ckpt)["hyper_parameters"]["cluster"]
+        except CheckpointError as e:
+            cs.store(group="cluster", name="c0", node=_node(None, None, str(e)))
+            return
+        spec = ClusterSpec(int(c["id"]), c["type"], c["strategy"], tuple(c["features"]))
+        cs.store(group="cluster", name=spec.name, node=_node(spec, None, ckpt=ckpt))
+        if real_cli and _arg(argv, "cluster") is None:
+            sys.argv.append(f"cluster={spec.name}")
+    elif error is not None:
+        cs.store(group="cluster", name="c0", node=_node(None, None, error))
+
+
+# ---- the run --------------------------------------------------------------------------
+
+
+def check_accelerator(trainer_cfg: dict[str, Any]) -> None:
+    import torch
+
+    acc = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU is visible"
+        raise ConfigError(
+            f"trainer.accelerator={acc} asks for a CUDA GPU, but {why}. Train on the CPU "
+            "(drop trainer=gpu/ddp, or trainer=cpu), or on a GPU machine install the CUDA "
+            "build of torch first (see README, 'GPU users')."
+        )
+
+
+def _cluster_from_clusters_file(cfg: DictConfig, panel) -> tuple[dict[str, Any], str]:
+    from mamba_denoiser.clustering.artifact import ClustersError, load_clusters
+    from mamba_denoiser.clustering.validate import check_clusters_against_panel
+
+    path = cfg.clusters or cfg.cluster.get("clusters_file")
+    if not path:
+        raise ClustersError("no clusters.json; run `python cluster.py` first")
+    clusters = load_clusters(path)
+    spec = clusters.get(int(cfg.cluster.id))
+    if spec.type != cfg.cluster.type or len(spec.features) != cfg.cluster.n_features:
+        raise ClustersError(f"{clusters.path} changed since start-up; run again")
+    src = clusters.source
+    if src.get("sha256") and panel.sha256 and src["sha256"] != panel.sha256:
+        raise ClustersError(
+            f"{clusters.path} was made from {src.get('path')} (sha256 {src['sha256'][:12]}…), "
+            f"but data is {panel.source} (sha256 {panel.sha256[:12]}…). Re-run cluster.py on "
+            "this data or pass the matching clusters=PATH."
+        )
+    if src.get("split", {}).get("bounds") and src["split"]["bounds"] != {
+        k: list(v) for k, v in panel.bounds.items()
+    }:
+        raise ClustersError(
+            f"{clusters.path} used another train/val/test split than "
+            "data.split now; use the same split for every stage"
+        )
+    check_clusters_against_panel(clusters, panel)
+    cluster = {
+        "id": spec.id,
+        "type": spec.type,
+        "strategy": spec.strategy,
+        "features": list(spec.features),
+    }
+    return cluster, str(Path(clusters.path).resolve())
+
+
+def _cluster_from_checkpoint(cfg: DictConfig, panel) -> dict[str, Any]:
+    """Resume: the checkpoint decides the cluster, window, scaler and model."""
+    from mamba_denoiser.checkpoint import CheckpointError, load_checkpoint
+
+    hp = load_checkpoint(cfg.ckpt_path)["hyper_parameters"]
+    c = hp["cluster"]
+    if int(cfg.cluster.id) != int(c["id"]):
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} is a checkpoint of cluster c{c['id']}, but "
+            f"cluster={cfg.cluster.name} was given. Drop cluster=... when resuming: the "
+            "checkpoint decides the cluster."
+        )
+    sha = (hp.get("source") or {}).get("sha256")
+    if sha and panel.sha256 and sha != panel.sha256:
+        raise CheckpointError(
+            f"{cfg.ckpt_path} was trained on {(hp.get('source') or {}).get('path')} "
+            f"(sha256 {sha[:12]}…), but data is {panel.source} (sha256 "
+            f"{panel.sha256[:12]}…). Resume with the same data (data=... data.path=...)."
+        )
+    missing = [f for f in c["features"] if f not in panel.continuous]
+    if missing:
+        raise CheckpointError(
+            f"{cfg.ckpt_path}: features {missing} are not continuous columns of "
+            f"{panel.source}; resume with the data it was trained on"
+        )
+    return hp
+
+
+def _flat_hparams(cfg: DictConfig, cluster: dict, hp: dict) -> dict[str, Any]:
+    """What the TensorBoard HPARAMS tab compares across the runs of a sweep."""
+    m, sde, loss = hp["model"], hp["sde"], hp.get("loss") or {}
+    return {
+        "cluster": f"c{cluster['id']}",
+        "type": cluster["type"],
+        "strategy": cluster["strategy"],
+        "n_features": len(cluster["features"]),
+        "direction": m.get("direction", "causal"),
+        "d_model": m.get("d_model"),
+        "n_layers": m.get("n_layers"),
+        "d_state": m.get("d_state"),
+        "window_size": hp["window_size"],
+        "sde_schedule": sde.get("schedule"),
+        "loss_strategy": loss.get("strategy", "auto"),
+        "guidance_weight": loss.get("guidance_weight"),
+        "lr": float(cfg.optim.lr),
+        "batch_size": int(cfg.batch_size),
+        "seed": int(cfg.seed),
+    }
+
+
+def _gpu_for_parallel_job(cfg: DictConfig) -> Any:
+    """One GPU per job when a joblib multirun sees several GPUs."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    devices = cfg.trainer.get("devices", 1)
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return devices
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    launcher = str(hc.launcher.get("_target_", ""))
+    if n_gpu > 1 and "joblib" in launcher.lower() and devices in (1, "1", "auto"):
+        return [int(hc.job.num) % n_gpu]
+    return devices
+
+
+def _clean(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}
+
+
+def run_train(cfg: DictConfig) -> float:
+    """Train one cluster's denoiser; write checkpoints, TensorBoard logs and summary.json."""
+    import hydra
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from mamba_denoiser.clustering.artifact import ClustersError
+    from mamba_denoiser.data.datamodule import ClusterDataModule
+    from mamba_denoiser.data.source import panel_from_config
+    from mamba_denoiser.io import atomic_write_json
+    from mamba_denoiser.training import DenoiserModule
+
+    out = output_dir(cfg)
+    rank_zero = (
+        int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    )
+    summary: dict[str, Any] = {"status": "running", "job": str(out.name)}
+
+    def record_failure(message: str) -> None:
+        atomic_write_json(out / "summary.json", _clean({**summary, "status": "failed",
+                                                        "error": message}))  # fmt: skip
+
+    # Only the launching process may delete the run directory (DDP children share it).
+    with fail_cleanly(out, on_failure=record_failure, delete=rank_zero):
+        route_lightning_logs()
+        if cfg.cluster.get("error"):
+            raise ClustersError(cfg.cluster.error)
+        check_accelerator(to_dict(cfg.trainer))
+        panel = panel_from_config(to_dict(cfg.data))
+        if cfg.ckpt_path:
+            hp = _cluster_from_checkpoint(cfg, panel)
+            cluster, clusters_path = hp["cluster"], (hp.get("source") or {}).get("clusters")
+            window, anchor_len = int(hp["window_size"]), int(hp["scaler"].get("anchor_len", 10))
+            model_kw, sde_kw, loss_kw = hp["model"], hp["sde"], hp.get("loss")
+        else:
+            cluster, clusters_path = _cluster_from_clusters_file(cfg, panel)
+            window, anchor_len = int(cfg.data.window_size), int(cfg.data.anchor_len)
+            model_kw, sde_kw, loss_kw = to_dict(cfg.model), to_dict(cfg.sde), to_dict(cfg.loss)
+        summary.update(
+            cluster_id=cluster["id"],
+            type=cluster["type"],
+            strategy=cluster["strategy"],
+            n_features=len(cluster["features"]),
+            features=list(cluster["features"]),
+            direction=model_kw.get("direction", "causal"),
+        )
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        dm = ClusterDataModule(
+            panel,
+            cluster["features"],
+            window_size=window,
+            stride=cfg.stride,
+            val_stride=cfg.val_stride,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            min_observed_frac=cfg.min_observed_frac,
+            anchor_len=anchor_len,
+        )
+        if cfg.ckpt_path:
+            import numpy as np
+
+            for key in ("mean", "std", "window_scale"):
+                if key in hp["scaler"] and not np.allclose(hp["scaler"][key], dm.scaler[key]):
+                    raise ConfigError(
+                        f"{cfg.ckpt_path}: its train-split scaler ({key}) differs from this "
+                        "data's; resume with the same data and data.split as the checkpoint"
+                    )
+        module = DenoiserModule(
+            cluster=cluster,
+            window_size=window,
+            scaler=dm.scaler,
+            model=model_kw,
+            sde=sde_kw,
+            loss=loss_kw,
+            compile=cfg.compile,
+            source={**panel.summary(), "clusters": clusters_path},
+            **to_dict(cfg.optim),
+        )
+        callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values()]
+        interactive = sys.stdout.isatty()
+        if interactive:
+            callbacks.append(RichProgressBar())
+        loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values()]
+        trainer_kw = to_dict(cfg.trainer)
+        trainer_kw.pop("_target_", None)
+        trainer_kw["devices"] = _gpu_for_parallel_job(cfg)
+        trainer = L.Trainer(
+            **trainer_kw,
+            callbacks=callbacks,
+            logger=loggers or False,
+            enable_progress_bar=interactive,
+        )
+        n_params = sum(p.numel() for p in module.parameters())
+        gap = dm.distribution_gap()
+        summary["train_val_gap"] = gap
+        log.info(
+            "Training c%d (%s, %d features: %s) on %d train / %d val windows; %s model, "
+            "%.2fM parameters; train/val gap (median/p90/max, window scale) %.2f/%.2f/%.2f",
+            cluster["id"],
+            cluster["type"],
+            len(cluster["features"]),
+            ", ".join(cluster["features"][:8]),
+            len(dm.train_starts),
+            len(dm.val_starts),
+            summary["direction"],
+            n_params / 1e6,
+            gap["window"]["median"],
+            gap["window"]["p90"],
+            gap["window"]["max"],
+        )
+        init: dict[str, float] = {}
+        if cfg.get("validate_at_init", True) and not cfg.ckpt_path:
+            # The same fixed validation batches before training: the baseline that shows
+            # the model learned something (reported in summary.json and the sweep table).
+            init = trainer.validate(module, datamodule=dm, verbose=False)[0]
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+        final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+        ckpt_cb = trainer.checkpoint_callback
+        best = (
+            float(ckpt_cb.best_model_score)
+            if ckpt_cb and ckpt_cb.best_model_score is not None
+            else float("nan")
+        )
+        if trainer.is_global_zero:
+            summary.update(
+                status="ok",
+                epochs=int(trainer.current_epoch),
+                global_step=int(trainer.global_step),
+                monitor=ckpt_cb.monitor if ckpt_cb else None,
+                best_val_noise_mse=best,
+                init_val_noise_mse=float(init["val/noise_mse"]) if init else None,
+                last_val_noise_mse=final.get("val/noise_mse"),
+                last_val_loss=final.get("val/loss"),
+                val_noise_mse_iid_baseline=final.get("val/noise_mse_iid_baseline"),
+                best_checkpoint=str(ckpt_cb.best_model_path) if ckpt_cb else "",
+                last_checkpoint=str(Path(ckpt_cb.dirpath) / "last.ckpt") if ckpt_cb else "",
+                train_windows=int(len(dm.train_starts)),
+                val_windows=int(len(dm.val_starts)),
+            )
+            atomic_write_json(out / "summary.json", _clean(summary))
+            _log_hparams(trainer, _flat_hparams(cfg, cluster, module.hparams), summary)
+            log.info(
+                "c%d done: best val/noise_mse %.4f -> %s",
+                cluster["id"],
+                best,
+                summary["best_checkpoint"],
+            )
+    del torch  # imported early so a CUDA/torch import error is reported cleanly above
+    return best
+
+
+def _log_hparams(trainer, params: dict[str, Any], summary: dict[str, Any]) -> None:
+    """The run config with its final metrics, for TensorBoard's HPARAMS tab."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    metrics = {
+        "hp/best_val_noise_mse": summary.get("best_val_noise_mse"),
+        "hp/last_val_noise_mse": summary.get("last_val_noise_mse"),
+        "hp/val_noise_mse_iid_baseline": summary.get("val_noise_mse_iid_baseline"),
+        "hp/init_val_noise_mse": summary.get("init_val_noise_mse"),
+    }
+    metrics = {k: float(v) for k, v in metrics.items() if v is not None and v == v}
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(params, metrics=metrics)
+            lg.experiment.flush()
