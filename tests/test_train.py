@@ -19,9 +19,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from mamba_denoiser.train_job import register_cluster_options, run_train
 from mamba_denoiser.clustering.run import run_clustering
 from mamba_denoiser.data.panel import load_panel
+from mamba_denoiser.train_job import register_cluster_options, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 16
@@ -72,6 +72,7 @@ def base_overrides(tmp_path, csv, clusters):
         "data=csv",
         f"data.path={csv}",
         f"data.window_size={WINDOW}",
+        "data.anchor_len=4",
         f"clusters={clusters}",
         "experiment=smoke",
         f"paths.root_dir={tmp_path}",
@@ -132,7 +133,7 @@ def test_resume_continues_epochs_and_scaler_is_train_only(tmp_path, small_csv, c
     hp = ck["hyper_parameters"]
     np.testing.assert_allclose(hp["scaler"]["mean"], np.nanmean(train, axis=0), rtol=1e-12)
     np.testing.assert_allclose(hp["scaler"]["std"], np.nanstd(train, axis=0), rtol=1e-12)
-    assert len(hp["scaler"]["window_scale"]) == 2 and hp["scaler"]["anchor_len"] == 10
+    assert len(hp["scaler"]["window_scale"]) == 2 and hp["scaler"]["anchor_len"] == 4
     assert hp["model"]["direction"] == "causal"
     full = panel.frame[["E1", "E2"]].to_numpy()
     assert not np.allclose(hp["scaler"]["mean"], np.nanmean(full, axis=0))
@@ -393,6 +394,7 @@ def test_resume_needs_only_the_checkpoint(tmp_path, small_csv, clusters_json):
             "data=csv",
             f"data.path={small_csv}",
             f"data.window_size={WINDOW}",
+            "data.anchor_len=4",
             "experiment=smoke",
             "trainer.max_epochs=2",
             "trainer.accelerator=cpu",

@@ -100,3 +100,33 @@ def validation_window_figure(x0, x0_hat, mask, names, *, n_features: int = 3, ti
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_denoised_examples(
+    ids: np.ndarray,
+    raw: dict[str, np.ndarray],
+    denoised: dict[str, np.ndarray],
+    path,
+    *,
+    lower: dict[str, np.ndarray] | None = None,
+    upper: dict[str, np.ndarray] | None = None,
+    clean: dict[str, np.ndarray] | None = None,
+    last: int = 400,
+    title: str = "",
+) -> Path:
+    """A few features over the last `last` rows: observed, denoised (band), clean if known."""
+    names = list(denoised)
+    fig, axes = plt.subplots(len(names), 1, figsize=(10, 2.2 * len(names)), squeeze=False)
+    sl = slice(-last, None)
+    for ax, f in zip(axes[:, 0], names):
+        ax.plot(ids[sl], raw[f][sl], color="0.6", lw=0.8, label="observed")
+        if clean is not None and f in clean:
+            ax.plot(ids[sl], clean[f][sl], color="k", lw=1.0, label="clean")
+        if lower is not None and upper is not None:
+            ax.fill_between(ids[sl], lower[f][sl], upper[f][sl], color="tab:blue", alpha=0.2)
+        ax.plot(ids[sl], denoised[f][sl], color="tab:blue", lw=1.0, label="denoised")
+        ax.set_title(f, fontsize=9, loc="left")
+    axes[0, 0].legend(loc="upper right", fontsize=8, ncol=3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -63,10 +63,12 @@ class ClusterDataModule(L.LightningDataModule):
         anchor_len: int = 10,
     ):
         super().__init__()
-        if not 1 <= anchor_len < window_size:
+        # Causal denoising serves each row from the back half of a window, which must lie
+        # after the rows that set the window's level (inference.serving_plan).
+        if not 1 <= anchor_len <= window_size - window_size // 2:
             raise PanelError(
-                f"anchor_len={anchor_len} must be in [1, window_size={window_size}); "
-                "lower data.anchor_len"
+                f"data.anchor_len={anchor_len} must be in [1, window_size - window_size // 2 = "
+                f"{window_size - window_size // 2}]; lower data.anchor_len"
             )
         missing = [f for f in features if f not in panel.frame.columns]
         if missing:

@@ -1,0 +1,180 @@
+"""denoise.py: the output contract, causality for every sampler, modes, and refusals.
+
+Checkpoints are trained once per module on the small panel (tiny models, a few steps);
+denoising goes through run_denoise with configs composed from the real conf/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from mamba_denoiser.denoise_job import run_denoise
+from mamba_denoiser.inference import serving_plan
+from mamba_denoiser.train_job import register_cluster_options, run_train
+from tests.conftest import make_small_frame
+
+ROOT = Path(__file__).resolve().parents[1]
+WINDOW = 16
+CLUSTERS = [("mean_reverting", "tv", ["E1", "E2"]), ("random_walk", "balanced", ["M1", "M2"])]
+
+
+def _compose(config: str, overrides: list[str], out: Path):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    return cfg
+
+
+def _data(csv: Path) -> list[str]:
+    return ["data=csv", f"data.path={csv}", f"data.window_size={WINDOW}", "data.anchor_len=4"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small CSV, its clusters.json and causal + bidirectional checkpoints of 2 clusters."""
+    from mamba_denoiser.clustering.run import run_clustering
+    from mamba_denoiser.data.panel import load_panel
+
+    root = tmp_path_factory.mktemp("denoise")
+    csv = root / "train.csv"
+    make_small_frame(n_rows=600).to_csv(csv, index=False)
+    doc = run_clustering(load_panel(csv, window_size=WINDOW), root / "cluster", k=2, plots=False)
+    doc["clusters"] = [
+        {"id": i, "name": f"c{i}", "type": t, "strategy": s, "strategy_description": "",
+         "n_features": len(f), "features": f}
+        for i, (t, s, f) in enumerate(CLUSTERS)
+    ]  # fmt: skip
+    clusters = root / "cluster" / "clusters.json"
+    clusters.write_text(json.dumps(doc))
+    for direction in ("causal", "bidirectional"):
+        for cid in range(len(CLUSTERS)):
+            ov = [*_data(csv), f"clusters={clusters}", f"cluster=c{cid}", "experiment=smoke",
+                  f"model.direction={direction}", "trainer.accelerator=cpu", "logger=csv",
+                  "trainer.max_epochs=1", "validate_at_init=false"]  # fmt: skip
+            register_cluster_options(ov)
+            run_train(_compose("train", ov, root / direction / f"{cid}_c{cid}"))
+    return {"root": root, "csv": csv, "clusters": clusters}
+
+
+def denoise(trained, out: Path, *overrides, csv: Path | None = None, direction="causal"):
+    ov = [
+        *_data(csv or trained["csv"]),
+        f"clusters={trained['clusters']}",
+        f"checkpoints={trained['root'] / direction}",
+        "plots=false",
+        *overrides,
+    ]
+    return run_denoise(_compose("denoise", ov, out))
+
+
+def _text(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_output_contract(trained, tmp_path):
+    info = denoise(trained, tmp_path / "run")
+    out, inp = _text(tmp_path / "run" / "denoised.csv"), _text(trained["csv"])
+    assert list(out.columns) == list(inp.columns) and len(out) == len(inp)
+    features = [f for _, _, fs in CLUSTERS for f in fs]
+    untouched = [c for c in inp.columns if c not in features]  # id, targets, passthrough D1
+    assert "date_id" in untouched and "forward_returns" in untouched and "D1" in untouched
+    pd.testing.assert_frame_equal(out[untouched], inp[untouched])  # byte-identical text
+    for f in features:
+        assert ((out[f] == "") == (inp[f] == "")).all()  # NaN stays NaN
+    changed = sum(int((out[f] != inp[f]).sum()) for f in features)
+    assert changed > 0  # something was denoised
+    assert info["uses_future_rows"] is False and info["mode"] == "causal"
+    s = json.loads((tmp_path / "run" / "denoise_summary.json").read_text())
+    assert {c["cluster"] for c in s["clusters"]} == {"c0", "c1"}
+
+
+@pytest.mark.parametrize(
+    "sampler, direction",
+    [
+        ("posterior_mean", "causal"),
+        ("sdedit", "causal"),
+        ("posterior_mean", "bidirectional"),
+    ],
+)
+def test_causal_output_ignores_future_rows(trained, tmp_path, sampler, direction):
+    """Rows <= t of the causal output are bit-identical whatever rows > t hold."""
+    t = 480  # inside the test split: train-split fits (σ, scalers) are unchanged
+    frame = pd.read_csv(trained["csv"])
+    rng = np.random.default_rng(1)
+    for f in ("E1", "E2", "M1", "M2"):
+        frame.loc[t + 1 :, f] = frame.loc[t + 1 :, f] + 5 * rng.standard_normal(len(frame) - t - 1)
+    perturbed = tmp_path / "perturbed.csv"
+    frame.to_csv(perturbed, index=False)
+    a = denoise(trained, tmp_path / "a", f"sampler={sampler}", direction=direction)
+    with pytest.warns(UserWarning, match="sha256"):
+        denoise(trained, tmp_path / "b", f"sampler={sampler}", csv=perturbed, direction=direction)
+    out_a, out_b = _text(tmp_path / "a" / "denoised.csv"), _text(tmp_path / "b" / "denoised.csv")
+    pd.testing.assert_frame_equal(out_a.iloc[: t + 1], out_b.iloc[: t + 1])
+    assert not out_a.iloc[t + 1 :].equals(out_b.iloc[t + 1 :])
+    assert a["clusters"][0]["direction"] == direction
+
+
+def test_offline_mode_is_labelled_and_bands_bracket_the_mean(trained, tmp_path):
+    info = denoise(
+        trained, tmp_path / "run", "mode=offline", "bands=true", direction="bidirectional"
+    )
+    assert info["uses_future_rows"] is True
+    mid = pd.read_csv(tmp_path / "run" / "denoised.csv")
+    lo = pd.read_csv(tmp_path / "run" / "denoised_lower.csv")
+    hi = pd.read_csv(tmp_path / "run" / "denoised_upper.csv")
+    for f in ("E1", "M1"):
+        ok = mid[f].notna()
+        assert (lo[f][ok] <= mid[f][ok] + 1e-9).all() and (mid[f][ok] <= hi[f][ok] + 1e-9).all()
+
+
+def test_missing_cluster_checkpoint_is_refused_unless_partial(trained, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    shutil.copytree(trained["root"] / "causal" / "0_c0", ck / "0_c0")
+    ov = [*_data(trained["csv"]), f"clusters={trained['clusters']}", f"checkpoints={ck}",
+          "plots=false", f"output={tmp_path / 'out.csv'}"]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        run_denoise(_compose("denoise", ov, tmp_path / "run"))
+    assert exc.value.code == 2 and "allow_partial=true" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "run").exists()
+    info = run_denoise(_compose("denoise", [*ov, "allow_partial=true"], tmp_path / "run2"))
+    assert info["left_raw"] == ["c1"]
+    out, inp = _text(tmp_path / "out.csv"), _text(trained["csv"])
+    pd.testing.assert_frame_equal(out[["M1", "M2"]], inp[["M1", "M2"]])
+
+
+def test_unreadable_checkpoint_is_a_clear_error(trained, tmp_path, capsys):
+    ck = tmp_path / "ck" / "0_c0" / "checkpoints"
+    ck.mkdir(parents=True)
+    (ck / "best-epoch000.ckpt").write_bytes(b"\x80\x04garbage")
+    ov = [*_data(trained["csv"]), f"clusters={trained['clusters']}",
+          f"checkpoints={tmp_path / 'ck'}", "plots=false"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        run_denoise(_compose("denoise", ov, tmp_path / "run"))
+    assert "weights-only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_guidance_is_refused_in_causal_mode(trained, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        denoise(trained, tmp_path / "run", "sampler=sdedit", "sampler.guidance=tv")
+    assert "cannot be used in causal mode" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n_rows", [64, 97, 600])
+def test_causal_serving_plan_serves_each_row_once_from_a_causal_position(n_rows):
+    starts, rows, pos, w = serving_plan(n_rows, 16, 4, "causal", "causal")
+    assert len(np.unique(rows)) == len(rows)  # each row once
+    assert set(rows) == set(range(4, n_rows))  # all but the first anchor_len rows
+    assert (pos >= 4).all()  # after the rows that set the window's level
+    assert (starts[w] + pos == rows).all() and (starts + 16 <= n_rows).all()
