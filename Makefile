@@ -1,4 +1,4 @@
-# Quick start:  make run   (install + whole pipeline on the built-in data)
+# Quick start:  make run   (install + cluster -> train -> denoise -> evaluate on the built-in data)
 #               make test  (install + test suite)
 PY ?= python3
 # CPU-only by default: this pin resolves to a small CPU wheel on CPU machines. GPU users:
@@ -13,6 +13,8 @@ install:
 run: install
 	$(PY) cluster.py
 	$(PY) train.py experiment=cpu_all_clusters
+	$(PY) denoise.py
+	$(PY) evaluate.py
 
 test: install
 	$(PY) -m pytest -q

@@ -69,6 +69,9 @@ def test_cluster_cli_end_to_end_and_deterministic(tmp_path):
     assert docs[0] == docs[1]  # byte-identical
     doc = json.loads(docs[0])
     assert doc["selection"]["k"] == 2
+    # K = 2 sits on k_min: reported, and the only merge list is empty (4 + 4 features).
+    assert doc["selection"]["at_boundary"] is True and doc["merges"] == []
+    assert "sits on the k_min end" in r.stderr + r.stdout
     groups = {frozenset(c["features"]): c["type"] for c in doc["clusters"]}
     assert groups == {
         frozenset({"E1", "E2", "E3", "E4"}): "mean_reverting",
@@ -96,3 +99,29 @@ def test_cluster_cli_bad_input_writes_nothing(tmp_path, case):
     assert ("file not found" if case == "missing" else "duplicate date_id") in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_cluster_cli_noise_knobs_on_the_command_line(tmp_path):
+    """data.noise_scale / data.noise_dist reach the generator and name the cached file."""
+    r = run_cli(
+        "data.n_rows=600",
+        "data.window_size=20",
+        "data.noise_scale=5",
+        "data.noise_dist=gaussian",
+        "clustering.criterion=stability",
+        "clustering.k_max=6",
+        "plots=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    csv = tmp_path / "outputs" / "data" / "synthetic_n600_seed0_noise5_gaussian.csv"
+    assert (
+        csv.exists() and not (tmp_path / "outputs" / "data" / "synthetic_n600_seed0.csv").exists()
+    )
+    truth = json.loads(csv.with_name(csv.stem + "_truth.json").read_text())
+    assert (truth["noise_scale"], truth["noise_dist"]) == (5.0, "gaussian")
+    doc = json.loads((tmp_path / "run" / "clusters.json").read_text())
+    assert doc["source"]["path"].endswith(csv.name)
+    assert doc["selection"]["criterion"] == "stability"
+    assert min(c["n_features"] for c in doc["clusters"]) >= 3

@@ -83,13 +83,19 @@ def write_like_input(
     from mamba_denoiser.io import atomic_write_csv
 
     text = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    ids = pd.to_numeric(text[id_col]).to_numpy()
-    order = pd.Index(panel_ids).get_indexer(ids)  # input row -> panel row
+    header = {str(c).strip(): c for c in text.columns}  # panel.py strips header names
+    id_text = text[header[id_col]].str.strip()
+    try:
+        order = pd.Index(panel_ids).get_indexer(pd.to_numeric(id_text).to_numpy())
+    except (ValueError, TypeError):  # text ids (e.g. dates): match them as text
+        order = pd.Index(pd.Series(panel_ids).astype(str).str.strip()).get_indexer(id_text)
+    if (order < 0).any():
+        raise ConfigError(f"{csv_path}: could not match its rows to the panel's ids")
     for col, (values, changed) in replacements.items():
         v, c = values[order], changed[order]
-        cells = text[col].to_numpy(dtype=object).copy()
+        cells = text[header[col]].to_numpy(dtype=object).copy()
         cells[c] = np.char.mod("%.10g", v[c])
-        text[col] = cells
+        text[header[col]] = cells
     atomic_write_csv(out_path, text)
 
 

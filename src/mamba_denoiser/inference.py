@@ -98,7 +98,7 @@ def load_cluster_model(path: str | Path, device: str = "cpu") -> ClusterModel:
         cluster=hp["cluster"],
         window=int(hp["window_size"]),
         anchor_len=int(sc.get("anchor_len", 10)),
-        direction=str(hp["model"].get("direction", "bidirectional")),
+        direction=str(hp["model"].get("direction", "causal")),  # the model's default
         source=dict(hp.get("source") or {}),
         **arrays,
     )
@@ -209,6 +209,9 @@ def denoise_cluster(
     t_fixed = kw.pop("t", None)
     sig_t = torch.as_tensor(sigma_w, dtype=torch.float32)
     finite = torch.isfinite(sig_t) & (sig_t > 0)
+    # Features without a usable σ pass through (resolvable says so); the sampler still
+    # needs a finite placeholder for them, which never reaches the output.
+    sig_run = torch.where(finite, sig_t, torch.ones_like(sig_t))
     if t_fixed is not None:
         t = int(t_fixed)
     elif finite.any():
@@ -238,18 +241,22 @@ def denoise_cluster(
             mask = ~torch.isnan(zw)
             w, anchor = normalise_windows(zw, mask, scale, model.anchor_len)
             if sampler == "posterior_mean":
-                mean_w, std_w = sampling.posterior_mean(
-                    eps_fn, sde, w, mask, sigma=sig_t, t=t, generator=gen, return_std=True,
-                    n_draws=int(kw.get("n_draws", 8)),
+                n_draws = int(kw.get("n_draws", 8))
+                res = sampling.posterior_mean(
+                    eps_fn, sde, w, mask, sigma=sig_run, t=t, generator=gen,
+                    return_std=n_draws > 1, n_draws=n_draws,
                 )  # fmt: skip
+                mean_w, std_w = res if n_draws > 1 else (res, torch.zeros_like(res))
                 z_m = float(kw.get("band_z", 1.645))
                 lo_w, hi_w = mean_w - z_m * std_w, mean_w + z_m * std_w
             elif sampler == "sdedit":
                 t_start = int(kw["t_start"]) if kw.get("t_start") is not None else t
                 steps = kw.get("steps")
+                # a small t_start (little noise) has fewer steps to take than asked for
+                steps = min(int(steps), t_start + 1) if steps is not None else None
                 res = sampling.sdedit(
                     eps_fn, sde, w, mask, t_start=t_start,
-                    steps=int(steps) if steps is not None else None,
+                    steps=steps,
                     method=kw.get("method", "ddim"), n_samples=int(kw.get("n_samples", 8)),
                     eta=float(kw.get("eta", 0.0)), guidance=guidance,
                     guidance_scale=float(kw.get("guidance_scale", 0.02)), generator=gen,

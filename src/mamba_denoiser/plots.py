@@ -130,3 +130,33 @@ def plot_denoised_examples(
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def plot_grouped_bars(table, path, *, title: str = "", ylabel: str = "SNR gain (dB)") -> Path:
+    """table: DataFrame, rows = groups (x axis), columns = methods (bars)."""
+    groups, methods = list(table.index), list(table.columns)
+    x = np.arange(len(groups))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) * max(len(methods), 1) / 3), 3.6))
+    for i, m in enumerate(methods):
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, table[m].to_numpy(), width, label=m)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xticks(x, groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncol=3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_cumulative_returns(ids: np.ndarray, curves: dict[str, np.ndarray], path, title="") -> Path:
+    """curves: name -> (T,) strategy returns (NaN outside the test blocks); cumulative sums."""
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for name, r in curves.items():
+        ok = np.isfinite(r)
+        ax.plot(ids[ok], np.cumsum(r[ok]), lw=1.0, label=name)
+    ax.set_ylabel("cumulative return")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)

@@ -120,3 +120,125 @@ def test_write_default_csv_round_trip(tmp_path):
 def test_too_few_rows_is_an_error():
     with pytest.raises(ValueError, match="n_rows"):
         make_synthetic_panel(100)
+
+
+# --- the noise knob ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    """(noise_scale, noise_dist) -> panel, all from seed 0."""
+    settings = [(1.0, "mixed"), (3.0, "mixed"), (1.0, "gaussian"), (1.0, "student_t")]
+    return {s: make_synthetic_panel(N, seed=0, noise_scale=s[0], noise_dist=s[1]) for s in settings}
+
+
+def test_default_knobs_are_the_default_panel(panel, noisy):
+    same = noisy[(1.0, "mixed")]
+    pd.testing.assert_frame_equal(same.frame, panel.frame, check_exact=True)
+    assert same.noise_std == panel.noise_std
+    assert (panel.noise_scale, panel.noise_dist) == (1.0, "mixed")
+    # About a third of the continuous features get Student-t noise, never vol_positive.
+    heavy = [c for c, df in panel.noise_df.items() if df is not None]
+    assert 15 <= len(heavy) <= 45
+    assert all(panel.process[c] != "vol_positive" and panel.noise_df[c] in (4, 5, 6) for c in heavy)
+
+
+def test_noise_knobs_change_only_the_noise(panel, noisy):
+    for p in noisy.values():
+        pd.testing.assert_frame_equal(p.clean, panel.clean, check_exact=True)
+        pd.testing.assert_frame_equal(
+            p.frame[list(TARGETS)], panel.frame[list(TARGETS)], check_exact=True
+        )
+
+
+def test_noise_scale_multiplies_the_noise(panel, noisy):
+    triple = noisy[(3.0, "mixed")]
+    for c in panel.continuous_columns:
+        assert triple.noise_std[c] == pytest.approx(3.0 * panel.noise_std[c], rel=1e-12), c
+        base = (panel.frame[c] - panel.clean[c]).dropna()
+        noise = (triple.frame[c] - triple.clean[c]).dropna()
+        # Same draws, three times the size.
+        np.testing.assert_allclose(noise, 3.0 * base, rtol=1e-6, atol=1e-9 * panel.noise_std[c])
+        assert noise.std() == pytest.approx(triple.noise_std[c], rel=0.15), c
+    silent = make_synthetic_panel(N, seed=0, noise_scale=0.0)
+    cols = panel.feature_columns
+    pd.testing.assert_frame_equal(silent.frame[cols], silent.clean[cols], check_exact=True)
+
+
+def test_noise_dist_sets_the_tails(noisy):
+    gauss, student = noisy[(1.0, "gaussian")], noisy[(1.0, "student_t")]
+    assert all(df is None for df in gauss.noise_df.values())
+    assert all(df in (4, 5, 6) for df in student.noise_df.values())
+
+    def excess_kurtosis(p):
+        k = []
+        for c in p.continuous_columns:
+            z = ((p.frame[c] - p.clean[c]).dropna() / p.noise_std[c]).to_numpy()
+            assert z.std() == pytest.approx(1.0, rel=0.15), c  # same std, other shape
+            k.append(np.mean(z**4) / np.mean(z**2) ** 2 - 3.0)
+        return np.array(k)
+
+    kg, ks = excess_kurtosis(gauss), excess_kurtosis(student)
+    assert abs(np.median(kg)) < 0.3
+    assert np.median(ks) > 1.0 and (ks > kg).mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"noise_scale": -1.0}, "noise_scale"), ({"noise_dist": "cauchy"}, "noise_dist")],
+)
+def test_bad_noise_knobs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_synthetic_panel(300, **kwargs)
+
+
+def test_cached_csv_name_and_truth_record_the_knobs(tmp_path):
+    from mamba_denoiser.data.source import ensure_synthetic_csv, load_truth, panel_from_config
+
+    base = tmp_path / "synthetic_n300_seed1.csv"
+    default = ensure_synthetic_csv(base, n_rows=300, seed=1)
+    assert default == base
+    noisy = ensure_synthetic_csv(base, n_rows=300, seed=1, noise_scale=3, noise_dist="gaussian")
+    assert noisy.name == "synthetic_n300_seed1_noise3_gaussian.csv"
+    half = ensure_synthetic_csv(base, n_rows=300, seed=1, noise_scale=0.5)
+    assert half.name == "synthetic_n300_seed1_noise0.5_mixed.csv"
+    truth = load_truth(noisy)
+    assert (truth["noise_scale"], truth["noise_dist"]) == (3.0, "gaussian")
+    assert (
+        load_truth(default)["noise_scale"] == 1.0 and load_truth(default)["noise_dist"] == "mixed"
+    )
+    ref = make_synthetic_panel(300, seed=1, noise_scale=3, noise_dist="gaussian")
+    assert truth["noise_std"] == pytest.approx(ref.noise_std, rel=1e-12)
+    back = pd.read_csv(noisy)
+    np.testing.assert_allclose(back["E1"], ref.frame["E1"], rtol=1e-12)
+
+    stamp = noisy.stat().st_mtime_ns
+    assert (
+        ensure_synthetic_csv(base, n_rows=300, seed=1, noise_scale=3.0, noise_dist="gaussian")
+        == noisy
+    )
+    assert noisy.stat().st_mtime_ns == stamp  # cached, not remade
+
+    panel = panel_from_config(
+        {
+            "kind": "synthetic",
+            "n_rows": 300,
+            "seed": 1,
+            "path": str(base),
+            "noise_scale": 3,
+            "noise_dist": "gaussian",
+            "window_size": 20,
+        }
+    )
+    assert panel.source.endswith("synthetic_n300_seed1_noise3_gaussian.csv")
+
+
+def test_config_rejects_bad_knobs_with_a_clear_error(tmp_path):
+    from mamba_denoiser.data.panel import PanelError
+    from mamba_denoiser.data.source import ensure_synthetic_csv
+
+    with pytest.raises(PanelError, match="data.noise_dist"):
+        ensure_synthetic_csv(tmp_path / "x.csv", n_rows=300, noise_dist="laplace")
+    with pytest.raises(PanelError, match="data.noise_scale"):
+        ensure_synthetic_csv(tmp_path / "x.csv", n_rows=300, noise_scale=-2)
+    assert not list(tmp_path.iterdir())

@@ -1,4 +1,5 @@
-"""MultivariateMambaDenoiser: API shapes, conditioning, masking, overfitting, autocast."""
+"""MultivariateMambaDenoiser: API shapes, conditioning, masking, causality, streaming,
+overfitting, autocast."""
 
 from __future__ import annotations
 
@@ -56,9 +57,23 @@ def test_timestep_forms_and_conditioning():
         model(torch.randn(2, 16, 4), 1)
 
 
-def test_untrained_model_predicts_zero_and_blocks_are_identity():
-    torch.manual_seed(0)
+def test_defaults_and_direction():
     model = small_model()
+    assert model.direction == "causal" and model.use_mask
+    assert all(type(b).__name__ == "MambaBlock" for b in model.blocks)
+    bi = small_model(direction="bidirectional")
+    assert bi.direction == "bidirectional"
+    assert all(type(b).__name__ == "BiMambaBlock" for b in bi.blocks)
+    with pytest.raises(ValueError, match="direction"):
+        small_model(direction="backward")
+    with pytest.raises(ValueError, match="causal"):
+        bi(torch.randn(1, 4, 3), 1, return_state=True)
+
+
+@pytest.mark.parametrize("direction", ["causal", "bidirectional"])
+def test_untrained_model_predicts_zero_and_blocks_are_identity(direction):
+    torch.manual_seed(0)
+    model = small_model(direction=direction)
     x, t = torch.randn(2, 16, 3), torch.tensor([5, 500])
     seen = []
     for block in model.blocks:
@@ -77,12 +92,73 @@ def test_mask_channels_make_unobserved_values_irrelevant():
     torch.testing.assert_close(model(other, torch.tensor([1, 2]), mask), out)
     assert not torch.allclose(model(x, torch.tensor([1, 2])), out)  # the mask is an input
     with pytest.raises(ValueError, match="use_mask=False"):
-        small_model()(x, 1, mask)
+        small_model(use_mask=False)(x, 1, mask)
 
 
-def test_backend_parity_through_the_model():
+def future_changed(x, mask, t):
+    """x and mask with every row after t replaced (NaN and huge values included)."""
+    g = torch.Generator().manual_seed(t)
+    x2, mask2 = x.clone(), mask.clone()
+    x2[:, t + 1 :] = 1e3 * torch.randn(x2[:, t + 1 :].shape, generator=g)
+    x2[:, t + 1 :: 3, 0] = float("nan")
+    mask2[:, t + 1 :] = torch.rand(mask2[:, t + 1 :].shape, generator=g) > 0.5
+    mask2[:, t + 1 :: 3, 0] = False  # the NaN entries are unobserved
+    return x2, mask2
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_causal_model_is_exactly_causal(backend):
     torch.manual_seed(0)
-    model = perturb(small_model(backend="reference"))
+    model = perturb(small_model(backend=backend, dropout=0.1)).eval()
+    x, mask = torch.randn(2, 14, 3), torch.rand(2, 14, 3) > 0.3
+    steps = torch.tensor([5, 900])
+    with torch.no_grad():
+        out = model(x, steps, mask)
+        for t in (0, 6, 12):
+            x2, mask2 = future_changed(x, mask, t)
+            out2 = model(x2, steps, mask2)
+            assert torch.equal(out2[:, : t + 1], out[:, : t + 1]), t  # bit-identical
+            assert not torch.allclose(out2[:, t + 1 :], out[:, t + 1 :])
+
+
+def test_bidirectional_model_sees_the_future():
+    # the control for the test above: the same change does move a bidirectional model
+    torch.manual_seed(0)
+    model = perturb(small_model(direction="bidirectional")).eval()
+    x, mask = torch.randn(2, 14, 3), torch.rand(2, 14, 3) > 0.3
+    with torch.no_grad():
+        out = model(x, 5, mask)
+        x2, mask2 = future_changed(x, mask, 6)
+        assert not torch.allclose(model(x2, 5, mask2)[:, :7], out[:, :7])
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_causal_model_streams_in_chunks(backend):
+    # chunks carrying the per-layer state give the one-pass output: this also fails if the
+    # causal model depended on the absolute position within a chunk
+    torch.manual_seed(0)
+    model = perturb(small_model(backend=backend, dropout=0.1)).eval()
+    x, mask = torch.randn(2, 23, 3), torch.rand(2, 23, 3) > 0.3
+    x = x.masked_fill(~mask, float("nan"))
+    steps = torch.tensor([5, 900])
+    with torch.no_grad():
+        full = model(x, steps, mask)
+        outs, state = [], None
+        for sl in (slice(0, 5), slice(5, 6), slice(6, 23)):
+            y, state = model(x[:, sl], steps, mask[:, sl], state=state, return_state=True)
+            outs.append(y)
+        # restarting from a zero state is a different (shorter) sequence
+        restart = model(x[:, 6:], steps, mask[:, 6:])
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=0, atol=1e-5)
+    assert not torch.allclose(restart, full[:, 6:], atol=1e-3)
+    assert len(state) == len(model.blocks)
+    assert [s.ssm.shape for s in state] == [(2, 32, 4)] * 2  # d_inner = expand * d_model
+
+
+@pytest.mark.parametrize("direction", ["causal", "bidirectional"])
+def test_backend_parity_through_the_model(direction):
+    torch.manual_seed(0)
+    model = perturb(small_model(backend="reference", direction=direction))
     x, t = torch.randn(2, 11, 3), torch.tensor([7, 300])
     grads = {}
     for backend in ("reference", "fused"):

@@ -12,7 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mamba_denoiser.models import SelectiveSSM, available_backends, resolve_backend, selective_scan
+from mamba_denoiser.models import (
+    SelectiveSSM,
+    SSMState,
+    available_backends,
+    resolve_backend,
+    selective_scan,
+)
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -183,6 +189,115 @@ def test_selective_ssm_is_causal():
     assert x.grad[0, :6].abs().max() > 0
 
 
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_scan_continues_from_h0(backend, groups):
+    # scanning [0, a) then [a, L) from the returned state is the one-pass scan, and the
+    # last state is the one a longer scan would carry on from
+    inputs = make_inputs(batch=2, dim=6 * groups, L=13, N=3, groups=groups)
+    inputs = {k: v.detach() if v is not None else None for k, v in inputs.items()}
+
+    def part(sl, h0=None):
+        p = {
+            k: (v[..., sl] if k in ("u", "delta", "B", "C", "z") else v) for k, v in inputs.items()
+        }
+        return selective_scan(**p, delta_softplus=True, backend=backend, h0=h0,
+                              return_last_state=True)  # fmt: skip
+
+    full, h_full = part(slice(0, 13))
+    h = None
+    outs = []
+    for sl in (slice(0, 4), slice(4, 5), slice(5, 13)):
+        y, h = part(sl, h)
+        outs.append(y)
+    assert h.shape == (2, 6 * groups, 3) and h.dtype == torch.float32
+    assert_close(torch.cat(outs, -1), full, rtol=1e-5, what="chunked output")
+    assert_close(h, h_full, rtol=1e-5, what="last state")
+    # and the one-pass output is the scan without state passing
+    assert_close(full, selective_scan(**inputs, delta_softplus=True, backend=backend), rtol=1e-6)
+
+
+def test_fused_h0_matches_reference_with_gradients():
+    # a non-zero h0 changes the output, the last state and every gradient; fused must
+    # agree with the reference on all of them (h0 itself being a constant)
+    inputs = make_inputs(batch=2, dim=8, L=11, N=4, groups=2)
+    h0 = torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(3))
+    results = {}
+    for backend in ("reference", "fused"):
+        for x in inputs.values():
+            if x is not None:
+                x.grad = None
+        out, last = selective_scan(
+            **inputs, delta_softplus=True, backend=backend, h0=h0, return_last_state=True
+        )
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads = {k: v.grad.clone() for k, v in inputs.items() if v is not None}
+        results[backend] = (out.detach(), last.detach(), grads)
+    (o_ref, h_ref, g_ref), (o, h, g) = results["reference"], results["fused"]
+    zero_start = selective_scan(**inputs, delta_softplus=True, backend="reference")
+    assert not torch.allclose(o_ref, zero_start.detach(), atol=1e-3)  # h0 matters
+    assert_close(o, o_ref, what="output")
+    assert_close(h, h_ref, what="last state")
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], what=f"grad {name}")
+
+
+def test_state_passing_errors():
+    inputs = make_inputs(batch=2, dim=4, L=5, N=3)
+    with pytest.raises(ValueError, match="h0 must be"):
+        selective_scan(**inputs, backend="fused", h0=torch.zeros(2, 4, 2))
+    h0 = torch.zeros(2, 4, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="constant"):
+        selective_scan(**inputs, backend="fused", h0=h0)
+
+
+def assert_streams_like_one_pass(module, x, chunks=(5, 1, 17), atol=1e-5, **kw):
+    """module(x) == the outputs of module on `chunks` of x, each given the last state."""
+    assert sum(chunks) == x.shape[1]
+    with torch.no_grad():
+        full = module(x, **kw)
+        outs, state, t0 = [], None, 0
+        for n in chunks:
+            y, state = module(x[:, t0 : t0 + n], state=state, return_state=True, **kw)
+            outs.append(y)
+            t0 += n
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=0, atol=atol)
+    return state
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_selective_ssm_streams_in_chunks(backend):
+    torch.manual_seed(0)
+    ssm = SelectiveSSM(d_model=16, d_state=4, backend=backend)
+    x = torch.randn(2, 23, 16)
+    # a chunk of 1 row is shorter than the conv's d_conv - 1 = 3 rows of state
+    state = assert_streams_like_one_pass(ssm, x)
+    assert isinstance(state, SSMState)
+    assert state.conv.shape == (2, ssm.d_inner, 3) and state.ssm.shape == (2, ssm.d_inner, 4)
+    assert state.ssm.dtype == torch.float32
+    with torch.no_grad():  # the conv state is the last d_conv - 1 inputs of the conv
+        conv_in = ssm.in_proj(x).chunk(2, dim=-1)[0]
+    torch.testing.assert_close(state.conv, conv_in[:, -3:].transpose(1, 2))
+    # return_state without a state is the zero state; a zero state is state=None
+    with torch.no_grad():
+        y0, _ = ssm(x, return_state=True)
+        y1 = ssm(x, state=ssm.initial_state(2))
+    torch.testing.assert_close(y0, ssm(x).detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(y1, y0, rtol=0, atol=0)
+
+
+def test_selective_ssm_streaming_falls_back_to_fused():
+    # a module built for a GPU kernel still streams: state passing runs on `fused`
+    torch.manual_seed(0)
+    ssm = SelectiveSSM(d_model=8, d_state=4, backend="triton")
+    x = torch.randn(1, 9, 8)
+    with torch.no_grad():
+        y, _ = ssm(x[:, :4], return_state=True)
+        ssm.backend = "fused"
+        ref = ssm(x[:, :4])
+    torch.testing.assert_close(y, ref)
+
+
 def assert_module_backend_parity(module, x, backend):
     """Output, input grad and every parameter grad agree between `reference` and `backend`."""
     results = {}
@@ -218,7 +333,7 @@ TRITON_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch
     from test_ssm import CASES, assert_close, assert_module_backend_parity, make_inputs, run
-    from mamba_denoiser.models import BiMambaBlock, SelectiveSSM
+    from mamba_denoiser.models import BiMambaBlock, SelectiveSSM, selective_scan
 
     cases = dict(
         CASES,
@@ -227,6 +342,15 @@ TRITON_SCRIPT = textwrap.dedent(
         masked_blocks=dict(batch=2, dim=40, L=5, N=5, groups=2),  # channel/state masks
     )
     for name in sys.argv[1].split(","):
+        if name == "state":  # the kernel starts from h = 0: an explicit request must say so
+            inputs = make_inputs(batch=1, dim=4, L=5, N=2)
+            try:
+                selective_scan(**inputs, backend="triton", h0=torch.zeros(1, 4, 2))
+            except ValueError as err:
+                assert "cannot take or return the state" in str(err)
+            else:
+                raise AssertionError("triton accepted h0")
+            continue
         if name == "modules":  # whole layers: the triton path through (b, l, d) views
             torch.manual_seed(0)
             x = torch.randn(2, 7, 6, requires_grad=True)
@@ -262,7 +386,7 @@ def run_triton_interpreter(tmp_path, cases):
 
 def test_triton_kernel_matches_reference_in_interpreter(tmp_path):
     cases = ["odd_L", "L1", "batch1", "groups", "no_optional", "partial_chunk", "masked_blocks"]
-    cases.append("modules")
+    cases += ["modules", "state"]
     run_triton_interpreter(tmp_path, cases)
 
 

@@ -1,5 +1,6 @@
-"""Feature clustering: 11 statistics per feature (stats.py), K choice, k-means and typing
-(grouping.py), and the clusters.json contract (artifact.py).
+"""Feature clustering: 11 noise-robust statistics per feature (stats.py), K choice,
+k-means, small-cluster merging and typing (grouping.py), and the clusters.json contract
+(artifact.py).
 
 The public names below are imported lazily, so ``mamba_denoiser.clustering.artifact``
 (needed by train.py / denoise.py) does not pull in statsmodels and scikit-learn.
@@ -15,6 +16,8 @@ _EXPORTS = {
     "ClusteringResult": "grouping",
     "cluster_features": "grouping",
     "standardise_stats": "grouping",
+    "merge_small_clusters": "grouping",
+    "CRITERIA": "grouping",
     "type_cluster": "grouping",
     "STRATEGY": "grouping",
     "STRATEGY_DESCRIPTION": "grouping",

@@ -90,9 +90,15 @@ def build_document(
         "selection": {
             "criterion": result.criterion,
             "k": int(result.k),
+            "k_kmeans": int(result.k_kmeans or result.k),  # before merging small clusters
+            "k_range": list(result.k_range) if result.k_range else None,  # None: fixed k
+            "at_boundary": bool(result.at_boundary),
+            "min_size": int(result.min_size),
             "curve": list(result.selection),  # already rounded by grouping
         },
         "clusters": clusters,
+        # Clusters smaller than min_size that were folded into their nearest cluster.
+        "merges": list(result.merges),
         "excluded": dict(passthrough),
     }
 

@@ -28,6 +28,9 @@ def run_clustering(
     n_init: int = 20,
     seed: int = 0,
     rolling_window: int = 20,
+    min_size: int = 3,
+    n_bootstrap: int = 20,
+    stability_threshold: float = 0.8,
     plots: bool = True,
 ) -> dict[str, Any]:
     """Cluster `panel.continuous` on observed train-split values; write artifacts to out_dir.
@@ -35,6 +38,9 @@ def run_clustering(
     Writes clusters.json, feature_stats.csv and (if `plots`) k_selection.png,
     feature_map.png, cluster_examples.png. Returns the clusters.json document.
     Interior gaps (if any) are skipped: statistics see the observed values in order.
+    Only train-split rows are read (honesty rule 1): validation and test rows cannot
+    change the statistics, the groups or their types. The keyword arguments are the
+    `clustering` config keys (conf/cluster.yaml); see `cluster_features` for their meaning.
     """
     if len(panel.continuous) < 2:
         raise PanelError(
@@ -46,7 +52,16 @@ def run_clustering(
     log.info("Computing %d statistics for %d features", 11, len(series))
     stats = compute_feature_stats(series, rolling_window=rolling_window)
     result = cluster_features(
-        stats, k=k, k_min=k_min, k_max=k_max, criterion=criterion, n_init=n_init, seed=seed
+        stats,
+        k=k,
+        k_min=k_min,
+        k_max=k_max,
+        criterion=criterion,
+        n_init=n_init,
+        seed=seed,
+        min_size=min_size,
+        n_bootstrap=n_bootstrap,
+        stability_threshold=stability_threshold,
     )
     doc = build_document(
         source=panel.summary(),
@@ -62,6 +77,9 @@ def run_clustering(
             "n_init": n_init,
             "seed": seed,
             "rolling_window": rolling_window,
+            "min_size": min_size,
+            "n_bootstrap": n_bootstrap,
+            "stability_threshold": stability_threshold,
         },
     )
     # Everything is computed before anything is written: bad input leaves no partial output.
@@ -69,8 +87,12 @@ def run_clustering(
     if plots:
         from mamba_denoiser import plots as P
 
+        # The curve's x axis is the k-means K, so mark the k-means K chosen (before merging).
         P.plot_k_selection(
-            doc["selection"]["curve"], result.criterion, result.k, out_dir / "k_selection.png"
+            doc["selection"]["curve"],
+            result.criterion,
+            result.k_kmeans or result.k,
+            out_dir / "k_selection.png",
         )
         z = getattr(result, "standardized", None)
         if z is None:

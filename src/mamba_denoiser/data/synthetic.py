@@ -48,6 +48,17 @@ same std (t scale = noise_std * sqrt((df - 2) / df)); the rest Gaussian. vol_pos
 keeps Gaussian noise (at most 0.15 of its std, its floor is 1) so the observed series
 stays positive.
 
+Noise level knob (``make_synthetic_panel(..., noise_scale=, noise_dist=)``, config
+``data.noise_scale`` / ``data.noise_dist``): ``noise_scale`` multiplies every feature's
+ratio ``r`` (1.0 = the panel above; 3 puts random walks and trends under noise of
+0.45-1.5 times their daily move, 10 under 1.5-5 times). ``noise_dist`` chooses the noise
+distribution: ``"mixed"`` (the default described above), ``"gaussian"`` or ``"student_t"``
+(every continuous feature, vol_positive included, df drawn from 4, 5, 6). The clean
+signals, ratios, units, offsets and start rows do not depend on either knob (the
+non-default distributions draw their noise from a separate stream), so panels that differ
+only in noise have the same clean panel; the default knobs reproduce the default panel
+bit for bit. vol_positive stays positive only at modest noise (the default does).
+
 Every feature is then put in its own units: ``scale * (clean + noise) + offset`` with the
 scale log-uniform in [1e-2, 1e3] (positive series get no offset), so raw units differ by
 orders of magnitude and cannot drive the clustering.
@@ -67,7 +78,7 @@ depends only on (seed, its index) and the panel is bit-identical for a given see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +137,8 @@ _RETURN_DRIVERS = {"M8": 1.0, "S1": -0.8, "E8": 0.6, "V1": -0.7}
 
 
 GENERATOR_VERSION = 1  # bump when the generator's output changes: cached CSVs are remade
+NOISE_DISTS: tuple[str, ...] = ("mixed", "gaussian", "student_t")
+_STUDENT_DF = (4, 5, 6)
 
 
 @dataclass
@@ -141,6 +154,9 @@ class SyntheticPanel:
             feature's native units (for Student-t noise its std, i.e. the t scale times
             sqrt(df / (df - 2)), not the scale).
         expected_type: process label -> the cluster type the clustering should assign.
+        noise_df: continuous feature -> degrees of freedom of its Student-t noise, or None
+            for Gaussian noise.
+        noise_scale, noise_dist: the noise knobs the panel was made with.
     """
 
     frame: pd.DataFrame
@@ -148,6 +164,9 @@ class SyntheticPanel:
     process: dict[str, str]
     noise_std: dict[str, float]
     expected_type: dict[str, str]
+    noise_df: dict[str, int | None] = field(default_factory=dict)
+    noise_scale: float = 1.0
+    noise_dist: str = "mixed"
 
     @property
     def feature_columns(self) -> list[str]:
@@ -172,19 +191,39 @@ def planted_process() -> dict[str, str]:
     return {name: out[name] for name in feature_names()}
 
 
-def make_synthetic_panel(n_rows: int = 9000, seed: int = 0) -> SyntheticPanel:
+def make_synthetic_panel(
+    n_rows: int = 9000,
+    seed: int = 0,
+    *,
+    noise_scale: float = 1.0,
+    noise_dist: str = "mixed",
+) -> SyntheticPanel:
     """Generate the seeded synthetic panel (see the module docstring for the recipe).
 
-    Deterministic: the same (n_rows, seed) gives a bit-identical frame. Vectorised numpy
+    Args:
+        n_rows: number of rows (dates), at least 200.
+        seed: the panel's seed.
+        noise_scale: multiplies every feature's noise-to-signal ratio (1.0 = the default
+            panel; 0 gives noise-free features).
+        noise_dist: ``"mixed"`` (default: Gaussian or Student-t per feature),
+            ``"gaussian"`` or ``"student_t"`` for every continuous feature.
+
+    Deterministic: the same arguments give a bit-identical frame. Vectorised numpy
     (AR recursions via scipy.signal.lfilter); ~0.1 s for the default size.
     """
     if n_rows < 200:
         raise ValueError(f"n_rows={n_rows}: need at least 200 rows for a meaningful panel")
+    noise_scale = float(noise_scale)
+    if not (np.isfinite(noise_scale) and noise_scale >= 0):
+        raise ValueError(f"noise_scale={noise_scale}: must be a finite number >= 0 (1.0 = default)")
+    if noise_dist not in NOISE_DISTS:
+        raise ValueError(f"noise_dist={noise_dist!r}: expected one of {NOISE_DISTS}")
     process = planted_process()
     names = list(process)
     noisy_cols: dict[str, np.ndarray] = {}
     clean_cols: dict[str, np.ndarray] = {}
     noise_std: dict[str, float] = {}
+    noise_df: dict[str, int | None] = {}
     for i, name in enumerate(names):
         rng = np.random.default_rng((seed, i))
         proc = process[name]
@@ -194,8 +233,13 @@ def make_synthetic_panel(n_rows: int = 9000, seed: int = 0) -> SyntheticPanel:
             continue
         clean, ref_scale = _GENERATORS[proc](rng, n_rows)
         lo, hi = _NOISE_RATIO[proc]
-        sd = rng.uniform(lo, hi) * ref_scale
-        noise = sd * _unit_noise(rng, n_rows, heavy=proc not in _POSITIVE)
+        sd = noise_scale * rng.uniform(lo, hi) * ref_scale
+        # The default draw always happens, so the main stream (and with it the units,
+        # offset and start row below) is the same whatever the noise knobs.
+        unit, df = _unit_noise(rng, n_rows, heavy=proc not in _POSITIVE)
+        if noise_dist != "mixed":
+            unit, df = _unit_noise_of(np.random.default_rng((seed, i, 1)), n_rows, noise_dist)
+        noise = sd * unit
         scale = 10.0 ** rng.uniform(-2.0, 3.0)
         offset = 0.0 if proc in _POSITIVE else scale * rng.uniform(-5.0, 5.0) * ref_scale
         start = 0 if name in _RETURN_DRIVERS else _start_row(rng, n_rows)
@@ -203,6 +247,7 @@ def make_synthetic_panel(n_rows: int = 9000, seed: int = 0) -> SyntheticPanel:
         clean_cols[name] = np.where(observed, scale * clean + offset, np.nan)
         noisy_cols[name] = np.where(observed, scale * (clean + noise) + offset, np.nan)
         noise_std[name] = float(scale * sd)
+        noise_df[name] = df
 
     targets = _targets(np.random.default_rng((seed, len(names))), n_rows, clean_cols)
     date_id = np.arange(n_rows, dtype=np.int64)
@@ -215,14 +260,27 @@ def make_synthetic_panel(n_rows: int = 9000, seed: int = 0) -> SyntheticPanel:
         process=process,
         noise_std=noise_std,
         expected_type=expected,
+        noise_df=noise_df,
+        noise_scale=noise_scale,
+        noise_dist=noise_dist,
     )
 
 
-def write_default_csv(path: str | Path, n_rows: int = 9000, seed: int = 0) -> Path:
-    """Write ``make_synthetic_panel(n_rows, seed).frame`` to ``path`` (CSV, no index)."""
+def write_default_csv(
+    path: str | Path,
+    n_rows: int = 9000,
+    seed: int = 0,
+    *,
+    noise_scale: float = 1.0,
+    noise_dist: str = "mixed",
+) -> Path:
+    """Write ``make_synthetic_panel(...).frame`` to ``path`` (CSV, no index)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_synthetic_panel(n_rows=n_rows, seed=seed).frame.to_csv(path, index=False)
+    sp = make_synthetic_panel(
+        n_rows=n_rows, seed=seed, noise_scale=noise_scale, noise_dist=noise_dist
+    )
+    sp.frame.to_csv(path, index=False)
     return path
 
 
@@ -305,12 +363,21 @@ _GENERATORS = {
 }
 
 
-def _unit_noise(rng: np.random.Generator, n: int, *, heavy: bool) -> np.ndarray:
-    """Unit-variance noise: Gaussian, or (with prob. _HEAVY_TAIL_PROB) Student-t."""
+def _unit_noise(rng: np.random.Generator, n: int, *, heavy: bool) -> tuple[np.ndarray, int | None]:
+    """The default ("mixed") unit-variance noise and its Student-t df (None: Gaussian):
+    Gaussian, or (where ``heavy``, with prob. _HEAVY_TAIL_PROB) Student-t."""
     if heavy and rng.random() < _HEAVY_TAIL_PROB:
-        df = int(rng.choice([4, 5, 6]))
-        return rng.standard_t(df, n) * np.sqrt((df - 2) / df)
-    return rng.standard_normal(n)
+        df = int(rng.choice(list(_STUDENT_DF)))
+        return rng.standard_t(df, n) * np.sqrt((df - 2) / df), df
+    return rng.standard_normal(n), None
+
+
+def _unit_noise_of(rng: np.random.Generator, n: int, dist: str) -> tuple[np.ndarray, int | None]:
+    """Unit-variance noise of one named distribution ('gaussian' or 'student_t')."""
+    if dist == "gaussian":
+        return rng.standard_normal(n), None
+    df = int(rng.choice(list(_STUDENT_DF)))
+    return rng.standard_t(df, n) * np.sqrt((df - 2) / df), df
 
 
 def _start_row(rng: np.random.Generator, n: int) -> int:

@@ -1,10 +1,11 @@
 """Mamba backbone: selective-scan backends, residual blocks and the multivariate denoiser."""
 
 from mamba_denoiser.models.blocks import BiMambaBlock, MambaBlock
-from mamba_denoiser.models.denoiser import MultivariateMambaDenoiser
+from mamba_denoiser.models.denoiser import DIRECTIONS, MultivariateMambaDenoiser
 from mamba_denoiser.models.ssm import (
     BACKENDS,
     SelectiveSSM,
+    SSMState,
     available_backends,
     resolve_backend,
     selective_scan,
@@ -13,8 +14,10 @@ from mamba_denoiser.models.ssm import (
 __all__ = [
     "BACKENDS",
     "BiMambaBlock",
+    "DIRECTIONS",
     "MambaBlock",
     "MultivariateMambaDenoiser",
+    "SSMState",
     "SelectiveSSM",
     "available_backends",
     "resolve_backend",

@@ -4,6 +4,10 @@ Both are pre-norm residual blocks, x + mixer(norm(x)). Given a conditioning vect
 (``cond_dim``), they become adaLN-Zero blocks as in DiT: the norm loses its affine
 parameters and c produces (shift, scale, gate), x + gate · mixer(norm(x) · (1 + scale) +
 shift), with the projection zero-initialised so every block starts as the identity.
+
+``MambaBlock`` is causal (row t sees rows <= t) and can stream: it returns and accepts the
+recurrent state of its mixer (an ``SSMState``), so a long sequence can be processed chunk by
+chunk. ``BiMambaBlock`` sees the whole sequence and cannot.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_denoiser.models.ssm import BACKENDS, SelectiveSSM, SSMDirection, scan_bld
+from mamba_denoiser.models.ssm import BACKENDS, SelectiveSSM, SSMDirection, SSMState, scan_bld
 
 
 class AdaLNZero(nn.Module):
@@ -49,22 +53,36 @@ class _ResidualBlock(nn.Module):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L, D); c: (B, cond_dim) if the block was built with cond_dim."""
+    def mixer_input(self, x: torch.Tensor, c: torch.Tensor | None):
+        """(normalised, modulated input of the mixer (B, L, D), gate (B, 1, D) or None)."""
         if self.adaLN is None:
             if c is not None:
                 raise ValueError("conditioning c given, but the block was built with cond_dim=None")
-            return x + self.dropout(self.mix(self.norm(x)))
+            return self.norm(x), None
         if c is None:
             raise ValueError(
                 f"this block is adaLN-conditioned: pass c of shape (B, {self.cond_dim})"
             )
         shift, scale, gate = self.adaLN(c)  # each (B, 1, D)
-        return x + gate * self.dropout(self.mix(modulate(self.norm(x), shift, scale)))
+        return modulate(self.norm(x), shift, scale), gate
+
+    def residual(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None):
+        y = self.dropout(y)
+        return x + (y if gate is None else gate * y)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, D); c: (B, cond_dim) if the block was built with cond_dim."""
+        h, gate = self.mixer_input(x, c)
+        return self.residual(x, self.mix(h), gate)
 
 
 class MambaBlock(_ResidualBlock):
-    """x + SelectiveSSM(norm(x)): causal, left-to-right only."""
+    """x + SelectiveSSM(norm(x)): causal, left-to-right only.
+
+    ``forward(x, c, state=None, return_state=False)``: with ``return_state`` it returns
+    (out, SSMState), the state to pass with the next chunk of the same sequence (and the
+    same c). See ``SelectiveSSM`` for the backends that state passing runs on.
+    """
 
     def __init__(
         self,
@@ -79,8 +97,34 @@ class MambaBlock(_ResidualBlock):
         super().__init__(d_model, dropout, cond_dim)
         self.mixer = SelectiveSSM(d_model, d_state, d_conv, expand, backend=backend)
 
+    @property
+    def backend(self) -> str:  # as BiMambaBlock.backend; the scan lives in the mixer
+        return self.mixer.backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self.mixer.backend = name
+
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         return self.mixer(x)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor | None = None,
+        state: SSMState | None = None,
+        return_state: bool = False,
+    ):
+        """x: (B, L, D); c: (B, cond_dim) if built with cond_dim; state: from the last chunk."""
+        h, gate = self.mixer_input(x, c)
+        if state is None and not return_state:
+            return self.residual(x, self.mixer(h), gate)
+        y, state = self.mixer(h, state=state, return_state=True)
+        out = self.residual(x, y, gate)
+        return (out, state) if return_state else out
+
+    def initial_state(self, batch: int, device=None, dtype=None) -> SSMState:
+        return self.mixer.initial_state(batch, device=device, dtype=dtype)
 
 
 class BiMambaBlock(_ResidualBlock):

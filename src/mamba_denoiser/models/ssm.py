@@ -32,6 +32,14 @@ Backends (all agree with ``reference`` in outputs and gradients; tests check it)
 
 Everything is computed in float32 regardless of the input dtype (and with autocast
 disabled), because the state h accumulates over L steps and bf16/fp16 would drift.
+
+State passing (streaming inference): ``reference`` and ``fused`` accept an initial state
+``h0`` (batch, dim, N) and can return the state after the last step (as mamba-ssm's
+``return_last_state``), so a long sequence can be scanned chunk by chunk with the result
+of one pass. ``triton`` and ``mamba_ssm`` cannot (their kernels start from h = 0): "auto"
+then picks ``fused`` (plain torch ops, so it runs on CUDA tensors too), and an explicit
+request raises. In ``fused``, h0 is a constant (no gradient flows into it) and the last
+state is returned without gradient: enough for inference and truncated BPTT.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from __future__ import annotations
 import math
 import threading
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +69,7 @@ def _no_autocast(device_type: str):
         yield
 
 
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> int:
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias, h0=None) -> int:
     """Validate shapes; return the number of B/C groups G."""
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
@@ -87,6 +96,8 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> int:
             raise ValueError(f"{name} must be (dim={dim},), got {tuple(v.shape)}")
     if z is not None and z.shape != u.shape:
         raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+    if h0 is not None and h0.shape != (batch, dim, N):
+        raise ValueError(f"h0 must be (batch, dim, N) = {(batch, dim, N)}, got {tuple(h0.shape)}")
     return G
 
 
@@ -100,15 +111,27 @@ def _as_groups(M: torch.Tensor) -> torch.Tensor:
 
 
 def selective_scan_reference(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False
-) -> torch.Tensor:
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    h0=None,
+    return_last_state=False,
+):
     """The oracle: mamba-ssm's ``selective_scan_ref``, a plain loop over time with autograd.
 
     Ā and B̄x are computed for all steps up front as (b, d, l, n) tensors and the loop
     indexes them. Slow by construction, and the more so the longer L: the backward of each
     per-step index op writes a full (b, d, l, n) gradient, so the backward is O(L²).
+    h0 (b, d, n): the state before the first step (default 0). With ``return_last_state``
+    returns (out, h_L) with h_L (b, d, n) float32, differentiable like everything here.
     """
-    G = _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    G = _check_shapes(u, delta, A, B, C, D, z, delta_bias, h0)
     dtype_in = u.dtype
     with _no_autocast(u.device.type):
         u, delta, A = u.float(), delta.float(), A.float()
@@ -124,7 +147,10 @@ def selective_scan_reference(
         A_g = A.reshape(G, dim // G, -1)
         deltaA = torch.exp(torch.einsum("bgcl,gcn->bgcln", delta_g, A_g))  # Ā_t = exp(Δ_t A)
         deltaB_u = torch.einsum("bgcl,bgnl,bgcl->bgcln", delta_g, B, u_g)  # B̄_t x_t
-        h = u.new_zeros(batch, G, dim // G, A.shape[1])  # (b, g, c, n)
+        if h0 is None:
+            h = u.new_zeros(batch, G, dim // G, A.shape[1])  # (b, g, c, n)
+        else:
+            h = h0.float().reshape(batch, G, dim // G, A.shape[1])
         ys = []
         for t in range(L):
             h = deltaA[:, :, :, t] * h + deltaB_u[:, :, :, t]
@@ -134,7 +160,8 @@ def selective_scan_reference(
             y = y + u * D.float()[:, None]
         if z is not None:
             y = y * F.silu(z.float())
-    return y.to(dtype_in)
+    y = y.to(dtype_in)
+    return (y, h.reshape(batch, dim, -1)) if return_last_state else y
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +275,9 @@ class _FusedSelectiveScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, needs_grad):
+    def forward(
+        ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, needs_grad, return_last
+    ):
         # gradients go back in the dtype/shape each input came in (B, C may be 3-D)
         ctx.dtypes = [None if x is None else x.dtype for x in (u, delta, A, B, C, D, z, delta_bias)]
         ctx.B_shape, ctx.C_shape = B.shape, C.shape
@@ -272,7 +301,10 @@ class _FusedSelectiveScan(torch.autograd.Function):
             ckpt = u_tm.new_empty(n_chunks, BG, N, Dg) if needs_grad else None
             hs = _workspace(0, (k + 1, BG, N, Dg), u)  # hs[0]: the state entering the chunk
             dA = _workspace(1, (k, BG, N, Dg), u)
-            hs[0].zero_()
+            if h0 is None:
+                hs[0].zero_()
+            else:  # (b, d, n) -> the internal (bg, n, c)
+                hs[0].copy_(rearrange(h0, "b (g c) n -> (b g) n c", g=G))
             y_tm = u_tm.new_empty(L, BG, Dg)
             for c in range(n_chunks):
                 t0, t1 = c * k, min(L, (c + 1) * k)
@@ -299,10 +331,16 @@ class _FusedSelectiveScan(torch.autograd.Function):
             ctx.has_bias = delta_bias is not None
             ctx.delta_softplus = delta_softplus
             ctx.shape = (batch, dim, L, G, N, k)
-        return _to_bdl(out_tm, batch)
+        out = _to_bdl(out_tm, batch)
+        if not return_last:
+            return out
+        # hs[0] holds h_L after the loop; copied out because the workspace is reused
+        last = rearrange(hs[0], "(b g) n c -> b (g c) n", b=batch).clone()
+        ctx.mark_non_differentiable(last)
+        return out, last
 
     @staticmethod
-    def backward(ctx, gout):
+    def backward(ctx, gout, *_):  # _: the last state's gradient, if returned (never used)
         u_tm, dr_tm, A, B_tm, C_tm, D, z_tm, y_tm, ckpt = ctx.saved_tensors
         batch, dim, L, G, N, k = ctx.shape
         Dg, BG = dim // G, batch * G
@@ -384,6 +422,8 @@ class _FusedSelectiveScan(torch.autograd.Function):
             gD.to(t_D) if gD is not None else None,
             _to_bdl(gz_tm, batch).to(t_z) if gz_tm is not None else None,
             g_bias.to(t_bias) if g_bias is not None else None,
+            None,  # h0: a constant
+            None,
             None,
             None,
         )
@@ -394,12 +434,36 @@ class _FusedSelectiveScan(torch.autograd.Function):
 # compiles the projections, convolution and norms around it.
 @torch.compiler.disable
 def selective_scan_fused(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False
-) -> torch.Tensor:
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    h0=None,
+    return_last_state=False,
+):
+    """h0 (b, d, n): the state before the first step (default 0), a constant here: its
+    gradient is not computed. With ``return_last_state`` returns (out, h_L), h_L (b, d, n)
+    float32 without gradient. Gradients of all other inputs are exact given h0."""
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, h0)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out = _FusedSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, needs_grad)
+    if h0 is not None:
+        if torch.is_grad_enabled() and h0.requires_grad:
+            raise ValueError(
+                "the fused scan treats h0 as a constant; detach it, or use backend='reference' "
+                "to differentiate through the initial state"
+            )
+        h0 = h0.float()
+    out = _FusedSelectiveScan.apply(
+        u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, needs_grad, return_last_state
+    )
+    if return_last_state:
+        return out[0].to(u.dtype), out[1]
     return out.to(u.dtype)
 
 
@@ -515,14 +579,34 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     backend: str = "auto",
-) -> torch.Tensor:
+    h0: torch.Tensor | None = None,
+    return_last_state: bool = False,
+):
     """Selective scan with mamba-ssm's ``selective_scan_fn`` conventions; returns (batch, dim, L).
 
     ``backend``: "auto" (mamba_ssm if usable on CUDA, else triton on CUDA, else fused),
     or one of "reference", "fused", "triton", "mamba_ssm". The output has u's dtype; the
     scan itself always runs in float32.
+
+    State passing, ``reference`` and ``fused`` only (with "auto" it selects ``fused``):
+    ``h0`` (batch, dim, N) is the state before the first step (default 0);
+    ``return_last_state=True`` returns (out, h_L) with h_L (batch, dim, N) float32, the h0
+    that continues the sequence.
     """
     name = resolve_backend(backend, u.device)
+    if h0 is not None or return_last_state:
+        if name in ("triton", "mamba_ssm"):
+            if backend != "auto":
+                raise ValueError(
+                    f"scan backend {name!r} cannot take or return the state h (h0 / "
+                    "return_last_state); use backend='fused' (runs on CUDA too) or 'auto'"
+                )
+            name = "fused"
+        kw = dict(h0=h0, return_last_state=return_last_state)
+        args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if name == "reference":
+            return selective_scan_reference(*args, **kw)
+        return selective_scan_fused(*args, **kw)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if name == "reference":
         return selective_scan_reference(*args)
@@ -588,18 +672,33 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def scan_bld(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, backend="auto"
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=True,
+    backend="auto",
+    h0=None,
+    return_last_state=False,
 ):
     """``selective_scan`` for (batch, L, ·) tensors: u, delta, z (b, l, d); B, C (b, l, n) or
-    (b, l, G, n). Returns (b, l, d). The layout changes are views: the fused backend reads
-    (b, l, d) memory with d innermost without any transposing copy."""
+    (b, l, G, n). Returns (b, l, d), and h_L (b, d, n) with ``return_last_state``. The
+    layout changes are views: the fused backend reads (b, l, d) memory with d innermost
+    without any transposing copy."""
     bc = "b l n -> b n l" if B.dim() == 3 else "b l g n -> b g n l"
     y = selective_scan(
         rearrange(u, "b l d -> b d l"), rearrange(delta, "b l d -> b d l"), A,
         rearrange(B, bc), rearrange(C, bc), D,
         z=rearrange(z, "b l d -> b d l") if z is not None else None,
         delta_bias=delta_bias, delta_softplus=delta_softplus, backend=backend,
+        h0=h0, return_last_state=return_last_state,
     )  # fmt: skip
+    if return_last_state:
+        return rearrange(y[0], "b d l -> b l d"), y[1]
     return rearrange(y, "b d l -> b l d")
 
 
@@ -664,14 +763,42 @@ class SSMDirection(nn.Module):
     def A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())  # (d, n)
 
-    def forward(self, x: torch.Tensor):
-        """x: (b, l, d) -> scan inputs u (b, l, d), Δ before its bias (b, l, d), B, C (b, l, n)."""
-        u = F.silu(causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias))
+    def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None):
+        """x: (b, l, d) -> scan inputs u (b, l, d), Δ before its bias (b, l, d), B, C (b, l, n).
+
+        conv_state (b, d, d_conv - 1): the conv inputs just before x (zeros at the start of
+        a sequence). When given, the new conv state (the last d_conv - 1 conv inputs) is
+        returned as a fifth output.
+        """
+        if conv_state is None:
+            u = F.silu(causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias))
+        else:
+            # the conv over [state, x] from its first row is exactly the conv of one long
+            # pass; its first d_conv - 1 outputs belong to the previous chunk
+            n_prev = conv_state.shape[-1]
+            x = torch.cat([conv_state.transpose(1, 2).to(x.dtype), x], dim=1)  # (b, k-1+l, d)
+            u = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias)[:, n_prev:]
+            u = F.silu(u)
+            conv_state = x[:, x.shape[1] - n_prev :].transpose(1, 2)  # (b, d, k-1)
         x_dbl = self.x_proj(u)  # (b, l, dt_rank + 2n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # the bias is added (in float32) inside the scan, as mamba-ssm does
         delta = F.linear(dt, self.dt_proj.weight)  # (b, l, d)
+        if conv_state is not None:
+            return u, delta, B, C, conv_state
         return u, delta, B, C
+
+
+class SSMState(NamedTuple):
+    """The recurrent state of a ``SelectiveSSM`` after the last time step it has seen.
+
+    Passing it back continues the sequence: forward(x[:, :a]) then forward(x[:, a:], state)
+    gives forward(x) (up to float rounding). It is only meaningful for the same batch rows
+    (and, in a conditioned model, the same conditioning).
+    """
+
+    conv: torch.Tensor  # (B, d_inner, d_conv - 1): the last conv inputs, activation dtype
+    ssm: torch.Tensor  # (B, d_inner, d_state): h after the last step, float32
 
 
 class SelectiveSSM(nn.Module):
@@ -679,6 +806,11 @@ class SelectiveSSM(nn.Module):
 
     in_proj -> (x, z); x -> causal depthwise conv -> SiLU -> selective scan with input-
     dependent Δ, B, C -> y · SiLU(z) -> out_proj. No norm or residual: see ``MambaBlock``.
+
+    Streaming: ``forward(x, state=None, return_state=True)`` also returns an ``SSMState``
+    to pass to the next chunk. State passing is for inference (the SSM state gets no
+    gradient with the fused scan) and runs on the reference or fused scan: a module built
+    with backend "triton"/"mamba_ssm" uses "fused" for it (plain torch ops, CUDA or CPU).
     """
 
     def __init__(
@@ -710,11 +842,38 @@ class SelectiveSSM(nn.Module):
         )  # fmt: skip
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state: SSMState | None = None, return_state: bool = False):
+        """x (B, L, d_model) -> (B, L, d_model); with ``return_state``, (y, SSMState).
+
+        state: the SSMState returned for the previous chunk (None: start of a sequence).
+        """
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner) each
-        u, delta, B, C = self.ssm(x)
-        y = scan_bld(
+        if state is None and not return_state:  # training: no state, no extra work
+            u, delta, B, C = self.ssm(x)
+            y = scan_bld(
+                u, delta, self.ssm.A, B, C, self.ssm.D.float(), z=z,
+                delta_bias=self.ssm.dt_proj.bias.float(), delta_softplus=True,
+                backend=self.backend,
+            )  # fmt: skip
+            return self.out_proj(y)
+        if state is None:
+            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        u, delta, B, C, conv_state = self.ssm(x, conv_state=state.conv)
+        backend = self.backend if self.backend in ("auto", "reference", "fused") else "fused"
+        y, h = scan_bld(
             u, delta, self.ssm.A, B, C, self.ssm.D.float(), z=z,
-            delta_bias=self.ssm.dt_proj.bias.float(), delta_softplus=True, backend=self.backend,
+            delta_bias=self.ssm.dt_proj.bias.float(), delta_softplus=True, backend=backend,
+            h0=state.ssm, return_last_state=True,
         )  # fmt: skip
-        return self.out_proj(y)
+        y = self.out_proj(y)
+        return (y, SSMState(conv_state, h)) if return_state else y
+
+    def initial_state(
+        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> SSMState:
+        """The state before the first step: zero conv inputs (the conv's zero padding), h = 0."""
+        k = self.ssm.conv1d.kernel_size[0]
+        return SSMState(
+            conv=torch.zeros(batch, self.d_inner, k - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, self.d_inner, self.d_state, device=device),
+        )
