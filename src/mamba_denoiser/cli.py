@@ -45,6 +45,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mamba_denoiser.checkpoint import CheckpointError
     from mamba_denoiser.clustering.artifact import ClustersError
     from mamba_denoiser.data.panel import PanelError
+    from mamba_denoiser.evaluation.leakage import LeakageError
     from mamba_denoiser.training import NonFiniteLossError
 
     return (
@@ -53,6 +54,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         ConfigError,
         NonFiniteLossError,
+        LeakageError,
         MisconfigurationException,
         torch.OutOfMemoryError,
     )
@@ -62,7 +64,11 @@ def describe(err: BaseException) -> str:
     """One line (or a few) for the user; OOM gets the fix appended."""
     import torch
 
+    from mamba_denoiser.evaluation.leakage import LeakageError
+
     msg = str(err).strip() or type(err).__name__
+    if isinstance(err, LeakageError):
+        msg = f"leakage check failed: {msg}"
     if isinstance(err, torch.OutOfMemoryError):
         msg = (
             f"out of memory ({msg.splitlines()[0]}). Lower batch_size=..., use a smaller "

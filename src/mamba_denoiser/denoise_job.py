@@ -187,6 +187,8 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
             res = denoise_cluster(
                 m, raw, train=train, mode=cfg.mode, sampler=name, sampler_kw=sampler,
                 sigma=sigma, seed=cfg.seed, batch_windows=cfg.batch_windows, bands=cfg.bands,
+                gate_rows=panel.bounds["val"] if cfg.gate else None,
+                gate_margin_db=float(cfg.gate_margin_db),
             )  # fmt: skip
             n_ok = sum(v["denoised"] for v in res.info["features"].values())
             log.info("  %s: t=%d, %d windows, %d/%d features denoised, %.1fs", m.name,

@@ -29,23 +29,30 @@ from mamba_denoiser.cli import ConfigError, fail_cleanly, output_dir, to_dict
 log = logging.getLogger("mamba_denoiser")
 
 
-def _denoise_all(models, panel, method: dict, sigmas: dict, seed: int, train) -> dict:
+def _denoise_all(models, panel, method: dict, sigmas: dict, seed: int, gate) -> dict:
     from mamba_denoiser.inference import denoise_cluster
 
     kw = dict(method.get("sampler_kw") or {})
-    out, lower, upper, seconds = {}, {}, {}, 0.0
+    out, lower, upper, seconds, decided = {}, {}, {}, 0.0, {}
     for cid, m in models.items():
         raw = panel.frame[m.features].to_numpy(dtype=np.float64)
         res = denoise_cluster(
-            m, raw, train=train, mode=method["mode"], sampler=method["sampler"], sampler_kw=kw,
-            sigma=sigmas[cid], seed=seed, bands=bool(method.get("bands", False)),
+            m, raw, train=panel.bounds["train"], mode=method["mode"],
+            sampler=method["sampler"], sampler_kw=kw, sigma=sigmas[cid], seed=seed,
+            bands=bool(method.get("bands", False)), gate_rows=gate,
         )  # fmt: skip
         seconds += res.info["seconds"]
+        decided[cid] = {
+            "t": res.info["t"],
+            "denoised": np.array([v["denoised"] for v in res.info["features"].values()]),
+        }
         for i, f in enumerate(m.features):
             out[f] = res.mean[:, i]
             if res.lower is not None:
                 lower[f], upper[f] = res.lower[:, i], res.upper[:, i]
-    return {"mean": out, "lower": lower, "upper": upper, "seconds": seconds}
+    n_on = int(sum(d["denoised"].sum() for d in decided.values()))
+    return {"mean": out, "lower": lower, "upper": upper, "seconds": seconds,
+            "fitted": decided, "n_denoised": n_on}  # fmt: skip
 
 
 def _stack(d: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
@@ -77,7 +84,8 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         raw = panel.frame[names].to_numpy(dtype=np.float64)
         T = len(raw)
         train = panel.bounds["train"]
-        eval_rows = slice(panel.bounds["val"][0], T)  # everything after the train split
+        # quality is scored on the TEST rows: the feature gate looked at validation rows
+        eval_rows = slice(*panel.bounds["test"])
         sigmas = {cid: noise_in_window_units(m, panel.frame[m.features].to_numpy(float),
                                              train)[0] for cid, m in models.items()}  # fmt: skip
 
@@ -86,8 +94,10 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         den = {}
         for method in methods:
             log.info("Denoiser %s (%s, %s)", method["name"], method["sampler"], method["mode"])
-            den[method["name"]] = _denoise_all(models, panel, method, sigmas, cfg.seed, train)
-            log.info("  %.1fs", den[method["name"]]["seconds"])
+            gate = panel.bounds["val"] if cfg.gate else None
+            den[method["name"]] = _denoise_all(models, panel, method, sigmas, cfg.seed, gate)
+            d = den[method["name"]]
+            log.info("  %.1fs, %d/%d features denoised", d["seconds"], d["n_denoised"], len(names))
         causal = [m["name"] for m in methods if m["mode"] == "causal"]
         two_sided = [m["name"] for m in methods if m["mode"] != "causal"]
 
@@ -99,11 +109,15 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                 for cid, m in models.items():
                     block = panel.frame[m.features].to_numpy(dtype=np.float64)
 
-                    def fn(x, m=m, cid=cid, method=method):
+                    # what was fitted (σ, t, which features) stays fixed, as in deployment
+                    fitted = den[name]["fitted"][cid]
+
+                    def fn(x, m=m, cid=cid, method=method, fitted=fitted):
                         return denoise_cluster(
                             m, x, train=train, mode="causal", sampler=method["sampler"],
-                            sampler_kw=dict(method.get("sampler_kw") or {}),
+                            sampler_kw={**(method.get("sampler_kw") or {}), "t": fitted["t"]},
                             sigma=sigmas[cid], seed=cfg.seed,
+                            denoise_features=fitted["denoised"],
                         ).mean  # fmt: skip
 
                     leakage.check_future_perturbation(fn, block, cuts=[T // 2, (3 * T) // 4])
@@ -228,8 +242,8 @@ def _report(cfg, panel, ck_dir, methods, checks, tables, best_baseline, truth, s
         "# Evaluation report",
         "",
         f"Data: `{panel.source}` (sha256 {str(panel.sha256)[:12]}…, {panel.n_rows} rows; "
-        f"train rows {list(panel.bounds['train'])}, evaluated on rows "
-        f"{panel.bounds['val'][0]}..{panel.n_rows - 1}, i.e. after the train split).",
+        f"train rows {list(panel.bounds['train'])}, validation {list(panel.bounds['val'])}; "
+        f"quality scored on the test rows {list(panel.bounds['test'])}).",
         f"Checkpoints: `{ck_dir}`. Wall time {seconds:.0f}s.",
         "",
         "Denoiser variants: "

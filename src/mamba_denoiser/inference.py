@@ -160,11 +160,39 @@ class ClusterResult:
 
 
 def noise_in_window_units(model: ClusterModel, raw: np.ndarray, train: tuple[int, int]):
-    """σ per feature, estimated on the train rows only, in the units the model sees."""
-    from mamba_denoiser.diffusion.noise import estimate_noise_std
+    """σ per feature, estimated on the train rows only, in native units and in the units
+    the model sees; and the noise share σ² / Var(y) on those rows."""
+    from mamba_denoiser.diffusion.noise import estimate_noise
 
-    sigma_raw = estimate_noise_std(raw[train[0] : train[1]])
-    return sigma_raw, sigma_raw / (model.std * model.window_scale)
+    est = [estimate_noise(raw[train[0] : train[1], j]) for j in range(raw.shape[1])]
+    sigma_raw = np.array([e.sigma for e in est])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.array([e.sigma**2 / e.variance if e.variance > 0 else np.nan for e in est])
+    return sigma_raw, sigma_raw / (model.std * model.window_scale), share
+
+
+# A series whose estimated noise is most of its variance is white at the daily scale
+# (e.g. returns): signal and noise cannot be told apart, and shrinking it destroys signal.
+MAX_NOISE_SHARE = 0.5
+
+
+def sure_gain_db(
+    y: np.ndarray, d: np.ndarray, d_probe: np.ndarray, probe: np.ndarray, delta, sigma
+) -> np.ndarray:
+    """Stein's unbiased risk estimate of a denoiser d(y) against the clean signal, as a
+    gain over leaving the data alone (whose risk is σ²), per column, in dB:
+
+        SURE = mean((d - y)²) + 2σ² · mean(∂d_t/∂y_t) - σ²,
+
+    the divergence by a Hutchinson probe: ∂d_t/∂y_t ≈ b_t (d_t(y + δb) - d_t(y)) / δ with
+    b = ±1 (cross terms average out). y, d, d_probe, probe: (N, F) rows to score."""
+    ok = np.isfinite(y) & np.isfinite(d) & np.isfinite(d_probe)
+    n = ok.sum(0).clip(min=1)
+    mse = np.where(ok, (d - y) ** 2, 0.0).sum(0) / n
+    div = np.where(ok, probe * (d_probe - d) / delta, 0.0).sum(0) / n
+    sure = mse + 2 * sigma**2 * div - sigma**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 10 * np.log10(sigma**2 / np.maximum(sure, 1e-3 * sigma**2))
 
 
 def denoise_cluster(
@@ -176,12 +204,24 @@ def denoise_cluster(
     sampler: str = "posterior_mean",
     sampler_kw: dict[str, Any] | None = None,
     sigma: np.ndarray | None = None,  # native units; None = estimate on the train split
+    gate_rows: tuple[int, int] | None = None,  # validation rows for the SURE gate
+    gate_margin_db: float = 0.1,
+    denoise_features: np.ndarray | None = None,  # (F,) bool: fixed decisions, no gate
     seed: int = 0,
     batch_windows: int = 256,
     bands: bool = False,
     progress=None,
 ) -> ClusterResult:
-    """Denoise one cluster's (T, F) block with its model; everything batched over windows."""
+    """Denoise one cluster's (T, F) block with its model; everything batched over windows.
+
+    Which features are denoised (the rest pass through exactly): σ must be estimable,
+    σ² at most MAX_NOISE_SHARE of the series' variance, resolvable by the model at the t
+    used (diffusion/sampling.resolvable), and, with `gate_rows` (the validation split),
+    the SURE estimate of the gain on those rows must exceed `gate_margin_db`. Every one of
+    these decisions is made from train and validation rows; `denoise_features` replaces
+    them with given decisions (e.g. to re-run on perturbed data with the same ones; pass
+    the same `sigma` and sampler_kw["t"] = info["t"] then too).
+    """
     from mamba_denoiser.diffusion import sampling
 
     kw = dict(sampler_kw or {})
@@ -190,9 +230,8 @@ def denoise_cluster(
     if F != len(model.features):
         raise ValueError(f"{model.name}: expected {len(model.features)} columns, got {F}")
     sde = model.module.sde
-    if sigma is None:
-        sigma_raw, sigma_w = noise_in_window_units(model, raw, train)
-    else:
+    sigma_raw, sigma_w, share = noise_in_window_units(model, raw, train)
+    if sigma is not None:
         sigma_raw = np.asarray(sigma, dtype=np.float64)
         sigma_w = sigma_raw / (model.std * model.window_scale)
     guidance = kw.pop("guidance", None)
@@ -212,66 +251,79 @@ def denoise_cluster(
     # Features without a usable σ pass through (resolvable says so); the sampler still
     # needs a finite placeholder for them, which never reaches the output.
     sig_run = torch.where(finite, sig_t, torch.ones_like(sig_t))
+    white = np.nan_to_num(share, nan=0.0) > MAX_NOISE_SHARE
+    pick = finite & torch.as_tensor(~white)
     if t_fixed is not None:
         t = int(t_fixed)
-    elif finite.any():
-        t = int(sampling.choose_t(sde, sig_t[finite], c=c))
+    elif pick.any():
+        t = int(sampling.choose_t(sde, sig_t[pick], c=c))
     else:
         t = 1
-    ok, reasons = sampling.resolvable(sde, sig_t, t=t)
-    ok = ok.cpu().numpy().astype(bool)
+    ok_t, reasons = sampling.resolvable(sde, sig_t, t=t)
+    ok = ok_t.cpu().numpy().astype(bool)
+    reasons = list(reasons)
+    for j in np.flatnonzero(white & ok):
+        ok[j] = False
+        reasons[j] = (
+            f"noise share σ²/Var(y) = {share[j]:.2f} > {MAX_NOISE_SHARE} on the train split: "
+            "white at the daily scale, signal and noise cannot be separated"
+        )
 
-    z = ((raw - model.mean) / model.std).astype(np.float32)  # (T, F)
-    starts, rows, pos, w_idx = serving_plan(
-        T, model.window, model.anchor_len, mode, model.direction
-    )
-    values = torch.as_tensor(z)
+    plan = serving_plan(T, model.window, model.anchor_len, mode, model.direction)
+    starts, rows, pos, w_idx = plan
     scale = torch.as_tensor(model.window_scale, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(int(seed) * 1000 + int(model.cluster["id"]))
     n_win = len(starts)
-    out_w = {k: np.full((n_win, model.window, F), np.nan, np.float32) for k in ("m", "lo", "hi")}
 
     def eps_fn(x, tt, m):
         return model.module(x, tt, m)
 
-    with torch.no_grad():
-        for b0 in range(0, n_win, batch_windows):
-            s = torch.as_tensor(starts[b0 : b0 + batch_windows])
-            zw = gather_windows(values, s, model.window)  # (B, L, F)
-            mask = ~torch.isnan(zw)
-            w, anchor = normalise_windows(zw, mask, scale, model.anchor_len)
-            if sampler == "posterior_mean":
-                n_draws = int(kw.get("n_draws", 8))
-                res = sampling.posterior_mean(
-                    eps_fn, sde, w, mask, sigma=sig_run, t=t, generator=gen,
-                    return_std=n_draws > 1, n_draws=n_draws,
-                )  # fmt: skip
-                mean_w, std_w = res if n_draws > 1 else (res, torch.zeros_like(res))
-                z_m = float(kw.get("band_z", 1.645))
-                lo_w, hi_w = mean_w - z_m * std_w, mean_w + z_m * std_w
-            elif sampler == "sdedit":
-                t_start = int(kw["t_start"]) if kw.get("t_start") is not None else t
-                steps = kw.get("steps")
-                # a small t_start (little noise) has fewer steps to take than asked for
-                steps = min(int(steps), t_start + 1) if steps is not None else None
-                res = sampling.sdedit(
-                    eps_fn, sde, w, mask, t_start=t_start,
-                    steps=steps,
-                    method=kw.get("method", "ddim"), n_samples=int(kw.get("n_samples", 8)),
-                    eta=float(kw.get("eta", 0.0)), guidance=guidance,
-                    guidance_scale=float(kw.get("guidance_scale", 0.02)), generator=gen,
-                    quantiles=tuple(kw.get("quantiles", (0.05, 0.95))),
-                )  # fmt: skip
-                mean_w, lo_w, hi_w = res.mean, res.lower, res.upper
-            else:
-                raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
-            sl = slice(b0, b0 + len(s))
-            for key, v in (("m", mean_w), ("lo", lo_w), ("hi", hi_w)):
-                out_w[key][sl] = (v * scale + anchor).numpy()
-            if progress is not None:
-                progress(min(b0 + batch_windows, n_win), n_win)
+    def run(x_native: np.ndarray, with_bands: bool) -> dict[str, np.ndarray]:
+        """All windows through the sampler; the same random draws for the same seed."""
+        z = ((x_native - model.mean) / model.std).astype(np.float32)  # (T, F)
+        values = torch.as_tensor(z)
+        gen = torch.Generator().manual_seed(int(seed) * 1000 + int(model.cluster["id"]))
+        keys = ("m", "lo", "hi") if with_bands else ("m",)
+        out_w = {k: np.full((n_win, model.window, F), np.nan, np.float32) for k in keys}
+        with torch.no_grad():
+            for b0 in range(0, n_win, batch_windows):
+                s = torch.as_tensor(starts[b0 : b0 + batch_windows])
+                zw = gather_windows(values, s, model.window)  # (B, L, F)
+                mask = ~torch.isnan(zw)
+                w, anchor = normalise_windows(zw, mask, scale, model.anchor_len)
+                if sampler == "posterior_mean":
+                    n_draws = int(kw.get("n_draws", 8))
+                    res = sampling.posterior_mean(
+                        eps_fn, sde, w, mask, sigma=sig_run, t=t, generator=gen,
+                        return_std=n_draws > 1, n_draws=n_draws,
+                    )  # fmt: skip
+                    mean_w, std_w = res if n_draws > 1 else (res, torch.zeros_like(res))
+                    z_m = float(kw.get("band_z", 1.645))
+                    lo_w, hi_w = mean_w - z_m * std_w, mean_w + z_m * std_w
+                elif sampler == "sdedit":
+                    t_start = int(kw["t_start"]) if kw.get("t_start") is not None else t
+                    steps = kw.get("steps")
+                    # a small t_start (little noise) has fewer steps to take than asked for
+                    steps = min(int(steps), t_start + 1) if steps is not None else None
+                    res = sampling.sdedit(
+                        eps_fn, sde, w, mask, t_start=t_start, steps=steps,
+                        method=kw.get("method", "ddim"), n_samples=int(kw.get("n_samples", 8)),
+                        eta=float(kw.get("eta", 0.0)), guidance=guidance,
+                        guidance_scale=float(kw.get("guidance_scale", 0.02)), generator=gen,
+                        quantiles=tuple(kw.get("quantiles", (0.05, 0.95))),
+                    )  # fmt: skip
+                    mean_w, lo_w, hi_w = res.mean, res.lower, res.upper
+                else:
+                    raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
+                sl = slice(b0, b0 + len(s))
+                for key, v in (("m", mean_w), ("lo", lo_w), ("hi", hi_w)):
+                    if key in out_w:
+                        out_w[key][sl] = (v * scale + anchor).numpy()
+                if progress is not None:
+                    progress(min(b0 + batch_windows, n_win), n_win)
+        return {k: _assemble(v, z, x_native) for k, v in out_w.items()}
 
-    def assemble(wins: np.ndarray) -> np.ndarray:
+    def _assemble(wins: np.ndarray, z: np.ndarray, x_native: np.ndarray) -> np.ndarray:
+        """Window outputs -> (T, F) native units; unserved rows and NaN keep the input."""
         vals = wins[w_idx, pos]  # (M, F)
         if mode == "offline":
             acc = np.zeros((T, F))
@@ -283,15 +335,34 @@ def denoise_cluster(
         else:
             zz = np.full((T, F), np.nan)
             zz[rows] = vals
-        served = ~np.isnan(zz)
-        zz = np.where(served & ok[None, :], zz, z)  # unserved rows / unresolvable: raw
         out = zz * model.std + model.mean
-        out = np.where(np.isnan(raw), np.nan, out)  # NaN stays NaN
-        return np.where(ok[None, :] & served, out, raw)  # passthrough is exactly raw
+        return np.where(np.isnan(zz) | np.isnan(x_native), x_native, out)
 
-    mean = assemble(out_w["m"])
-    lower = assemble(out_w["lo"]) if bands else None
-    upper = assemble(out_w["hi"]) if bands else None
+    outs = run(raw, bands)
+    gate_db = np.full(F, np.nan)
+    if denoise_features is not None:
+        ok = np.asarray(denoise_features, dtype=bool).copy()
+    elif gate_rows is not None and ok.any():
+        # SURE on the validation rows, with a ±δ probe and the same random draws.
+        rng = np.random.default_rng(int(seed) + 7919 * int(model.cluster["id"]))
+        probe = rng.choice([-1.0, 1.0], size=raw.shape)
+        delta = 0.05 * np.where(np.isfinite(sigma_raw) & (sigma_raw > 0), sigma_raw, 1.0)
+        d_probe = run(raw + delta * probe, False)["m"]
+        g = slice(*gate_rows)
+        gate_db = sure_gain_db(raw[g], outs["m"][g], d_probe[g], probe[g], delta, sigma_raw)
+        for j in np.flatnonzero(ok & ~(gate_db > gate_margin_db)):
+            ok[j] = False
+            reasons[j] = (
+                f"SURE on the validation rows: estimated gain {gate_db[j]:.2f} dB "
+                f"<= {gate_margin_db} dB"
+            )
+
+    def finish(x: np.ndarray) -> np.ndarray:
+        return np.where(ok[None, :], x, raw)  # pass-through features are exactly raw
+
+    mean = finish(outs["m"])
+    lower = finish(outs["lo"]) if bands else None
+    upper = finish(outs["hi"]) if bands else None
     info = {
         "cluster": model.name,
         "type": model.cluster["type"],
@@ -308,6 +379,8 @@ def denoise_cluster(
             f: {
                 "sigma": _f(sigma_raw[i]),
                 "sigma_window_units": _f(sigma_w[i]),
+                "noise_share": _f(share[i]),
+                "sure_gain_db_val": _f(gate_db[i]),
                 "denoised": bool(ok[i]),
                 "reason": "" if ok[i] else reasons[i],
             }
