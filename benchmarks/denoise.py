@@ -1,0 +1,74 @@
+"""Denoising speed on the full built-in panel: every cluster, causal, CPU.
+
+Times inference.denoise_cluster over all clusters of a training sweep on the whole
+9,000 x 94 built-in panel (the work of `python denoise.py`, without CSV I/O): the causal
+posterior mean (8 draws, with its SURE gate, which runs a second, probed pass), the same
+without the gate, and SDEdit with DDIM 10 steps x 8 samples, in the same run; prints
+seconds and the ratio to the default.
+
+    python benchmarks/denoise.py                            # newest outputs/train_multirun
+    python benchmarks/denoise.py --sweep outputs/train_multirun/<run> --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mamba_denoiser.data.source import panel_from_config
+from mamba_denoiser.denoise_job import find_checkpoints, find_latest_sweep
+from mamba_denoiser.inference import denoise_cluster, load_cluster_model
+
+VARIANTS = {
+    "posterior_mean, causal, gated (default)": dict(sampler="posterior_mean", gate=True),
+    "posterior_mean, causal, no gate": dict(sampler="posterior_mean", gate=False),
+    "sdedit ddim 10 steps x 8 samples, causal": dict(
+        sampler="sdedit", gate=False, sampler_kw={"method": "ddim", "steps": 10, "n_samples": 8}
+    ),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sweep", type=Path, default=None)
+    ap.add_argument("--data", type=Path, default=Path("outputs/data/synthetic_n9000_seed0.csv"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        sweep = args.sweep or find_latest_sweep("outputs")
+    except ValueError as e:  # ConfigError: nothing trained yet
+        print(f"{e}\n(run `make run` first)")
+        return
+    models = [load_cluster_model(p) for p in find_checkpoints(sweep).values()]
+    panel = panel_from_config(
+        {"kind": "synthetic", "n_rows": 9000, "seed": 0, "path": str(args.data)}
+    )
+    n_feat = sum(len(m.features) for m in models)
+    print(f"sweep {sweep}: {len(models)} clusters, {n_feat} features, {panel.n_rows} rows, "
+          f"{args.threads} threads")  # fmt: skip
+    times = {}
+    for name, v in VARIANTS.items():
+        t0 = time.perf_counter()
+        n_on = 0
+        for m in models:
+            raw = panel.frame[m.features].to_numpy(dtype=np.float64)
+            res = denoise_cluster(
+                m, raw, train=panel.bounds["train"], sampler=v["sampler"],
+                sampler_kw=v.get("sampler_kw"), gate_rows=panel.bounds["val"] if v["gate"]
+                else None,
+            )  # fmt: skip
+            n_on += sum(f["denoised"] for f in res.info["features"].values())
+        times[name] = time.perf_counter() - t0
+        print(f"{name:45s} {times[name]:7.1f} s   ({n_on}/{n_feat} features denoised)")
+    base = times[next(iter(VARIANTS))]
+    for name, sec in times.items():
+        print(f"  {name:45s} x{sec / base:5.2f} of the default")
+
+
+if __name__ == "__main__":
+    main()
