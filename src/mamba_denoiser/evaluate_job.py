@@ -7,10 +7,12 @@
    causal outputs do not predict future innovations of the raw series.
 3. Classical baselines, fitted/tuned on the train split (evaluation/baselines.py).
 4. With known clean values (the built-in data): SNR gain per feature, per cluster type
-   and per planted family on the rows after the train split, causal and two-sided
-   tables apart, and the lag of each causal output.
+   and per planted family on the TEST rows (the per-feature gate looked at validation
+   rows), causal and two-sided tables apart, and the lag of each causal output.
 5. With targets: purged walk-forward forecasts of the RAW forward return from raw vs
-   denoised vs best-causal-baseline features (ridge, gradient-boosted trees).
+   denoised vs best-causal-baseline features (ridge, gradient-boosted trees), with every
+   test block after the train split, so no scored feature row was seen by a fitted
+   denoiser or baseline.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from mamba_denoiser.cli import ConfigError, fail_cleanly, output_dir, to_dict
 log = logging.getLogger("mamba_denoiser")
 
 
-def _denoise_all(models, panel, method: dict, sigmas: dict, seed: int, gate) -> dict:
+def _denoise_all(models, panel, method: dict, sigmas: dict, seed: int, gate, margin) -> dict:
     from mamba_denoiser.inference import denoise_cluster
 
     kw = dict(method.get("sampler_kw") or {})
@@ -39,7 +41,7 @@ def _denoise_all(models, panel, method: dict, sigmas: dict, seed: int, gate) -> 
         res = denoise_cluster(
             m, raw, train=panel.bounds["train"], mode=method["mode"],
             sampler=method["sampler"], sampler_kw=kw, sigma=sigmas[cid], seed=seed,
-            bands=bool(method.get("bands", False)), gate_rows=gate,
+            bands=bool(method.get("bands", False)), gate_rows=gate, gate_margin_db=margin,
         )  # fmt: skip
         seconds += res.info["seconds"]
         decided[cid] = {
@@ -80,7 +82,6 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         models, clusters, ck_dir = _load_models(cfg, panel)
         names = [f for m in models.values() for f in m.features]
         ftype = {f: m.cluster["type"] for m in models.values() for f in m.features}
-        fcluster = {f: m.name for m in models.values() for f in m.features}
         raw = panel.frame[names].to_numpy(dtype=np.float64)
         T = len(raw)
         train = panel.bounds["train"]
@@ -95,7 +96,9 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         for method in methods:
             log.info("Denoiser %s (%s, %s)", method["name"], method["sampler"], method["mode"])
             gate = panel.bounds["val"] if cfg.gate else None
-            den[method["name"]] = _denoise_all(models, panel, method, sigmas, cfg.seed, gate)
+            den[method["name"]] = _denoise_all(
+                models, panel, method, sigmas, cfg.seed, gate, float(cfg.gate_margin_db)
+            )
             d = den[method["name"]]
             log.info("  %.1fs, %d/%d features denoised", d["seconds"], d["n_denoised"], len(names))
         causal = [m["name"] for m in methods if m["mode"] == "causal"]
@@ -153,7 +156,6 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         # 4. quality against known clean values
         truth = load_truth(panel.source)
-        sections: dict[str, str] = {}
         tables: dict[str, pd.DataFrame] = {}
         best_baseline = cfg.downstream.baseline_without_truth
         if truth is not None:
@@ -198,6 +200,8 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                 f"baseline ({best_baseline}, causal)": bl[best_baseline].causal,
             }
             frames = []
+            # every test block after the train split (+ embargo): features out of sample
+            test_size = (T - panel.bounds["val"][0]) // int(cfg.downstream.n_splits)
             for set_name, arr in sets.items():
                 feats = panel.frame[base_cols].copy()
                 feats[names] = arr
@@ -205,7 +209,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                     feats, fwd, rf, n_splits=int(cfg.downstream.n_splits),
                     embargo=int(panel.split.embargo), models=list(cfg.downstream.models),
                     k=float(cfg.downstream.k), seed=int(cfg.seed),
-                    target_columns=list(panel.targets),
+                    target_columns=list(panel.targets), test_size=test_size,
                 )  # fmt: skip
                 t = res.metrics.copy()
                 t.insert(0, "features", set_name)
@@ -229,7 +233,6 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         if cfg.plots:
             _plots(out, panel, names, ftype, raw, den, tables, curves, truth, methods)
         atomic_write_text(out / "report.md", report)
-        del sections, fcluster, clusters
     _print_key(tables)
     print(f"report: {out / 'report.md'}")
     return {"tables": tables, "checks": checks}
@@ -303,7 +306,8 @@ def _report(cfg, panel, ck_dir, methods, checks, tables, best_baseline, truth, s
         lines += [
             "## Forecasting the raw forward return (purged walk-forward, out of sample)",
             "",
-            f"{cfg.downstream.n_splits} expanding folds, embargo {panel.split.embargo} rows; "
+            f"{cfg.downstream.n_splits} expanding folds, all test blocks after the train split, "
+            f"embargo {panel.split.embargo} rows; "
             "positions in [0, 2] from past predictions only; targets never denoised, never "
             "features.",
             "",

@@ -17,8 +17,10 @@ offline (two-sided, uses FUTURE rows) -- windows with stride L // 4, every posit
 
 Samplers (diffusion/sampling.py): posterior_mean (Tweedie with the feature's noise level σ)
 or sdedit (diffuse to t*, reverse with DDIM/DDPM). σ per feature is estimated on the
-TRAIN split only (diffusion/noise.py) or given; a feature whose σ the model cannot
-resolve at the t used passes through unchanged, with the reason reported.
+TRAIN split only (diffusion/noise.py) or given. A feature passes through unchanged, with
+the reason reported, when its noise share σ²/Var(y) on the train split exceeds
+MAX_NOISE_SHARE (white at the daily scale), when the model cannot resolve its σ at the t
+used, or when SURE on the validation rows does not estimate a gain (sure_gain_db).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees a half-written artifact (DESIGN.md §4)."""
+"""Atomic writes: no reader sees a half-written artifact (docs/design.md "Failures and paths")."""
 
 from __future__ import annotations
 

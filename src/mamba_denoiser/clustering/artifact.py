@@ -1,4 +1,7 @@
-"""clusters.json: the contract between cluster.py and train.py / denoise.py (DESIGN.md §4)."""
+"""clusters.json: the contract between cluster.py and train.py / denoise.py / evaluate.py.
+
+Schema and checks: docs/design.md "clusters.json".
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Group features by their statistics: standardise, choose K, k-means, merge, type each group.
 
-Pipeline (DESIGN.md §6):
+Pipeline (docs/design.md "Statistics and grouping"):
 
 1. ``standardise_stats``: a fixed, documented transform of the skewed statistics (see
    ``TRANSFORMS``), then z-scoring of every column (sklearn ``StandardScaler``). Without

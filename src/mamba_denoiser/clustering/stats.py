@@ -1,4 +1,4 @@
-"""The 11 statistical characteristics used to group features (DESIGN.md §6 'Statistics').
+"""The 11 statistics used to group features (docs/design.md "Statistics and grouping").
 
 Every statistic is computed on one feature's *observed* train-split values (the caller
 drops the leading NaN block) and is **scale- and shift-free**: multiplying a series by

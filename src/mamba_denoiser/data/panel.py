@@ -3,7 +3,7 @@
 Everything downstream (clustering, training, denoising, evaluation) starts from a
 `Panel`: a time-sorted frame plus the role of every column, decided once here.
 
-Roles (DESIGN.md §4):
+Roles (docs/design.md "Column roles"):
 - ``id``: the time index; duplicates are an error, unsorted rows are sorted with a warning.
 - ``targets``: never clustered, never a model input, never changed.
 - ``passthrough``: discrete, constant, almost-empty or user-excluded columns, copied unchanged.
@@ -39,7 +39,7 @@ class SplitSpec:
     """Chronological train/val/test fractions with an embargo of `embargo` rows between parts.
 
     The embargo keeps a window that straddles two parts from leaking one into the other;
-    it should be at least one window long (DESIGN.md §5.1).
+    it should be at least one window long (docs/design.md "Column roles").
     """
 
     train: float = 0.70

@@ -1,7 +1,7 @@
 """Seeded synthetic panel in the Kaggle schema, with known clean signals and processes.
 
-The default data of the project (DESIGN.md §1): it lets every stage be run, tested and
-scored against ground truth without downloading anything.
+The default data of the project (docs/design.md "Purpose"): it lets every stage be run,
+tested and scored against ground truth without downloading anything.
 
 Schema (``SyntheticPanel.frame``): ``date_id`` (0..n-1), the 94 features D1..D9, E1..E20,
 I1..I9, M1..M18, P1..P13, S1..S12, V1..V13 in that order, then the 3 targets.

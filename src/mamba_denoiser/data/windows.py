@@ -1,7 +1,7 @@
 """Sliding windows over one cluster's features, fetched a whole batch at a time.
 
 Missing values stay NaN here and travel with an observation mask: nothing is filled with
-zeros or future values (docs/design.md, honesty rules). The network sees unobserved cells
+zeros or future values (docs/design.md "Honesty rules"). The network sees unobserved cells
 as 0 plus a mask bit, and the loss ignores those positions.
 
 Scale-free windows (docs/design.md, "Windows"): one z-score per feature, fitted on the

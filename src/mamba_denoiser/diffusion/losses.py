@@ -113,7 +113,7 @@ class DenoisingLoss(nn.Module):
     def __init__(
         self,
         cluster_type: str | None = None,
-        guidance_weight: float = 0.1,
+        guidance_weight: float = 0.02,
         tv_weight: float = 1.0,
         fourier_weight: float = 1.0,
         cutoff: float = 0.25,

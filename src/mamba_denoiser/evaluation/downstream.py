@@ -8,7 +8,7 @@ Public API::
     table = score_predictions(oos, forward_returns, risk_free_rate)
     result = run_downstream(features, forward_returns, risk_free_rate)  # all of the above
 
-Honesty rules (DESIGN.md section 5.6):
+Honesty rules (docs/design.md "Honesty rules", "Evaluation"):
 
 * Purged walk-forward splits: ``n_splits`` chronological test blocks at the end of the
   sample; each fold trains on all rows before its block (expanding window) except the
@@ -290,10 +290,15 @@ def run_downstream(
     k: float = 0.5,
     seed: int = 0,
     target_columns: Sequence[str] = DEFAULT_TARGETS,
+    test_size: int | None = None,
 ) -> DownstreamResult:
-    """Splits, out-of-sample predictions of the raw forward return, and their metrics."""
+    """Splits, out-of-sample predictions of the raw forward return, and their metrics.
+
+    ``test_size``: rows per test block (default: purged_walk_forward_splits' choice). To
+    score only rows whose features no fitted denoiser or baseline has seen, pass
+    (rows after the train split) // n_splits."""
     splits = purged_walk_forward_splits(
-        len(features), n_splits=n_splits, embargo=embargo, horizon=horizon
+        len(features), n_splits=n_splits, embargo=embargo, horizon=horizon, test_size=test_size
     )
     oos = walk_forward_predict(
         features,

@@ -25,8 +25,9 @@ Backends (all agree with ``reference`` in outputs and gradients; tests check it)
   memory is O(sqrt(L)) states instead of O(L). Measured on 2 CPU cores (benchmarks/scan.py):
   ~35x faster than ``reference`` at B=64, L=60, D=256, N=16; only ~1.1-1.6x faster than a
   well-written autograd loop (``unbind`` over time), which is bound by the same ~20 memory
-  passes over the state per step but keeps O(L) states for its backward. (DESIGN.md: a
-  parallel/Blelloch scan does not pay on CPU and its exp(S_t)·exp(-S_s) form overflows.)
+  passes over the state per step but keeps O(L) states for its backward. (docs/design.md
+  "Selective scan backends": a parallel/Blelloch scan does not pay on CPU and its
+  exp(S_t)·exp(-S_s) form overflows.)
 - ``triton``: GPU default, see ``triton_scan.py``.
 - ``mamba_ssm``: the reference CUDA kernel, used only when that package imports and runs.
 
