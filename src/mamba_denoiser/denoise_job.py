@@ -191,7 +191,7 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
                 gate_margin_db=float(cfg.gate_margin_db),
             )  # fmt: skip
             n_ok = sum(v["denoised"] for v in res.info["features"].values())
-            log.info("  %s: t=%d, %d windows, %d/%d features denoised, %.1fs", m.name,
+            log.info("  %s: t in %s, %d windows, %d/%d features denoised, %.1fs", m.name,
                      res.info["t"], res.info["windows"], n_ok, len(m.features),
                      res.info["seconds"])  # fmt: skip
             results[cid] = (m, raw, res)
@@ -239,7 +239,8 @@ _COLS = ("cluster", "type", "model", "mode", "sampler", "t", "denoised / feature
 
 def _cells(c: dict) -> list[str]:
     feats = c["features"]
-    return [c["cluster"], c["type"], c["direction"], c["mode"], c["sampler"], str(c["t"]),
+    ts = ",".join(map(str, c["t"])) or "-"
+    return [c["cluster"], c["type"], c["direction"], c["mode"], c["sampler"], ts,
             f"{sum(v['denoised'] for v in feats.values())}/{len(feats)}",
             f"{c['seconds']:.1f}"]  # fmt: skip
 

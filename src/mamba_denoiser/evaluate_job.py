@@ -44,15 +44,12 @@ def _denoise_all(models, panel, method: dict, sigmas: dict, seed: int, gate, mar
             bands=bool(method.get("bands", False)), gate_rows=gate, gate_margin_db=margin,
         )  # fmt: skip
         seconds += res.info["seconds"]
-        decided[cid] = {
-            "t": res.info["t"],
-            "denoised": np.array([v["denoised"] for v in res.info["features"].values()]),
-        }
+        decided[cid] = {"t_list": res.info["t_list"], "choice": np.array(res.info["choice"])}
         for i, f in enumerate(m.features):
             out[f] = res.mean[:, i]
             if res.lower is not None:
                 lower[f], upper[f] = res.lower[:, i], res.upper[:, i]
-    n_on = int(sum(d["denoised"].sum() for d in decided.values()))
+    n_on = int(sum((d["choice"] >= 0).sum() for d in decided.values()))
     return {"mean": out, "lower": lower, "upper": upper, "seconds": seconds,
             "fitted": decided, "n_denoised": n_on}  # fmt: skip
 
@@ -118,9 +115,10 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                     def fn(x, m=m, cid=cid, method=method, fitted=fitted):
                         return denoise_cluster(
                             m, x, train=train, mode="causal", sampler=method["sampler"],
-                            sampler_kw={**(method.get("sampler_kw") or {}), "t": fitted["t"]},
+                            sampler_kw={**(method.get("sampler_kw") or {}),
+                                        "t": fitted["t_list"]},
                             sigma=sigmas[cid], seed=cfg.seed,
-                            denoise_features=fitted["denoised"],
+                            denoise_features=fitted["choice"],
                         ).mean  # fmt: skip
 
                     leakage.check_future_perturbation(fn, block, cuts=[T // 2, (3 * T) // 4])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,7 @@ def denoise_cluster(
     sigma: np.ndarray | None = None,  # native units; None = estimate on the train split
     gate_rows: tuple[int, int] | None = None,  # validation rows for the SURE gate
     gate_margin_db: float = 0.1,
-    denoise_features: np.ndarray | None = None,  # (F,) bool: fixed decisions, no gate
+    denoise_features: np.ndarray | None = None,  # (F,) int: replay info["choice"], no gate
     seed: int = 0,
     batch_windows: int = 256,
     bands: bool = False,
@@ -221,8 +222,13 @@ def denoise_cluster(
     used (diffusion/sampling.resolvable), and, with `gate_rows` (the validation split),
     the SURE estimate of the gain on those rows must exceed `gate_margin_db`. Every one of
     these decisions is made from train and validation rows; `denoise_features` replaces
-    them with given decisions (e.g. to re-run on perturbed data with the same ones; pass
-    the same `sigma` and sampler_kw["t"] = info["t"] then too).
+    them with given decisions (to re-run on perturbed data with the same ones, pass
+    denoise_features=info["choice"], the same `sigma` and sampler_kw["t"] = info["t_list"]).
+
+    Timestep: the network takes one t per call, so the posterior mean runs at a grid of
+    `t_levels` candidates spanning the cluster's σ (τ_t = c·σ, c = 1 minimises the ε̂
+    error amplification σ/τ + τ/σ) and each feature takes the candidate with the best SURE
+    gain on the validation rows (or, without the gate, the candidate closest to c·σ).
     """
     from mamba_denoiser.diffusion import sampling
 
@@ -246,30 +252,51 @@ def denoise_cluster(
             f"guidance={guidance!r} uses later rows of a window (TV/FFT along time) and "
             "cannot be used in causal mode; use sampler.guidance=null or mode=offline"
         )
-    c = float(kw.pop("c", 0.5))
+    c = float(kw.pop("c", 1.0))
     t_fixed = kw.pop("t", None)
+    n_levels = int(kw.pop("t_levels", 4 if sampler == "posterior_mean" else 1))
     sig_t = torch.as_tensor(sigma_w, dtype=torch.float32)
     finite = torch.isfinite(sig_t) & (sig_t > 0)
-    # Features without a usable σ pass through (resolvable says so); the sampler still
-    # needs a finite placeholder for them, which never reaches the output.
+    # Features without a usable σ pass through; the sampler still needs a finite
+    # placeholder for them, which never reaches the output.
     sig_run = torch.where(finite, sig_t, torch.ones_like(sig_t))
     white = np.nan_to_num(share, nan=0.0) > MAX_NOISE_SHARE
-    pick = finite & torch.as_tensor(~white)
+    pick = (finite & torch.as_tensor(~white)).numpy()
+    # Candidate timesteps (the network takes one t per call): a geometric grid of noise
+    # levels over the features' σ, each turned into the t whose diffusion noise is c·σ.
     if t_fixed is not None:
-        t = int(t_fixed)
+        t_list = [int(t) for t in np.atleast_1d(t_fixed)]
     elif pick.any():
-        t = int(sampling.choose_t(sde, sig_t[pick], c=c))
+        s_ok = sig_t[torch.as_tensor(pick)].double()
+        lo, hi = float(s_ok.min()), float(s_ok.max())
+        levels = np.geomspace(lo, hi, n_levels) if n_levels > 1 and hi > lo else [float(
+            torch.exp(torch.log(s_ok).mean()))]  # fmt: skip
+        t_list = sorted({int(sampling.choose_t(sde, torch.tensor([lv]), c=c)) for lv in levels})
     else:
-        t = 1
-    ok_t, reasons = sampling.resolvable(sde, sig_t, t=t)
-    ok = ok_t.cpu().numpy().astype(bool)
-    reasons = list(reasons)
-    for j in np.flatnonzero(white & ok):
-        ok[j] = False
-        reasons[j] = (
-            f"noise share σ²/Var(y) = {share[j]:.2f} > {MAX_NOISE_SHARE} on the train split: "
-            "white at the daily scale, signal and noise cannot be separated"
-        )
+        t_list = [1]
+    # per candidate t: can the model resolve each feature's σ there?
+    res_ok, res_why = [], []
+    for t in t_list:
+        ok_t, why = sampling.resolvable(sde, sig_t, t=t)
+        res_ok.append(ok_t.cpu().numpy().astype(bool) & pick)
+        res_why.append(list(why))
+    tau = sampling.diffusion_noise(sde).double().cpu().numpy()
+    # without the gate: each feature takes the candidate closest to c·σ (in log noise)
+    dist = np.array([np.abs(np.log(tau[t]) - np.log(c * np.where(pick, sigma_w, 1.0)))
+                     for t in t_list])  # fmt: skip
+    dist = np.where(np.array(res_ok), dist, np.inf)
+    choice = np.where(np.isfinite(dist.min(0)), dist.argmin(0), -1)  # (F,) index or -1
+    reasons = []
+    for j in range(F):
+        if white[j]:
+            reasons.append(
+                f"noise share σ²/Var(y) = {share[j]:.2f} > {MAX_NOISE_SHARE} on the train "
+                "split: white at the daily scale, signal and noise cannot be separated"
+            )
+        elif choice[j] < 0:
+            reasons.append(res_why[0][j] or "σ not estimable on the train split")
+        else:
+            reasons.append("")
 
     plan = serving_plan(T, model.window, model.anchor_len, mode, model.direction)
     starts, rows, pos, w_idx = plan
@@ -279,7 +306,7 @@ def denoise_cluster(
     def eps_fn(x, tt, m):
         return model.module(x, tt, m)
 
-    def run(x_native: np.ndarray, with_bands: bool) -> dict[str, np.ndarray]:
+    def run(x_native: np.ndarray, with_bands: bool, t: int) -> dict[str, np.ndarray]:
         """All windows through the sampler; the same random draws for the same seed."""
         z = ((x_native - model.mean) / model.std).astype(np.float32)  # (T, F)
         values = torch.as_tensor(z)
@@ -340,31 +367,52 @@ def denoise_cluster(
         out = zz * model.std + model.mean
         return np.where(np.isnan(zz) | np.isnan(x_native), x_native, out)
 
-    outs = run(raw, bands)
-    gate_db = np.full(F, np.nan)
+    gate_db = np.full((len(t_list), F), np.nan)
+    if denoise_features is not None:  # replay: the decisions are given
+        choice = np.asarray(denoise_features, dtype=int).copy()
+    needed = sorted(set(choice[choice >= 0].tolist())) if gate_rows is None else (
+        [k for k in range(len(t_list)) if res_ok[k].any()])  # fmt: skip
     if denoise_features is not None:
-        ok = np.asarray(denoise_features, dtype=bool).copy()
-    elif gate_rows is not None and ok.any():
-        # SURE on the validation rows, with a ±δ probe and the same random draws.
+        needed = sorted(set(choice[choice >= 0].tolist()))
+    outs = {k: run(raw, bands, t_list[k]) for k in needed}
+    if denoise_features is None and gate_rows is not None and needed:
+        # SURE on the validation rows for every candidate t, with a ±δ probe and the same
+        # random draws; each feature takes its best candidate, or stays raw.
         rng = np.random.default_rng(int(seed) + 7919 * int(model.cluster["id"]))
         probe = rng.choice([-1.0, 1.0], size=raw.shape)
         delta = 0.05 * np.where(np.isfinite(sigma_raw) & (sigma_raw > 0), sigma_raw, 1.0)
-        d_probe = run(raw + delta * probe, False)["m"]
         g = slice(*gate_rows)
-        gate_db = sure_gain_db(raw[g], outs["m"][g], d_probe[g], probe[g], delta, sigma_raw)
-        for j in np.flatnonzero(ok & ~(gate_db > gate_margin_db)):
-            ok[j] = False
-            reasons[j] = (
-                f"SURE on the validation rows: estimated gain {gate_db[j]:.2f} dB "
-                f"<= {gate_margin_db} dB"
+        for k in needed:
+            d_probe = run(raw + delta * probe, False, t_list[k])["m"]
+            gate_db[k] = sure_gain_db(
+                raw[g], outs[k]["m"][g], d_probe[g], probe[g], delta, sigma_raw
             )
+            gate_db[k][~res_ok[k]] = np.nan
+        scored = np.where(np.isnan(gate_db), -np.inf, gate_db)  # (K, F)
+        best = scored.max(axis=0)
+        choice = np.where(best > gate_margin_db, scored.argmax(axis=0), -1)
+        for j in range(F):
+            if choice[j] < 0 and not reasons[j]:
+                reasons[j] = (
+                    f"SURE on the validation rows: best estimated gain {best[j]:.2f} dB "
+                    f"<= {gate_margin_db} dB"
+                )
+    ok = choice >= 0
 
-    def finish(x: np.ndarray) -> np.ndarray:
-        return np.where(ok[None, :], x, raw)  # pass-through features are exactly raw
+    def pick_out(key: str) -> np.ndarray:
+        out = raw.copy()  # pass-through features are exactly raw
+        for k in needed:
+            cols = choice == k
+            out[:, cols] = outs[k][key][:, cols]
+        return out
 
-    mean = finish(outs["m"])
-    lower = finish(outs["lo"]) if bands else None
-    upper = finish(outs["hi"]) if bands else None
+    mean = pick_out("m")
+    lower = pick_out("lo") if bands else None
+    upper = pick_out("hi") if bands else None
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: not gated
+        best_gain = np.nanmax(gate_db, axis=0)
+    feature_gain = np.where(ok, gate_db[np.maximum(choice, 0), np.arange(F)], best_gain)
     info = {
         "cluster": model.name,
         "type": model.cluster["type"],
@@ -373,7 +421,9 @@ def denoise_cluster(
         "uses_future_rows": mode == "offline",
         "sampler": sampler,
         "guidance": guidance,
-        "t": t,
+        "t": [t_list[k] for k in needed],  # the candidate timesteps run
+        "t_list": t_list,
+        "choice": choice.tolist(),  # per feature: index into t_list, -1 = raw (replayable)
         "windows": int(n_win),
         "seconds": round(time.perf_counter() - t0, 3),
         "checkpoint": str(model.path),
@@ -382,7 +432,8 @@ def denoise_cluster(
                 "sigma": _f(sigma_raw[i]),
                 "sigma_window_units": _f(sigma_w[i]),
                 "noise_share": _f(share[i]),
-                "sure_gain_db_val": _f(gate_db[i]),
+                "t": t_list[choice[i]] if ok[i] else None,
+                "sure_gain_db_val": _f(feature_gain[i]),
                 "denoised": bool(ok[i]),
                 "reason": "" if ok[i] else reasons[i],
             }
