@@ -40,15 +40,11 @@ def _data(csv: Path) -> list[str]:
     return ["data=csv", f"data.path={csv}", f"data.window_size={WINDOW}", "data.anchor_len=4"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A small CSV, its clusters.json and causal + bidirectional checkpoints of 2 clusters."""
+def write_clusters(csv: Path, root: Path) -> Path:
+    """clusters.json over `csv` with the hand-assigned CLUSTERS (one per type we test)."""
     from mamba_denoiser.clustering.run import run_clustering
     from mamba_denoiser.data.panel import load_panel
 
-    root = tmp_path_factory.mktemp("denoise")
-    csv = root / "train.csv"
-    make_small_frame(n_rows=600).to_csv(csv, index=False)
     doc = run_clustering(load_panel(csv, window_size=WINDOW), root / "cluster", k=2, plots=False)
     doc["clusters"] = [
         {"id": i, "name": f"c{i}", "type": t, "strategy": s, "strategy_description": "",
@@ -57,6 +53,16 @@ def trained(tmp_path_factory):
     ]  # fmt: skip
     clusters = root / "cluster" / "clusters.json"
     clusters.write_text(json.dumps(doc))
+    return clusters
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small CSV, its clusters.json and causal + bidirectional checkpoints of 2 clusters."""
+    root = tmp_path_factory.mktemp("denoise")
+    csv = root / "train.csv"
+    make_small_frame(n_rows=600).to_csv(csv, index=False)
+    clusters = write_clusters(csv, root)
     for direction in ("causal", "bidirectional"):
         for cid in range(len(CLUSTERS)):
             ov = [*_data(csv), f"clusters={clusters}", f"cluster=c{cid}", "experiment=smoke",

@@ -12,7 +12,7 @@ import pytest
 from mamba_denoiser.evaluate_job import run_evaluate
 from mamba_denoiser.train_job import register_cluster_options, run_train
 from tests.conftest import make_small_frame
-from tests.test_denoise import CLUSTERS, WINDOW, _compose, _data
+from tests.test_denoise import CLUSTERS, _compose, _data, write_clusters
 
 N_ROWS = 1500
 
@@ -21,8 +21,6 @@ N_ROWS = 1500
 def trained(tmp_path_factory):
     """A small CSV with known clean values beside it (as the built-in data has), its
     clusters.json and causal checkpoints of 2 clusters."""
-    from mamba_denoiser.clustering.run import run_clustering
-    from mamba_denoiser.data.panel import load_panel
     from mamba_denoiser.data.source import truth_paths
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -38,14 +36,7 @@ def trained(tmp_path_factory):
     clean.to_csv(clean_path, index=False)
     process = {"E1": "ou", "E2": "ou", "M1": "random_walk", "M2": "random_walk", "D1": "dummy"}
     truth_path.write_text(json.dumps({"process": process}))
-    doc = run_clustering(load_panel(csv, window_size=WINDOW), root / "cluster", k=2, plots=False)
-    doc["clusters"] = [
-        {"id": i, "name": f"c{i}", "type": t, "strategy": s, "strategy_description": "",
-         "n_features": len(f), "features": f}
-        for i, (t, s, f) in enumerate(CLUSTERS)
-    ]  # fmt: skip
-    clusters = root / "cluster" / "clusters.json"
-    clusters.write_text(json.dumps(doc))
+    clusters = write_clusters(csv, root)
     for cid in range(len(CLUSTERS)):
         ov = [*_data(csv), f"clusters={clusters}", f"cluster=c{cid}", "experiment=smoke",
               "trainer.accelerator=cpu", "logger=csv", "trainer.max_epochs=1",
