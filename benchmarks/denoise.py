@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from mamba_denoiser.data.source import panel_from_config
-from mamba_denoiser.denoise_job import find_checkpoints, find_latest_sweep
-from mamba_denoiser.inference import denoise_cluster, load_cluster_model
+from mamba_denoiser.denoise_job import find_latest_sweep, load_models
+from mamba_denoiser.inference import denoise_cluster
 
 VARIANTS = {
     "posterior_mean, causal, gated (default)": dict(sampler="posterior_mean", gate=True),
@@ -44,7 +44,7 @@ def main() -> None:
     except ValueError as e:  # ConfigError: nothing trained yet
         print(f"{e}\n(run `make run` first)")
         return
-    models = [load_cluster_model(p) for p in find_checkpoints(sweep).values()]
+    models = list(load_models(sweep).values())
     panel = panel_from_config(
         {"kind": "synthetic", "n_rows": 9000, "seed": 0, "path": str(args.data)}
     )

@@ -198,6 +198,17 @@ def test_sure_estimates_the_risk_of_a_known_shrinkage():
     assert gain[0] == pytest.approx(true, abs=0.05)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [("sigma={NOPE: 0.1}", "which no cluster denoises"), ("sigma={E1: -1}", "sigma.E1=-1")],
+)
+def test_bad_sigma_override_is_refused(trained, tmp_path, capsys, override, message):
+    with pytest.raises(SystemExit) as exc:
+        denoise(trained, tmp_path / "run", override)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_guidance_is_refused_in_causal_mode(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         denoise(trained, tmp_path / "run", "sampler=sdedit", "sampler.guidance=tv")

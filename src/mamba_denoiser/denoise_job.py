@@ -37,15 +37,15 @@ def find_latest_sweep(log_dir: str | Path) -> Path:
     return sweeps[-1]
 
 
-def find_checkpoints(folder: str | Path) -> dict[int, Path]:
-    """cluster id -> checkpoint: each job's best checkpoint (by validation) from its
-    summary.json; folders without summaries: every best*.ckpt (else last.ckpt) below."""
-    from mamba_denoiser.checkpoint import load_checkpoint
+def load_models(folder: str | Path) -> dict[int, Any]:
+    """cluster id -> ClusterModel, each checkpoint read once: each job's best checkpoint
+    (by validation) from its summary.json; folders without summaries: every best*.ckpt
+    (else last.ckpt) below. Two checkpoints of one cluster: the newer file wins."""
+    from mamba_denoiser.inference import load_cluster_model
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"checkpoints={folder}: not a folder")
-    found: dict[int, tuple[float, Path]] = {}
     candidates: list[Path] = []
     for s in sorted(folder.rglob("summary.json")):
         doc = json.loads(s.read_text())
@@ -54,16 +54,16 @@ def find_checkpoints(folder: str | Path) -> dict[int, Path]:
             candidates.append(Path(ck))
     if not candidates:
         candidates = sorted(folder.rglob("best*.ckpt")) or sorted(folder.rglob("last.ckpt"))
-    for path in candidates:
-        cid = int(load_checkpoint(path)["hyper_parameters"]["cluster"]["id"])
-        mtime = path.stat().st_mtime
+    if not candidates:
+        raise ConfigError(f"checkpoints={folder}: no checkpoint (*.ckpt) found below it")
+    found: dict[int, Any] = {}
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime):  # newest last, wins
+        m = load_cluster_model(path)
+        cid = int(m.cluster["id"])
         if cid in found:
             log.warning("two checkpoints for c%d; using the newer: %s", cid, path)
-        if cid not in found or mtime > found[cid][0]:
-            found[cid] = (mtime, path)
-    if not found:
-        raise ConfigError(f"checkpoints={folder}: no checkpoint (*.ckpt) found below it")
-    return {cid: p for cid, (_, p) in sorted(found.items())}
+        found[cid] = m
+    return dict(sorted(found.items()))
 
 
 # ---- writing the panel as text ----------------------------------------------------------
@@ -105,11 +105,9 @@ def write_like_input(
 def _load_models(cfg: DictConfig, panel) -> tuple[dict[int, Any], Any, Path]:
     from mamba_denoiser.clustering.artifact import load_clusters
     from mamba_denoiser.clustering.validate import check_clusters_against_panel
-    from mamba_denoiser.inference import load_cluster_model
 
     ck_dir = Path(cfg.checkpoints) if cfg.checkpoints else find_latest_sweep(cfg.paths.log_dir)
-    paths = find_checkpoints(ck_dir)
-    models = {cid: load_cluster_model(p) for cid, p in paths.items()}
+    models = load_models(ck_dir)
     first = next(iter(models.values()))
     clusters_path = cfg.clusters or first.source.get("clusters")
     if not clusters_path:
@@ -154,22 +152,42 @@ def _load_models(cfg: DictConfig, panel) -> tuple[dict[int, Any], Any, Path]:
     return models, clusters, ck_dir
 
 
+def _sigma_overrides(given: dict, models: dict) -> dict[str, float]:
+    """sigma={feature: std}: every key a denoised feature, every value finite and >= 0."""
+    known = {f for m in models.values() for f in m.features}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(
+            f"sigma= names {unknown}, which no cluster denoises; use feature names from "
+            "clusters.json"
+        )
+    out = {}
+    for f, v in given.items():
+        try:
+            out[f] = float(v)
+        except (TypeError, ValueError):
+            out[f] = float("nan")
+        if not np.isfinite(out[f]) or out[f] < 0:
+            raise ConfigError(f"sigma.{f}={v!r}: give the noise std as a number >= 0")
+    return out
+
+
 def run_denoise(cfg: DictConfig) -> dict[str, Any]:
     from mamba_denoiser.data.source import load_truth, panel_from_config
-    from mamba_denoiser.inference import denoise_cluster
+    from mamba_denoiser.inference import MODES, denoise_cluster
     from mamba_denoiser.io import atomic_write_json, atomic_write_text, console
 
     out = output_dir(cfg)
     with fail_cleanly(out):
-        if cfg.mode not in ("causal", "offline"):
-            raise ConfigError(f"mode={cfg.mode}: choose causal or offline")
+        if cfg.mode not in MODES:
+            raise ConfigError(f"mode={cfg.mode}: choose one of {list(MODES)}")
         panel = panel_from_config(to_dict(cfg.data))
         models, clusters, ck_dir = _load_models(cfg, panel)
         if cfg.mode == "offline":
             log.warning("mode=offline: two-sided windows, values use FUTURE rows (analysis only)")
         sampler = to_dict(cfg.sampler)
         name = sampler.pop("name")
-        sigma_cfg = to_dict(cfg.sigma) or {}
+        sigma_cfg = _sigma_overrides(to_dict(cfg.sigma) or {}, models)
         train = panel.bounds["train"]
         results = {}
         for cid, m in models.items():

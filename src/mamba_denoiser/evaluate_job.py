@@ -216,11 +216,11 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                 pos = position_from_prediction(pred, k=float(cfg.downstream.k))
                 curves[f"{set_name} ({cfg.downstream.models[0]})"] = rf * (1 - pos) + pos * fwd - rf
             curves["market"] = np.where(np.isfinite(pos), fwd - rf, np.nan)
-            ds_table = pd.concat(frames, ignore_index=True)
-            ds_table = ds_table[ds_table["model"] != "market"].drop_duplicates().pipe(
-                lambda d: pd.concat([d, frames[0][frames[0]["model"] == "market"]
-                                     .assign(features="-")], ignore_index=True)
-            )  # fmt: skip
+            # the market row is the same for every feature set: keep it once, last
+            market = frames[0][frames[0]["model"] == "market"].assign(features="-")
+            ds_table = pd.concat(
+                [f[f["model"] != "market"] for f in frames] + [market], ignore_index=True
+            )
             tables["downstream"] = ds_table
 
         # report

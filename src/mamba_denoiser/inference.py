@@ -260,7 +260,8 @@ def denoise_cluster(
     # Features without a usable σ pass through; the sampler still needs a finite
     # placeholder for them, which never reaches the output.
     sig_run = torch.where(finite, sig_t, torch.ones_like(sig_t))
-    white = np.nan_to_num(share, nan=0.0) > MAX_NOISE_SHARE
+    # NaN share (σ not estimable) is not "white"; such features are not `finite` anyway
+    white = np.greater(share, MAX_NOISE_SHARE, where=np.isfinite(share), out=np.zeros(F, bool))
     pick = (finite & torch.as_tensor(~white)).numpy()
     # Candidate timesteps (the network takes one t per call): a geometric grid of noise
     # levels over the features' σ, each turned into the t whose diffusion noise is c·σ.
@@ -370,12 +371,15 @@ def denoise_cluster(
     gate_db = np.full((len(t_list), F), np.nan)
     if denoise_features is not None:  # replay: the decisions are given
         choice = np.asarray(denoise_features, dtype=int).copy()
-    needed = sorted(set(choice[choice >= 0].tolist())) if gate_rows is None else (
-        [k for k in range(len(t_list)) if res_ok[k].any()])  # fmt: skip
-    if denoise_features is not None:
-        needed = sorted(set(choice[choice >= 0].tolist()))
+    gating = denoise_features is None and gate_rows is not None
+    # the gate scores every usable candidate; otherwise only the chosen ones are run
+    needed = (
+        [k for k in range(len(t_list)) if res_ok[k].any()]
+        if gating
+        else sorted(set(choice[choice >= 0].tolist()))
+    )
     outs = {k: run(raw, bands, t_list[k]) for k in needed}
-    if denoise_features is None and gate_rows is not None and needed:
+    if gating and needed:
         # SURE on the validation rows for every candidate t, with a ±δ probe and the same
         # random draws; each feature takes its best candidate, or stays raw.
         rng = np.random.default_rng(int(seed) + 7919 * int(model.cluster["id"]))

@@ -240,7 +240,6 @@ def run_train(cfg: DictConfig) -> float:
     """Train one cluster's denoiser; write checkpoints, TensorBoard logs and summary.json."""
     import hydra
     import lightning as L
-    import torch
     from lightning.pytorch.callbacks import RichProgressBar
 
     from mamba_denoiser.clustering.artifact import ClustersError
@@ -385,7 +384,6 @@ def run_train(cfg: DictConfig) -> float:
                 best,
                 summary["best_checkpoint"],
             )
-    del torch  # imported early so a CUDA/torch import error is reported cleanly above
     return best
 
 
