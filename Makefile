@@ -1,14 +1,26 @@
 # Quick start:  make run   (install + cluster -> train -> denoise -> evaluate on the built-in data)
 #               make test  (install + test suite)
-PY ?= python3
+# Everything runs in the project's own virtual environment (.venv), so a system python that
+# refuses global installs (PEP 668, e.g. Debian's) works too. By hand: `. .venv/bin/activate`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
 # CPU-only by default: this pin resolves to a small CPU wheel on CPU machines. GPU users:
-# install the CUDA torch from pytorch.org first, then `make install TORCH_SPEC=`.
+# install the CUDA torch from pytorch.org into .venv first, then `make install TORCH_SPEC=`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install run test test-fast lint format bench results clean
 
-install:
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when pyproject.toml changes (the stamp file records the last install).
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(if $(TORCH_SPEC),"$(TORCH_SPEC)") -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
 
 run: install
 	$(PY) cluster.py
@@ -19,17 +31,24 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
-test-fast:
+test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-lint:
-	ruff check . && ruff format --check .
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-format:
-	ruff check --fix . && ruff format .
+format: install
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
-bench:
+bench: install
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Regenerates docs/results/*.md, the reports the README quotes (about 2 x `make run`).
+results: install
+	$(PY) cluster.py && $(PY) train.py experiment=cpu_all_clusters
+	$(PY) evaluate.py results_md=docs/results/default_noise.md
+	$(PY) cluster.py data.noise_scale=5 && $(PY) train.py experiment=cpu_all_clusters data.noise_scale=5
+	$(PY) evaluate.py data.noise_scale=5 results_md=docs/results/noise_x5.md
 
 clean:
 	rm -rf outputs multirun lightning_logs .pytest_cache

@@ -49,8 +49,10 @@ def main() -> None:
         {"kind": "synthetic", "n_rows": 9000, "seed": 0, "path": str(args.data)}
     )
     n_feat = sum(len(m.features) for m in models)
-    print(f"sweep {sweep}: {len(models)} clusters, {n_feat} features, {panel.n_rows} rows, "
-          f"{args.threads} threads")  # fmt: skip
+    print(
+        f"sweep {sweep}: {len(models)} clusters, {n_feat} features, {panel.n_rows} rows, "
+        f"{args.threads} threads"
+    )
     times = {}
     for name, v in VARIANTS.items():
         t0 = time.perf_counter()
@@ -58,10 +60,13 @@ def main() -> None:
         for m in models:
             raw = panel.frame[m.features].to_numpy(dtype=np.float64)
             res = denoise_cluster(
-                m, raw, train=panel.bounds["train"], sampler=v["sampler"],
-                sampler_kw=v.get("sampler_kw"), gate_rows=panel.bounds["val"] if v["gate"]
-                else None,
-            )  # fmt: skip
+                m,
+                raw,
+                train=panel.bounds["train"],
+                sampler=v["sampler"],
+                sampler_kw=v.get("sampler_kw"),
+                gate_rows=panel.bounds["val"] if v["gate"] else None,
+            )
             n_on += sum(f["denoised"] for f in res.info["features"].values())
         times[name] = time.perf_counter() - t0
         print(f"{name:45s} {times[name]:7.1f} s   ({n_on}/{n_feat} features denoised)")

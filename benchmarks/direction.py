@@ -77,10 +77,18 @@ def main() -> None:
     medians = {}
     for direction in ("causal", "bidirectional"):
         torch.manual_seed(0)
-        model = MultivariateMambaDenoiser(
-            n_features=args.features, window_size=args.window, d_model=args.d_model,
-            n_layers=args.layers, backend=args.backend, direction=direction,
-        ).to(device).eval()  # fmt: skip
+        model = (
+            MultivariateMambaDenoiser(
+                n_features=args.features,
+                window_size=args.window,
+                d_model=args.d_model,
+                n_layers=args.layers,
+                backend=args.backend,
+                direction=direction,
+            )
+            .to(device)
+            .eval()
+        )
 
         def forward(model=model):
             model(x_t, t, mask)

@@ -60,9 +60,11 @@ def main() -> None:
     for typ, per in sorted(table.items()):
         m = {d: sum(b for b, _ in v) / len(v) for d, v in per.items()}
         rel = {d: 100 * sum(b / r - 1 for b, r in v) / len(v) for d, v in per.items()}
-        print(f"| {typ} | {m['causal']:.4f} ({rel['causal']:+.0f}%) | "
-              f"{m['bidirectional']:.4f} ({rel['bidirectional']:+.0f}%) | "
-              f"{m['causal'] / m['bidirectional']:.2f} |")  # fmt: skip
+        print(
+            f"| {typ} | {m['causal']:.4f} ({rel['causal']:+.0f}%) | "
+            f"{m['bidirectional']:.4f} ({rel['bidirectional']:+.0f}%) | "
+            f"{m['causal'] / m['bidirectional']:.2f} |"
+        )
     for d, s in sweeps.items():
         print(f"{d}: {s}")
 

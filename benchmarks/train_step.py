@@ -29,9 +29,14 @@ def make_step(args, direction: str):
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = MultivariateMambaDenoiser(
-        n_features=args.features, window_size=args.window, d_model=args.d_model,
-        n_layers=args.layers, use_mask=args.mask, backend=args.backend, direction=direction,
-    ).to(device)  # fmt: skip
+        n_features=args.features,
+        window_size=args.window,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        use_mask=args.mask,
+        backend=args.backend,
+        direction=direction,
+    ).to(device)
     sde = VPSDE().to(device)
     loss_fn = DenoisingLoss("random_walk")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

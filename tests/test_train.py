@@ -433,3 +433,140 @@ def test_multirun_from_a_fresh_directory_without_overrides(tmp_path):
     assert len(list(sweeps[0].glob("*/checkpoints/last.ckpt"))) == 2
     assert (sweeps[0] / "summary.md").exists()
     assert r.stdout.count("Training c0 ") == 1  # each log line once
+
+
+# ---- heads: diffusion | predictive | both ----------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["both", "predictive"])
+def test_fast_dev_run_each_head(tmp_path, small_csv, clusters_json, head):
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, f"head={head}", "+trainer.fast_dev_run=true")
+    run_train(cfg)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "ok" and s["heads"] == head and s["global_step"] == 1
+
+
+@pytest.mark.parametrize(
+    "head, monitor", [("both", "val/noise_mse"), ("predictive", "val/predictive_nll")]
+)
+def test_head_checkpoint_carries_sigma_and_loads_back(
+    tmp_path, small_csv, clusters_json, head, monitor
+):
+    from mamba_denoiser.classical import noise_sigma
+    from mamba_denoiser.diffusion import predictive
+    from mamba_denoiser.training import DenoiserModule
+
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, f"head={head}", "trainer.max_epochs=1")
+    run_train(cfg)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["monitor"] == monitor and s["best_checkpoint"].endswith(".ckpt")
+    assert s["last_val_predictive_nll"] is not None and np.isfinite(s["last_val_predictive_nll"])
+    assert (s["best_val_noise_mse"] is None) == (head == "predictive")
+    ck = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    hp = ck["hyper_parameters"]
+    assert hp["heads"] == head and hp["predictive"]["n_components"] == 3
+    # σ in window units from the TRAIN rows: native σ / (train std · window scale)
+    panel = load_panel(small_csv, window_size=WINDOW)
+    raw = panel.frame[["E1", "E2"]].to_numpy()
+    native = [noise_sigma(raw[:, j], tuple(panel.bounds["train"])).sigma for j in range(2)]
+    unit = np.asarray(hp["scaler"]["std"]) * np.asarray(hp["scaler"]["window_scale"])
+    np.testing.assert_allclose(hp["noise_sigma"], np.maximum(np.asarray(native) / unit, 0.05))
+    assert isinstance(hp["noise_sigma"], list) and 0.05 < hp["noise_sigma"][0] < 1.0
+
+    module = DenoiserModule(**{**hp, "compile": False})
+    module.load_state_dict(ck["state_dict"])  # strict: the weights fit the described model
+    module.eval()
+    w = torch.randn(2, WINDOW, 2)
+    mask = torch.ones_like(w, dtype=torch.bool)
+    s_hat, div, _ = predictive.predict_windows(
+        module, w, mask, sigma=module.noise_sigma_w, anchor_len=hp["scaler"]["anchor_len"]
+    )
+    assert torch.isfinite(s_hat[:, 4:]).all() and torch.isnan(s_hat[:, :4]).all()
+    assert ((div[:, 4:] > 0) & (div[:, 4:] < 1.5)).all()
+    if head == "predictive":
+        with pytest.raises(ValueError, match="no ε-prediction head"):
+            module(w, torch.tensor([1, 2]), mask)
+    else:
+        assert module(w, torch.tensor([1, 2]), mask).shape == w.shape
+
+
+def test_checkpoint_without_head_hparams_loads_as_diffusion(tmp_path, small_csv, clusters_json):
+    """A checkpoint written before heads existed: no heads/predictive/noise_sigma keys."""
+    from mamba_denoiser.training import DenoiserModule
+
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "trainer.max_epochs=1")
+    run_train(cfg)
+    ck = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    hp = {
+        k: v
+        for k, v in ck["hyper_parameters"].items()
+        if k not in ("heads", "predictive", "noise_sigma")
+    }
+    assert not any(k.startswith("model.pred_") for k in ck["state_dict"])
+    module = DenoiserModule(**{**hp, "compile": False})
+    module.load_state_dict(ck["state_dict"])
+    assert module.heads == "diffusion" and not module.model.has_predictive_head
+
+
+def test_resume_with_another_head_is_refused(tmp_path, small_csv, clusters_json, capsys):
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "head=predictive", "trainer.max_epochs=1")
+    run_train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg2 = make_cfg(tmp_path, small_csv, clusters_json, f"ckpt_path={last}", run="run2")
+    with pytest.raises(SystemExit):
+        run_train(cfg2)
+    assert "resume with head=predictive" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
+
+
+def test_all_clusters_experiments_train_both_heads():
+    register_cluster_options(["clusters=/nonexistent"])
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for exp in ("all_clusters", "cpu_all_clusters"):
+            cfg = compose("train", overrides=[f"experiment={exp}"])
+            assert cfg.head.name == "both"
+            assert cfg.callbacks.model_checkpoint.monitor == "val/noise_mse"
+        cfg = compose("train", overrides=["experiment=cpu_all_clusters", "head=predictive"])
+        assert cfg.callbacks.model_checkpoint.monitor == "val/predictive_nll"
+        assert cfg.callbacks.early_stopping.monitor == "val/predictive_nll"
+        assert compose("train").head.name == "diffusion"
+
+
+def test_both_heads_split_one_batch_in_one_pass():
+    """joint_loss == diffusion loss on the first half + weight × NLL on the second half,
+    and one backward reaches both heads."""
+    from mamba_denoiser.training import DenoiserModule
+
+    torch.manual_seed(0)
+    module = DenoiserModule(
+        cluster={"id": 0, "type": "mean_reverting", "strategy": "tv", "features": ["a", "b"]},
+        window_size=WINDOW,
+        scaler={"anchor_len": 4},
+        model={"d_model": 16, "n_layers": 1, "d_state": 4, "dropout": 0.0},
+        heads="both",
+        predictive={"weight": 0.5},
+        noise_sigma=[0.3, float("nan")],
+    )
+    torch.testing.assert_close(module.noise_sigma_w, torch.tensor([0.3, 0.05]))  # NaN -> floor
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    x = torch.randn(5, WINDOW, 2, generator=g)
+    mask = torch.rand(5, WINDOW, 2, generator=g) > 0.1
+    x = torch.where(mask, x, torch.nan)
+    t = torch.tensor([3, 400, 999])
+    eps = torch.randn(3, WINDOW, 2, generator=g)
+    loss, terms = module.joint_loss(x, mask, t, eps)
+    d_loss, _ = module.diffusion_loss(x[:3], mask[:3], t, eps)
+    nll, _ = module.predictive_loss(x[3:], mask[3:])
+    torch.testing.assert_close(loss, d_loss + 0.5 * nll)
+    torch.testing.assert_close(terms["predictive_nll"], nll.detach())
+    loss.backward()
+    for name in ("model.head.weight", "model.pred_head.weight", "model.pred_embed"):
+        grad = dict(module.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name

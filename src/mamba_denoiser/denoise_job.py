@@ -174,7 +174,8 @@ def _sigma_overrides(given: dict, models: dict) -> dict[str, float]:
 
 def run_denoise(cfg: DictConfig) -> dict[str, Any]:
     from mamba_denoiser.data.source import load_truth, panel_from_config
-    from mamba_denoiser.inference import MODES, denoise_cluster
+    from mamba_denoiser.inference import MODES
+    from mamba_denoiser.inference.panel import denoise_panel
     from mamba_denoiser.io import atomic_write_json, atomic_write_text, console
 
     out = output_dir(cfg)
@@ -188,31 +189,28 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
         sampler = to_dict(cfg.sampler)
         name = sampler.pop("name")
         sigma_cfg = _sigma_overrides(to_dict(cfg.sigma) or {}, models)
-        train = panel.bounds["train"]
-        results = {}
-        for cid, m in models.items():
-            raw = panel.frame[m.features].to_numpy(dtype=np.float64)
-            sigma = None
-            if sigma_cfg:
-                from mamba_denoiser.diffusion.noise import estimate_noise_std
-
-                est = estimate_noise_std(raw[train[0] : train[1]])
-                sigma = np.array(
-                    [float(sigma_cfg.get(f, est[i])) for i, f in enumerate(m.features)]
-                )
-            log.info("Denoising %s (%s, %d features, %s model, %s mode)", m.name,
-                     m.cluster["type"], len(m.features), m.direction, cfg.mode)  # fmt: skip
-            res = denoise_cluster(
-                m, raw, train=train, mode=cfg.mode, sampler=name, sampler_kw=sampler,
-                sigma=sigma, seed=cfg.seed, batch_windows=cfg.batch_windows, bands=cfg.bands,
-                gate_rows=panel.bounds["val"] if cfg.gate else None,
+        try:
+            res = denoise_panel(
+                models,
+                panel.frame,
+                panel.bounds,
+                sigma=sigma_cfg,
+                gate=bool(cfg.gate),
+                mode=cfg.mode,
+                sampler=name,
+                sampler_kw=sampler,
+                candidates=to_dict(cfg.candidates),
+                seed=cfg.seed,
+                batch_windows=cfg.batch_windows,
+                bands=cfg.bands,
                 gate_margin_db=float(cfg.gate_margin_db),
-            )  # fmt: skip
-            n_ok = sum(v["denoised"] for v in res.info["features"].values())
-            log.info("  %s: t in %s, %d windows, %d/%d features denoised, %.1fs", m.name,
-                     res.info["t"], res.info["windows"], n_ok, len(m.features),
-                     res.info["seconds"])  # fmt: skip
-            results[cid] = (m, raw, res)
+            )
+        except ValueError as e:  # option values the library refuses (candidates, guidance)
+            raise ConfigError(str(e)) from None
+        results = {
+            cid: (models[cid], panel.frame[models[cid].features].to_numpy(float), r)
+            for cid, r in res.clusters.items()
+        }
 
         target = Path(cfg.output) if cfg.output else out / "denoised.csv"
         outputs = {"denoised": target}
@@ -223,8 +221,8 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
         raw_left = [c.name for c in clusters.clusters if c.id not in models]
         for kind, path in outputs.items():
             repl = {}
-            for m, raw, res in results.values():
-                arr = {"denoised": res.mean, "lower": res.lower, "upper": res.upper}[kind]
+            for m, raw, r in results.values():
+                arr = {"denoised": r.mean, "lower": r.lower, "upper": r.upper}[kind]
                 for i, f in enumerate(m.features):
                     changed = ~np.isnan(raw[:, i]) & (arr[:, i] != raw[:, i])
                     repl[f] = (arr[:, i], changed)
@@ -238,13 +236,16 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
             "clusters_file": str(clusters.path),
             "outputs": {k: str(v) for k, v in outputs.items()},
             "left_raw": raw_left,
-            "clusters": [res.info for _, _, res in results.values()],
+            "n_features": len(res.features),
+            "n_changed": res.n_changed,
+            "clusters": [r.info for _, _, r in results.values()],
         }
         atomic_write_json(out / "denoise_summary.json", info)
         atomic_write_text(out / "denoise_summary.md", _table_md(info))
         if cfg.plots:
             _plots(out, panel, results, load_truth(panel.source), cfg.bands)
     console().print(_table_rich(info))
+    print(f"{info['n_changed']} of {info['n_features']} features changed")
     print(
         f"denoised panel: {target}"
         + ("  (offline: uses future rows)" if info["uses_future_rows"] else "")
@@ -252,28 +253,61 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
     return info
 
 
-_COLS = ("cluster", "type", "model", "mode", "sampler", "t", "denoised / features", "seconds")
+_COLS = ("cluster", "type", "model", "mode", "sampler", "t", "changed / features", "seconds")
 
 
 def _cells(c: dict) -> list[str]:
     feats = c["features"]
     ts = ",".join(map(str, c["t"])) or "-"
-    return [c["cluster"], c["type"], c["direction"], c["mode"], c["sampler"], ts,
-            f"{sum(v['denoised'] for v in feats.values())}/{len(feats)}",
-            f"{c['seconds']:.1f}"]  # fmt: skip
+    return [
+        c["cluster"],
+        c["type"],
+        c["direction"],
+        c["mode"],
+        c["sampler"],
+        ts,
+        f"{sum(v['denoised'] for v in feats.values())}/{len(feats)}",
+        f"{c['seconds']:.1f}",
+    ]
+
+
+def _num(x, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
 
 
 def _table_md(info: dict) -> str:
-    lines = ["| " + " | ".join(_COLS) + " |", "|" + "---|" * len(_COLS)]
-    lines += ["| " + " | ".join(_cells(c)) + " |" for c in info["clusters"]]
-    passed = [
-        f"- {f} ({c['cluster']}): {v['reason']}"
-        for c in info["clusters"]
-        for f, v in c["features"].items()
-        if not v["denoised"]
+    n, m = info["n_changed"], info["n_features"]
+    lines = [
+        f"**{n} of {m} features changed** ({info['mode']}"
+        + (", uses FUTURE rows" if info["uses_future_rows"] else "")
+        + ").",
+        "",
     ]
-    if passed:
-        lines += ["", "Passed through unchanged:", *passed]
+    if n == 0:
+        lines += [
+            "Nothing was changed: every feature was white, had no usable σ, or no "
+            "candidate's SURE gain on the validation rows beat the margin (reasons "
+            "below).",
+            "",
+        ]
+    lines += ["| " + " | ".join(_COLS) + " |", "|" + "---|" * len(_COLS)]
+    lines += ["| " + " | ".join(_cells(c)) + " |" for c in info["clusters"]]
+    lines += [
+        "",
+        "Per feature (σ in native units and its source; Ljung-Box p of y on the train "
+        "split; the estimator chosen and its SURE gain on the validation rows, dB):",
+        "",
+        "| feature | cluster | σ | σ source | Ljung-Box p | chosen | SURE gain (val) | "
+        "why not changed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in info["clusters"]:
+        for f, v in c["features"].items():
+            lines.append(
+                f"| {f} | {c['cluster']} | {_num(v['sigma'])} | {v['sigma_source']} | "
+                f"{_num(v['ljung_box_p'], 2)} | {v['chosen']} | {_num(v['gain_db_val'])} | "
+                f"{v['reason']} |"
+            )
     if info["left_raw"]:
         lines += ["", f"Clusters left raw (no checkpoint): {', '.join(info['left_raw'])}"]
     return "\n".join(lines) + "\n"
@@ -304,7 +338,10 @@ def _plots(out: Path, panel, results, truth, bands: bool) -> None:
         clean = {c: clean_frame[c].to_numpy() for c in clean_frame.columns}
     ids = panel.frame[panel.id_col].to_numpy()
     for m, raw, res in results.values():
-        names = m.features[:3]
+        # only features that were changed: an unchanged one would be three identical lines
+        names = [f for f in m.features if res.info["features"][f]["denoised"]][:3]
+        if not names:
+            continue
         idx = [m.features.index(f) for f in names]
         plot_denoised_examples(
             ids,

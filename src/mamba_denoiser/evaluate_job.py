@@ -1,18 +1,22 @@
 """evaluate.py's work: does denoising help? Quality, leakage checks, forecasting; one report.
 
-1. The denoiser variants (`methods`: sampler x mode) over every cluster, with one σ per
-   feature estimated on the train split and shared by all variants.
-2. Leakage checks that run every time and stop the run (LeakageError) when they fail:
-   future perturbation of the inputs leaves the causal default unchanged on earlier rows;
-   causal outputs do not predict future innovations of the raw series.
-3. Classical baselines, fitted/tuned on the train split (evaluation/baselines.py).
-4. With known clean values (the built-in data): SNR gain per feature, per cluster type
-   and per planted family on the TEST rows (the per-feature gate looked at validation
-   rows), causal and two-sided tables apart, and the lag of each causal output.
+1. The denoiser variants (``methods``: sampler x mode) over every cluster, each with its
+   chosen mix (per feature the best candidate by SURE on the validation rows, or raw) and
+   each candidate family alone on every feature, so the learned heads' own quality is
+   never hidden behind the Kalman candidate.
+2. Classical baselines with the SAME σ per feature as the denoiser (classical.noise_sigma
+   on the train rows), each alone, and the anchor: "best classical", chosen per feature
+   like the denoiser's mix (raw always a candidate, white series pass through, SURE on the
+   validation rows, exact for these linear filters).
+3. Leakage checks that stop the run (LeakageError): the whole causal path (σ, whiteness,
+   Kalman fits, SURE gate, candidate choice) re-run end to end on panels whose rows after
+   a cut are replaced, with cuts inside the test split; at cuts inside the train and
+   validation splits, whose rows the decisions are fitted on by design, the serving path
+   with the decisions held; and a look-ahead statistic calibrated on a null.
+4. With known clean values (the built-in data, or ``truth=PATH``): SNR gain on the TEST
+   rows per planted family (primary) and per cluster type, causal and two-sided apart.
 5. With targets: purged walk-forward forecasts of the RAW forward return from raw vs
-   denoised vs best-causal-baseline features (ridge, gradient-boosted trees), with every
-   test block after the train split, so no scored feature row was seen by a fitted
-   denoiser or baseline.
+   denoised vs anchor features, every scored block inside the test split.
 """
 
 from __future__ import annotations
@@ -29,47 +33,89 @@ from omegaconf import DictConfig
 from mamba_denoiser.cli import ConfigError, fail_cleanly, output_dir, to_dict
 
 log = logging.getLogger("mamba_denoiser")
+ANCHOR = "best classical (val SURE)"
 
 
-def _denoise_all(models, panel, method: dict, sigmas: dict, seed: int, gate, margin) -> dict:
-    from mamba_denoiser.inference import denoise_cluster
-
-    kw = dict(method.get("sampler_kw") or {})
-    out, lower, upper, seconds, decided = {}, {}, {}, 0.0, {}
-    for cid, m in models.items():
-        raw = panel.frame[m.features].to_numpy(dtype=np.float64)
-        res = denoise_cluster(
-            m, raw, train=panel.bounds["train"], mode=method["mode"],
-            sampler=method["sampler"], sampler_kw=kw, sigma=sigmas[cid], seed=seed,
-            bands=bool(method.get("bands", False)), gate_rows=gate, gate_margin_db=margin,
-        )  # fmt: skip
-        seconds += res.info["seconds"]
-        decided[cid] = {"t_list": res.info["t_list"], "choice": np.array(res.info["choice"])}
-        for i, f in enumerate(m.features):
-            out[f] = res.mean[:, i]
-            if res.lower is not None:
-                lower[f], upper[f] = res.lower[:, i], res.upper[:, i]
-    n_on = int(sum((d["choice"] >= 0).sum() for d in decided.values()))
-    return {"mean": out, "lower": lower, "upper": upper, "seconds": seconds,
-            "fitted": decided, "n_denoised": n_on}  # fmt: skip
+def _cuts(bounds: dict) -> tuple[list[int], list[int]]:
+    """(cuts inside the rows the decisions are fitted on: mid-train, mid-validation;
+    cuts inside the test split: at a third and two thirds of it)."""
+    (a, b), (c, d), (e, f) = bounds["train"], bounds["val"], bounds["test"]
+    return [(a + b) // 2, (c + d) // 2], [e + (f - e) // 3, e + (2 * (f - e)) // 3]
 
 
-def _stack(d: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
-    return np.column_stack([d[f] for f in names])
+def _perturbation_checks(models, panel, method, kw, names, den, cfg) -> list[str]:
+    """Future perturbation of the whole causal path; raises LeakageError on a failure."""
+    from mamba_denoiser.evaluation import leakage
+    from mamba_denoiser.inference.panel import denoise_panel
+
+    bounds = panel.bounds
+    fit_cuts, test_cuts = _cuts(bounds)
+    fams = sorted(den.alone)
+
+    def frame_with(x):
+        f = panel.frame.copy()
+        f[names] = x
+        return f
+
+    def full(x):  # everything re-fitted: σ, whiteness, Kalman fits, gate, choice
+        r = denoise_panel(
+            models, frame_with(x), bounds, gate=bool(cfg.gate), quiet=True, alone=True, **kw
+        )
+        return np.column_stack(
+            [r.stack("mean", names)] + [_alone(r, fam, names, x) for fam in fams]
+        )
+
+    def held(x):  # the decisions of the unperturbed run, the serving path re-run
+        replay = {cid: r.info["decisions"] for cid, r in den.clusters.items()}
+        r = denoise_panel(
+            models, frame_with(x), bounds, gate=bool(cfg.gate), quiet=True, replay=replay, **kw
+        )
+        return r.stack("mean", names)
+
+    raw = panel.frame[names].to_numpy(dtype=np.float64)
+    base_full = np.column_stack(
+        [den.stack("mean", names)] + [_alone(den, fam, names, raw) for fam in fams]
+    )
+    leakage.check_future_perturbation(full, raw, cuts=test_cuts, base=base_full)
+    leakage.check_future_perturbation(held, raw, cuts=fit_cuts, base=den.stack("mean", names))
+    what = ", ".join(["chosen mix", *[f"{f} alone" for f in fams]])
+    return [
+        f"future perturbation, end to end ({method['name']}; {what}; σ, whiteness, Kalman "
+        f"fits, SURE gate and choice re-fitted; cuts at test rows {test_cuts}): rows <= cut "
+        "bit-identical",
+        f"future perturbation, decisions held ({method['name']}; cuts at rows {fit_cuts}, "
+        "inside the train and validation rows the decisions are fitted on): rows <= cut "
+        "bit-identical",
+    ]
+
+
+def _alone(res, fam: str, names: list[str], raw: np.ndarray) -> np.ndarray:
+    """(T, F) a candidate family alone; raw for features it cannot serve."""
+    cols = res.alone.get(fam, {})
+    return np.column_stack([cols.get(f, raw[:, j]) for j, f in enumerate(names)])
+
+
+def _method_kw(method: dict, cfg) -> dict:
+    return dict(
+        mode=method["mode"],
+        sampler=method["sampler"],
+        sampler_kw=dict(method.get("sampler_kw") or {}),
+        candidates=method.get("candidates"),
+        seed=int(cfg.seed),
+        gate_margin_db=float(cfg.gate_margin_db),
+        bands=bool(method.get("bands")),
+    )
 
 
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from mamba_denoiser.data.source import load_truth, panel_from_config, truth_paths
+    from mamba_denoiser.data.source import panel_from_config
     from mamba_denoiser.denoise_job import _load_models
     from mamba_denoiser.evaluation import leakage
+    from mamba_denoiser.evaluation.anchor import best_classical
     from mamba_denoiser.evaluation.baselines import apply_baselines
-    from mamba_denoiser.evaluation.report import (
-        best_column,
-        grouped,
-        lag_table,
-        quality_table,
-    )
-    from mamba_denoiser.inference import denoise_cluster, noise_in_window_units
+    from mamba_denoiser.evaluation.report import grouped, lag_table, quality_table
+    from mamba_denoiser.inference import plan_noise
+    from mamba_denoiser.inference.panel import denoise_panel
     from mamba_denoiser.io import atomic_write_csv, atomic_write_text
 
     out = output_dir(cfg)
@@ -80,179 +126,290 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         names = [f for m in models.values() for f in m.features]
         ftype = {f: m.cluster["type"] for m in models.values() for f in m.features}
         raw = panel.frame[names].to_numpy(dtype=np.float64)
-        T = len(raw)
-        train = panel.bounds["train"]
-        # quality is scored on the TEST rows: the feature gate looked at validation rows
-        eval_rows = slice(*panel.bounds["test"])
-        sigmas = {cid: noise_in_window_units(m, panel.frame[m.features].to_numpy(float),
-                                             train)[0] for cid, m in models.items()}  # fmt: skip
+        bounds = panel.bounds
+        train, val, test = bounds["train"], bounds["val"], bounds["test"]
+        eval_rows = slice(*test)  # the gate looked at validation rows: score test rows only
+        truth = _truth(cfg, panel, names)
+
+        # one σ per feature for every method: the denoiser's own plan (train rows only)
+        noise = {f: None for f in names}
+        for m in models.values():
+            p = plan_noise(panel.frame[m.features].to_numpy(float), train)
+            for i, f in enumerate(m.features):
+                noise[f] = (p.sigma[i], p.source[i], bool(p.white[i]), p.ljung_box_p[i])
+        sigma = np.array([noise[f][0] for f in names])
+        white = np.array([noise[f][2] for f in names])
 
         # 1. denoiser variants
         methods = [dict(m) for m in to_dict(cfg.methods)]
         den = {}
         for method in methods:
             log.info("Denoiser %s (%s, %s)", method["name"], method["sampler"], method["mode"])
-            gate = panel.bounds["val"] if cfg.gate else None
-            den[method["name"]] = _denoise_all(
-                models, panel, method, sigmas, cfg.seed, gate, float(cfg.gate_margin_db)
-            )
+            try:
+                den[method["name"]] = denoise_panel(
+                    models,
+                    panel.frame,
+                    bounds,
+                    gate=bool(cfg.gate),
+                    alone=True,
+                    **_method_kw(method, cfg),
+                )
+            except ValueError as e:
+                raise ConfigError(f"methods ({method['name']}): {e}") from None
             d = den[method["name"]]
-            log.info("  %.1fs, %d/%d features denoised", d["seconds"], d["n_denoised"], len(names))
+            log.info("  %.1fs, %d of %d features changed", d.seconds, d.n_changed, len(names))
         causal = [m["name"] for m in methods if m["mode"] == "causal"]
         two_sided = [m["name"] for m in methods if m["mode"] != "causal"]
 
-        # 2. leakage checks (fail loudly)
+        # 2. baselines (same σ), the anchor
+        t0 = time.perf_counter()
+        bl = apply_baselines(
+            raw, train, names=list(cfg.baselines), noise_var=sigma**2, n_jobs=int(cfg.n_jobs)
+        )
+        anchor = best_classical(
+            raw,
+            {b: bl[b] for b in bl},
+            sigma=sigma,
+            white=white,
+            rows=val,
+            margin_db=float(cfg.gate_margin_db),
+        )
+        log.info(
+            "Baselines (%s) and the anchor: %.1fs",
+            ", ".join(cfg.baselines),
+            time.perf_counter() - t0,
+        )
+
+        causal_out: dict[str, np.ndarray] = {"raw": raw}
+        for n in causal:
+            causal_out[n] = den[n].stack("mean", names)
+            for fam in sorted(den[n].alone):
+                causal_out[f"{n}: {fam} alone"] = _alone(den[n], fam, names, raw)
+        causal_out[ANCHOR] = anchor.output
+        causal_out.update({f"{b} (causal)": bl[b].causal for b in bl})
+        two_out = {n: den[n].stack("mean", names) for n in two_sided}
+        two_out.update(
+            {f"{b} (two-sided)": bl[b].two_sided for b in bl if bl[b].two_sided is not None}
+        )
+
+        # 3. leakage checks (fail loudly)
         checks = []
+        t0 = time.perf_counter()
         for name in causal:
             method = next(m for m in methods if m["name"] == name)
-            if name in (cfg.leakage.perturbation_methods or []):
-                for cid, m in models.items():
-                    block = panel.frame[m.features].to_numpy(dtype=np.float64)
-
-                    # what was fitted (σ, t, which features) stays fixed, as in deployment
-                    fitted = den[name]["fitted"][cid]
-
-                    def fn(x, m=m, cid=cid, method=method, fitted=fitted):
-                        return denoise_cluster(
-                            m, x, train=train, mode="causal", sampler=method["sampler"],
-                            sampler_kw={**(method.get("sampler_kw") or {}),
-                                        "t": fitted["t_list"]},
-                            sigma=sigmas[cid], seed=cfg.seed,
-                            denoise_features=fitted["choice"],
-                        ).mean  # fmt: skip
-
-                    leakage.check_future_perturbation(fn, block, cuts=[T // 2, (3 * T) // 4])
-                cuts = f"{T // 2}, {(3 * T) // 4}"
-                checks.append(
-                    f"future perturbation ({name}, cuts at rows {cuts}): outputs on earlier "
-                    "rows bit-identical"
+            wanted = cfg.leakage.perturbation_methods
+            if wanted is None or name in wanted:  # null: every causal method
+                checks += _perturbation_checks(
+                    models, panel, method, _method_kw(method, cfg), names, den[name], cfg
                 )
-            tab = leakage.check_lookahead(
-                raw, _stack(den[name]["mean"], names), names=names,
-                threshold=float(cfg.leakage.threshold),
-            )  # fmt: skip
-            checks.append(
-                f"look-ahead ({name}): max |t| {np.nanmax(tab['max_abs_t']):.2f} over "
-                f"{len(names)} features (threshold {cfg.leakage.threshold})"
-            )
-        log.info("Leakage checks passed: %d", len(checks))
-
-        # 3. baselines
-        t0 = time.perf_counter()
-        bl = apply_baselines(raw, train, names=list(cfg.baselines))
-        log.info("Baselines (%s): %.1fs", ", ".join(cfg.baselines), time.perf_counter() - t0)
-        causal_out = {"raw": raw, **{n: _stack(den[n]["mean"], names) for n in causal}}
-        causal_out.update({f"{b} (causal)": bl[b].causal for b in bl})
-        two_out = {n: _stack(den[n]["mean"], names) for n in two_sided}
-        two_out.update({f"{b} (two-sided)": bl[b].two_sided for b in bl if bl[b].two_sided
-                        is not None})  # fmt: skip
+        for key, arr in causal_out.items():
+            if key == "raw" or key.endswith("(causal)"):
+                continue
+            _, pooled = leakage.check_lookahead_panel(raw, arr, names=names)
+            checks.append(f"look-ahead ({key}): {leakage.describe_pooled(pooled)}")
         for b in bl:
-            tab = leakage.check_lookahead(raw, bl[b].causal, names=names, raise_on_fail=False)
-            if tab["flagged"].any():
-                log.warning("baseline %s trips the look-ahead check (max |t| %.1f)", b,
-                            np.nanmax(tab["max_abs_t"]))  # fmt: skip
+            tab, pooled = leakage.check_lookahead_panel(
+                raw, bl[b].causal, names=names, raise_on_fail=False
+            )
+            if tab["flagged"].any() or pooled["flagged"]:
+                log.warning("baseline %s trips the look-ahead check", b)
+        log.info("Leakage checks passed: %d (%.1fs)", len(checks), time.perf_counter() - t0)
 
-        # 4. quality against known clean values
-        truth = load_truth(panel.source)
+        # 4. quality against known clean values (test rows)
         tables: dict[str, pd.DataFrame] = {}
-        best_baseline = cfg.downstream.baseline_without_truth
+        tables["noise"] = _noise_table(noise, names, ftype, truth, panel)
+        tables["choices"] = _choices_table(den, anchor, names, causal)
         if truth is not None:
-            clean_frame = pd.read_csv(truth_paths(panel.source)[0])
-            clean = clean_frame[names].to_numpy(dtype=np.float64)
-            q_causal = quality_table(raw, clean, causal_out, names, eval_rows)
-            q_two = quality_table(raw, clean, two_out, names, eval_rows) if two_out else None
-            lags = lag_table(clean, causal_out, names, eval_rows)
-            family = {f: truth["process"].get(f, "?") for f in names}
-            tables.update(snr_causal_by_feature=q_causal, lag_causal=lags)
+            known = truth.known
+            idx = [names.index(f) for f in known]
+            clean = truth.clean[:, idx]
+
+            def sub(d):
+                return {k: v[:, idx] for k, v in d.items()}
+
+            q_causal = quality_table(raw[:, idx], clean, sub(causal_out), known, eval_rows)
+            tables["snr_causal_by_feature"] = q_causal
+            tables["snr_causal_by_family"] = grouped(q_causal, truth.family)
             tables["snr_causal_by_type"] = grouped(q_causal, ftype)
-            tables["snr_causal_by_family"] = grouped(q_causal, family)
-            if q_two is not None:
-                tables["snr_two_sided_by_type"] = grouped(q_two, ftype)
-                tables["snr_two_sided_by_family"] = grouped(q_two, family)
+            lags = lag_table(clean, sub(causal_out), known, eval_rows)
             tables["lag_causal_by_type"] = grouped(lags, ftype)
-            # the best causal baseline, chosen on TRAIN rows (no test information)
-            q_train = quality_table(raw, clean, {f"{b} (causal)": bl[b].causal for b in bl},
-                                    names, slice(*train))  # fmt: skip
-            best_baseline = str(q_train.mean().idxmax()).replace(" (causal)", "")
-            bl_cols = [c for c in q_causal.columns if c.endswith("(causal)")]
-            by_type = tables["snr_causal_by_type"]
-            by_type["best causal baseline"] = best_column(by_type, bl_cols)
+            if two_out:
+                q_two = quality_table(raw[:, idx], clean, sub(two_out), known, eval_rows)
+                tables["snr_two_sided_by_family"] = grouped(q_two, truth.family)
+                tables["snr_two_sided_by_type"] = grouped(q_two, ftype)
+
         # 5. downstream forecasting
-        ds_table = None
         curves: dict[str, np.ndarray] = {}
         targets = set(panel.targets)
         if cfg.downstream.enabled and {"forward_returns", "risk_free_rate"} <= targets:
-            from mamba_denoiser.evaluation.downstream import (
-                position_from_prediction,
-                run_downstream,
-            )
-
-            base_cols = [c for c in panel.frame.columns if c != panel.id_col and c not in targets]
-            fwd = panel.frame["forward_returns"].to_numpy(dtype=np.float64)
-            rf = panel.frame["risk_free_rate"].to_numpy(dtype=np.float64)
+            main = cfg.downstream.denoised_method
+            if main not in den:
+                raise ConfigError(f"downstream.denoised_method={main}: not in methods")
             sets = {
                 "raw": raw,
-                f"denoised ({cfg.downstream.denoised_method})": _stack(
-                    den[cfg.downstream.denoised_method]["mean"], names
-                ),
-                f"baseline ({best_baseline}, causal)": bl[best_baseline].causal,
+                f"denoised ({main})": den[main].stack("mean", names),
+                f"anchor ({ANCHOR})": anchor.output,
             }
-            frames = []
-            # every test block after the train split (+ embargo): features out of sample
-            test_size = (T - panel.bounds["val"][0]) // int(cfg.downstream.n_splits)
-            for set_name, arr in sets.items():
-                feats = panel.frame[base_cols].copy()
-                feats[names] = arr
-                res = run_downstream(
-                    feats, fwd, rf, n_splits=int(cfg.downstream.n_splits),
-                    embargo=int(panel.split.embargo), models=list(cfg.downstream.models),
-                    k=float(cfg.downstream.k), seed=int(cfg.seed),
-                    target_columns=list(panel.targets), test_size=test_size,
-                )  # fmt: skip
-                t = res.metrics.copy()
-                t.insert(0, "features", set_name)
-                frames.append(t.reset_index())
-                pred = res.predictions.predictions[cfg.downstream.models[0]].to_numpy()
-                pos = position_from_prediction(pred, k=float(cfg.downstream.k))
-                curves[f"{set_name} ({cfg.downstream.models[0]})"] = rf * (1 - pos) + pos * fwd - rf
-            curves["market"] = np.where(np.isfinite(pos), fwd - rf, np.nan)
-            # the market row is the same for every feature set: keep it once, last
-            market = frames[0][frames[0]["model"] == "market"].assign(features="-")
-            ds_table = pd.concat(
-                [f[f["model"] != "market"] for f in frames] + [market], ignore_index=True
-            )
-            tables["downstream"] = ds_table
+            tables["downstream"], curves = _downstream(cfg, panel, names, sets)
 
         # report
         for key, tab in tables.items():
             atomic_write_csv(out / "tables" / f"{key}.csv", tab.reset_index())
-        report = _report(cfg, panel, ck_dir, methods, checks, tables, best_baseline, truth,
-                         time.perf_counter() - t_start)  # fmt: skip
+        report = _report(
+            cfg, panel, ck_dir, methods, checks, tables, truth, den, time.perf_counter() - t_start
+        )
         if cfg.plots:
             _plots(out, panel, names, ftype, raw, den, tables, curves, truth, methods)
         atomic_write_text(out / "report.md", report)
-    _print_key(tables)
+        if cfg.get("results_md"):  # the generated copy the README / docs link to
+            atomic_write_text(Path(cfg.results_md), _generated_header() + report)
+    _print_key(tables, den, names)
     print(f"report: {out / 'report.md'}")
-    return {"tables": tables, "checks": checks}
+    return {"tables": tables, "checks": checks, "denoised": den, "anchor": anchor}
 
 
-def _report(cfg, panel, ck_dir, methods, checks, tables, best_baseline, truth, seconds) -> str:
+def _generated_header() -> str:
+    """Says which command wrote the file, so every quoted figure has its command."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        over = [o for o in HydraConfig.get().overrides.task if not o.startswith("results_md=")]
+    except ValueError:  # not under Hydra (tests): no command line to quote
+        over = []
+    cmd = " ".join(["python evaluate.py", *over])
+    return (
+        f"<!-- generated by `{cmd}` (after cluster.py and train.py "
+        "experiment=cpu_all_clusters with the same data options); do not edit -->\n\n"
+    )
+
+
+def _truth(cfg, panel, names):
+    from mamba_denoiser.evaluation.truth import builtin_truth, load_truth_file
+
+    if cfg.get("truth"):
+        return load_truth_file(cfg.truth, panel, names, cfg.get("truth_families"))
+    if cfg.get("truth_families"):
+        raise ConfigError("truth_families= needs truth=PATH (the clean values) too")
+    return builtin_truth(panel, names)
+
+
+def _noise_table(noise, names, ftype, truth, panel) -> pd.DataFrame:
+    from mamba_denoiser.data.source import load_truth
+
+    meta = load_truth(panel.source) if truth is not None else None
+    true_sd = (meta or {}).get("noise_std", {})
+    rows = []
+    for f in names:
+        s, src, w, p = noise[f]
+        rows.append(
+            {
+                "feature": f,
+                "type": ftype[f],
+                "family": truth.family.get(f, "") if truth else "",
+                "sigma": s,
+                "source": src,
+                "white": w,
+                "ljung_box_p": p,
+                "sigma / true": s / true_sd[f] if f in true_sd else np.nan,
+            }
+        )
+    return pd.DataFrame(rows).set_index("feature")
+
+
+def _choices_table(den, anchor, names, causal) -> pd.DataFrame:
+    data = {}
+    for n in causal:
+        ch = {
+            f: v["chosen"] for r in den[n].clusters.values() for f, v in r.info["features"].items()
+        }
+        data[f"{n}: chosen"] = [ch[f] for f in names]
+    data[f"{ANCHOR}: chosen"] = list(anchor.choice)
+    return pd.DataFrame(data, index=names)
+
+
+def _downstream(cfg, panel, names, sets):
+    from mamba_denoiser.evaluation.downstream import position_from_prediction, run_downstream
+
+    targets = set(panel.targets)
+    T = panel.n_rows
+    test0 = panel.bounds["test"][0]
+    n_splits = int(cfg.downstream.n_splits)
+    base_cols = [c for c in panel.frame.columns if c != panel.id_col and c not in targets]
+    fwd = panel.frame["forward_returns"].to_numpy(dtype=np.float64)
+    rf = panel.frame["risk_free_rate"].to_numpy(dtype=np.float64)
+    # every scored block inside the test split: no scored feature row was seen by the
+    # checkpoint selection, the SURE gate or any fit
+    test_size = (T - test0) // n_splits
+    if test_size < 20:
+        raise ConfigError(
+            f"the test split has {T - test0} rows: too few for {n_splits} downstream blocks; "
+            "lower downstream.n_splits or give more rows"
+        )
+    frames, curves = [], {}
+    model0 = cfg.downstream.models[0]
+    for set_name, arr in sets.items():
+        feats = panel.frame[base_cols].copy()
+        feats[names] = arr
+        res = run_downstream(
+            feats,
+            fwd,
+            rf,
+            n_splits=n_splits,
+            embargo=int(panel.split.embargo),
+            models=list(cfg.downstream.models),
+            k=float(cfg.downstream.k),
+            seed=int(cfg.seed),
+            target_columns=list(panel.targets),
+            test_size=test_size,
+        )
+        t = res.metrics.copy()
+        t.insert(0, "features", set_name)
+        frames.append(t.reset_index())
+        pred = res.predictions.predictions[model0].to_numpy()
+        pos = position_from_prediction(pred, k=float(cfg.downstream.k))
+        curves[f"{set_name} ({model0})"] = rf * (1 - pos) + pos * fwd - rf
+    curves["market"] = np.where(np.isfinite(pos), fwd - rf, np.nan)
+    # the market row is the same for every feature set: keep it once, last
+    market = frames[0][frames[0]["model"] == "market"].assign(features="-")
+    table = pd.concat([f[f["model"] != "market"] for f in frames] + [market], ignore_index=True)
+    table.attrs["scored_rows"] = (T - n_splits * test_size, T)
+    return table, curves
+
+
+def _shown(path) -> str:
+    """A path as the report shows it: relative to the project root when under it, so a
+    report copied into docs/results/ names no machine's directories."""
+    import os
+
+    from mamba_denoiser.cli import ROOT_ENV
+
+    p = Path(str(path))
+    try:
+        return str(p.resolve().relative_to(Path(os.environ.get(ROOT_ENV, os.getcwd())).resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _report(cfg, panel, ck_dir, methods, checks, tables, truth, den, seconds) -> str:
     from mamba_denoiser.evaluation.report import to_markdown
 
+    b = panel.bounds
+    n_feat = len(tables["noise"])
     lines = [
         "# Evaluation report",
         "",
-        f"Data: `{panel.source}` (sha256 {str(panel.sha256)[:12]}…, {panel.n_rows} rows; "
-        f"train rows {list(panel.bounds['train'])}, validation {list(panel.bounds['val'])}; "
-        f"quality scored on the test rows {list(panel.bounds['test'])}).",
-        f"Checkpoints: `{ck_dir}`. Wall time {seconds:.0f}s.",
+        f"Data: `{_shown(panel.source)}` (sha256 {str(panel.sha256)[:12]}…, {panel.n_rows} rows; "
+        f"train rows {list(b['train'])}, validation {list(b['val'])}, test {list(b['test'])}; "
+        "quality scored on the test rows).",
+        f"Checkpoints: `{_shown(ck_dir)}`. Wall time {seconds:.0f}s.",
         "",
-        "Denoiser variants: "
-        + "; ".join(
-            f"`{m['name']}` = {m['sampler']}, {m['mode']}"
-            + (" (uses FUTURE rows)" if m["mode"] != "causal" else "")
+        *[
+            f"**{den[m['name']].n_changed} of {n_feat} features changed** by `{m['name']}` "
+            f"({m['sampler']}, {m['mode']}"
+            + (", uses FUTURE rows" if m["mode"] != "causal" else "")
+            + ")."
             for m in methods
-        ),  # fmt: skip
+        ],
         "",
         "## Leakage checks (run every time; a failure stops the run)",
         "",
@@ -260,85 +417,137 @@ def _report(cfg, panel, ck_dir, methods, checks, tables, best_baseline, truth, s
         "",
     ]
     if truth is None:
-        lines += ["No clean values are known for this data: quality tables are skipped.", ""]
+        lines += [
+            "No clean values are known for this data (pass truth=PATH to score against "
+            "your own): quality tables are skipped.",
+            "",
+        ]
     else:
         lines += [
             "## Quality against the known clean signal",
             "",
-            "SNR gain in dB, 10·log10(MSE(raw)/MSE(output)) against the clean values, mean "
-            "over the features of each group; 0 = leaving the data alone, higher is better. "
-            f"The best causal baseline overall, chosen on train rows: `{best_baseline}`.",
+            f"Clean values: `{_shown(truth.source)}` ({len(truth.known)} features). SNR gain "
+            "in dB on the test rows, 10·log10(MSE(raw)/MSE(output)) against the clean values, "
+            "mean over the features of each group; 0 = leaving the data alone, higher is "
+            "better. Every method uses the same σ per feature (table `noise`). "
+            f"`{ANCHOR}` is chosen per feature like the denoiser's mix: raw or a classical "
+            "causal filter, by SURE on the validation rows, white series left raw. "
+            "`<method>: <candidate> alone` applies one candidate to every feature it can serve.",
             "",
-            "### Causal (row t uses rows <= t), by cluster type",
+            "### Causal (row t uses rows <= t), by planted family",
             "",
-            to_markdown(tables["snr_causal_by_type"], index_name="cluster type"),
+            to_markdown(_transpose(tables["snr_causal_by_family"]), index_name="method"),
             "",
-            "### Causal, by planted family",
+            "### Causal, by cluster type",
             "",
-            to_markdown(tables["snr_causal_by_family"], index_name="family"),
+            to_markdown(_transpose(tables["snr_causal_by_type"]), index_name="method"),
             "",
         ]
-        if "snr_two_sided_by_type" in tables:
+        if "snr_two_sided_by_family" in tables:
             lines += [
-                "### Two-sided (uses future rows; analysis only), by cluster type",
+                "### Two-sided (uses future rows; analysis only), by planted family",
                 "",
-                to_markdown(tables["snr_two_sided_by_type"], index_name="cluster type"),
-                "",
-                "### Two-sided, by planted family",
-                "",
-                to_markdown(tables["snr_two_sided_by_family"], index_name="family"),
+                to_markdown(_transpose(tables["snr_two_sided_by_family"]), index_name="method"),
                 "",
             ]
         lines += [
             "### Lag of causal outputs behind the clean signal (rows; mean by type)",
             "",
-            to_markdown(tables["lag_causal_by_type"], digits=1, index_name="cluster type"),
-            "",
-            "![SNR gain by type](plots/snr_causal_by_type.png)",
+            to_markdown(_transpose(tables["lag_causal_by_type"]), digits=1, index_name="method"),
             "",
         ]
+    lines += [
+        "## Noise level σ per feature (train rows) and the estimators chosen",
+        "",
+        "Tables `tables/noise.csv` (σ, its source, Ljung-Box p of y, ratio to the true noise "
+        "std where known) and `tables/choices.csv` (per feature, what each causal method and "
+        "the anchor chose).",
+        "",
+        to_markdown(_source_counts(tables["noise"]), digits=2, index_name="σ source"),
+        "",
+    ]
     if "downstream" in tables:
         d = tables["downstream"].set_index("features")
-        keep = [c for c in ("model", "ic_mean", "ic_t", "rank_ic_mean", "rank_ic_t", "r2",
-                            "hit_rate", "sharpe", "adjusted_sharpe") if c in d.columns]  # fmt: skip
+        keep = [
+            c
+            for c in (
+                "model",
+                "ic_mean",
+                "ic_t",
+                "rank_ic_mean",
+                "rank_ic_t",
+                "r2",
+                "hit_rate",
+                "sharpe",
+                "adjusted_sharpe",
+            )
+            if c in d.columns
+        ]
+        lo, hi = tables["downstream"].attrs.get("scored_rows", (b["test"][0], panel.n_rows))
         lines += [
             "## Forecasting the raw forward return (purged walk-forward, out of sample)",
             "",
-            f"{cfg.downstream.n_splits} expanding folds, all test blocks after the train split, "
-            f"embargo {panel.split.embargo} rows; "
-            "positions in [0, 2] from past predictions only; targets never denoised, never "
-            "features.",
+            f"{cfg.downstream.n_splits} expanding folds whose scored blocks cover rows "
+            f"[{lo}, {hi}), inside the test split (from row {b['test'][0]}): no scored row was "
+            "seen by checkpoint selection, the SURE gate or any fit. Embargo "
+            f"{panel.split.embargo} rows; positions in [0, 2] from past predictions only; "
+            "targets never denoised, never features.",
             "",
             to_markdown(d[keep], digits=4, index_name="features"),
             "",
-            "![cumulative returns](plots/cumulative_returns.png)",
-            "",
         ]
-    lines += ["Example features: `plots/examples.png`.", ""]
     return "\n".join(lines)
 
 
-def _print_key(tables: dict) -> None:
+def _transpose(tab: pd.DataFrame) -> pd.DataFrame:
+    """Groups as columns, methods as rows (many methods, few groups: readable)."""
+    return tab.T
+
+
+def _source_counts(noise: pd.DataFrame) -> pd.DataFrame:
+    src = noise["source"].str.split(":").str[0]
+    out = noise.groupby(src).agg(
+        features=("sigma", "size"), median_ratio_to_true=("sigma / true", "median")
+    )
+    return out
+
+
+def _print_key(tables: dict, den: dict, names: list[str]) -> None:
     from rich.table import Table
 
     from mamba_denoiser.io import console
 
-    for key, title in (("snr_causal_by_type", "Causal SNR gain (dB) by cluster type"),
-                       ("downstream", "Out-of-sample forecasting")):  # fmt: skip
+    for n, d in den.items():
+        print(f"{n}: {d.n_changed} of {len(names)} features changed")
+    for key, title in (
+        ("snr_causal_by_family", "Causal SNR gain (dB) on test rows, by family"),
+        ("downstream", "Out-of-sample forecasting"),
+    ):
         if key not in tables:
             continue
-        tab = tables[key]
+        tab = _transpose(tables[key]) if key != "downstream" else tables[key]
         t = Table(title=title)
         frame = tab.reset_index() if key != "downstream" else tab
         for c in frame.columns:
-            t.add_column(str(c))
+            t.add_column(str(c), overflow="fold")
         for _, row in frame.iterrows():
-            t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+            t.add_row(*[_cell(v) for v in row])
         console().print(t)
 
 
+def _cell(v) -> str:
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return (
+            "-"
+            if not np.isfinite(v)
+            else (str(int(v)) if float(v).is_integer() and abs(v) > 1 else f"{v:.3f}")
+        )
+    return str(v)
+
+
 def _plots(out: Path, panel, names, ftype, raw, den, tables, curves, truth, methods) -> None:
-    from mamba_denoiser.data.source import truth_paths
     from mamba_denoiser.plots import (
         plot_cumulative_returns,
         plot_denoised_examples,
@@ -346,32 +555,48 @@ def _plots(out: Path, panel, names, ftype, raw, den, tables, curves, truth, meth
     )
 
     ids = panel.frame[panel.id_col].to_numpy()
-    if "snr_causal_by_type" in tables:
-        t = tables["snr_causal_by_type"].drop(columns=["features", "best causal baseline"],
-                                              errors="ignore")  # fmt: skip
+    if "snr_causal_by_family" in tables:
+        t = tables["snr_causal_by_family"].drop(columns=["features"], errors="ignore")
+        keep = [c for c in t.columns if "alone" not in c]  # a readable number of bars
         plot_grouped_bars(
-            t,
-            out / "plots" / "snr_causal_by_type.png",
-            title="Causal SNR gain by cluster type (rows after the train split)",
+            t[keep],
+            out / "plots" / "snr_causal_by_family.png",
+            title="Causal SNR gain by planted family (test rows)",
         )
     if curves:
-        plot_cumulative_returns(ids, curves, out / "plots" / "cumulative_returns.png",
-                                title="Strategy excess return, out of sample")  # fmt: skip
+        plot_cumulative_returns(
+            ids,
+            curves,
+            out / "plots" / "cumulative_returns.png",
+            title="Strategy excess return, out of sample",
+        )
     first = methods[0]["name"]
-    picks = list(dict.fromkeys(next(f for f in names if ftype[f] == t)
-                               for t in dict.fromkeys(ftype.values())))  # fmt: skip
+    d = den[first]
+    changed = {
+        f for r in d.clusters.values() for f, v in r.info["features"].items() if v["denoised"]
+    }
+    picks = list(
+        dict.fromkeys(
+            next((f for f in names if ftype[f] == t and f in changed), None)
+            for t in dict.fromkeys(ftype.values())
+        )
+    )
+    picks = [f for f in picks if f is not None]
+    if not picks:
+        return
     clean = None
     if truth is not None:
-        cf = pd.read_csv(truth_paths(panel.source)[0])
-        clean = {f: cf[f].to_numpy() for f in picks}
-    d = den[first]
+        clean = {f: truth.clean[:, names.index(f)] for f in picks}
     plot_denoised_examples(
-        ids, {f: raw[:, names.index(f)] for f in picks}, {f: d["mean"][f] for f in picks},
+        ids,
+        {f: raw[:, names.index(f)] for f in picks},
+        {f: d.mean[f] for f in picks},
         out / "plots" / "examples.png",
-        lower={f: d["lower"][f] for f in picks} if d["lower"] else None,
-        upper={f: d["upper"][f] for f in picks} if d["upper"] else None,
-        clean=clean, title=f"{first}: one feature per cluster type, last 400 rows",
-    )  # fmt: skip
+        lower={f: d.lower[f] for f in picks} if d.lower else None,
+        upper={f: d.upper[f] for f in picks} if d.upper else None,
+        clean=clean,
+        title=f"{first}: one changed feature per cluster type, last 400 rows",
+    )
 
 
 __all__ = ["run_evaluate", "ConfigError"]

@@ -202,6 +202,7 @@ def _flat_hparams(cfg: DictConfig, cluster: dict, hp: dict) -> dict[str, Any]:
         "strategy": cluster["strategy"],
         "n_features": len(cluster["features"]),
         "direction": m.get("direction", "causal"),
+        "heads": hp.get("heads", "diffusion"),
         "d_model": m.get("d_model"),
         "n_layers": m.get("n_layers"),
         "d_state": m.get("d_state"),
@@ -232,6 +233,28 @@ def _gpu_for_parallel_job(cfg: DictConfig) -> Any:
     return devices
 
 
+def _head_kwargs(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """(heads, predictive kwargs) of DenoiserModule from conf/head/."""
+    head = to_dict(cfg.get("head") or {"name": "diffusion"})
+    keys = ("n_components", "weight", "var_floor")
+    return str(head.get("name", "diffusion")), {k: head[k] for k in keys if k in head}
+
+
+def noise_sigma_window_units(panel, features: list[str], dm) -> list[float]:
+    """(F,) observation-noise σ in window units, from the TRAIN rows only: the native σ of
+    ``classical.noise_sigma`` divided by the window unit (train std · window scale), as
+    inference does; NaN or 0 -> ``predictive.SIGMA_FLOOR``."""
+    import numpy as np
+
+    from mamba_denoiser.classical import noise_sigma
+    from mamba_denoiser.diffusion.predictive import sigma_to_window_units
+
+    raw = panel.frame[list(features)].to_numpy(dtype=np.float64)  # (T, F) native units
+    train = tuple(int(b) for b in dm.bounds["train"])
+    native = np.array([noise_sigma(raw[:, j], train).sigma for j in range(raw.shape[1])])
+    return sigma_to_window_units(native, np.asarray(dm.std) * np.asarray(dm.window_scale)).tolist()
+
+
 def _clean(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}
 
@@ -255,8 +278,9 @@ def run_train(cfg: DictConfig) -> float:
     summary: dict[str, Any] = {"status": "running", "job": str(out.name)}
 
     def record_failure(message: str) -> None:
-        atomic_write_json(out / "summary.json", _clean({**summary, "status": "failed",
-                                                        "error": message}))  # fmt: skip
+        atomic_write_json(
+            out / "summary.json", _clean({**summary, "status": "failed", "error": message})
+        )
 
     # Only the launching process may delete the run directory (DDP children share it).
     with fail_cleanly(out, on_failure=record_failure, delete=rank_zero):
@@ -270,10 +294,18 @@ def run_train(cfg: DictConfig) -> float:
             cluster, clusters_path = hp["cluster"], (hp.get("source") or {}).get("clusters")
             window, anchor_len = int(hp["window_size"]), int(hp["scaler"].get("anchor_len", 10))
             model_kw, sde_kw, loss_kw = hp["model"], hp["sde"], hp.get("loss")
+            heads, pred_kw = str(hp.get("heads", "diffusion")), hp.get("predictive")
+            asked, _ = _head_kwargs(cfg)
+            if asked != heads:  # the monitored metric (conf/head) must exist in this run
+                raise ConfigError(
+                    f"ckpt_path={cfg.ckpt_path} was trained with head={heads}, but head={asked} "
+                    f"is configured; resume with head={heads}"
+                )
         else:
             cluster, clusters_path = _cluster_from_clusters_file(cfg, panel)
             window, anchor_len = int(cfg.data.window_size), int(cfg.data.anchor_len)
             model_kw, sde_kw, loss_kw = to_dict(cfg.model), to_dict(cfg.sde), to_dict(cfg.loss)
+            heads, pred_kw = _head_kwargs(cfg)
         summary.update(
             cluster_id=cluster["id"],
             type=cluster["type"],
@@ -281,6 +313,7 @@ def run_train(cfg: DictConfig) -> float:
             n_features=len(cluster["features"]),
             features=list(cluster["features"]),
             direction=model_kw.get("direction", "causal"),
+            heads=heads,
         )
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         dm = ClusterDataModule(
@@ -303,6 +336,11 @@ def run_train(cfg: DictConfig) -> float:
                         f"{cfg.ckpt_path}: its train-split scaler ({key}) differs from this "
                         "data's; resume with the same data and data.split as the checkpoint"
                     )
+        noise_sigma = None
+        if heads != "diffusion":  # the predictive NLL needs σ; a resumed run keeps its own
+            noise_sigma = (hp.get("noise_sigma") if cfg.ckpt_path else None) or (
+                noise_sigma_window_units(panel, cluster["features"], dm)
+            )
         module = DenoiserModule(
             cluster=cluster,
             window_size=window,
@@ -312,9 +350,17 @@ def run_train(cfg: DictConfig) -> float:
             loss=loss_kw,
             compile=cfg.compile,
             source={**panel.summary(), "clusters": clusters_path},
+            heads=heads,
+            predictive=pred_kw,
+            noise_sigma=noise_sigma,
             **to_dict(cfg.optim),
         )
-        callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values()]
+        callbacks = [
+            hydra.utils.instantiate(c)
+            for name, c in (cfg.callbacks or {}).items()
+            # the figure draws the diffusion head's x̂0, which a predictive-only model lacks
+            if not (name == "validation_figure" and heads == "predictive")
+        ]
         interactive = sys.stdout.isatty()
         if interactive:
             callbacks.append(RichProgressBar())
@@ -355,6 +401,7 @@ def run_train(cfg: DictConfig) -> float:
         final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
         ckpt_cb = trainer.checkpoint_callback
+        monitor = ckpt_cb.monitor if ckpt_cb else None
         best = (
             float(ckpt_cb.best_model_score)
             if ckpt_cb and ckpt_cb.best_model_score is not None
@@ -365,9 +412,13 @@ def run_train(cfg: DictConfig) -> float:
                 status="ok",
                 epochs=int(trainer.current_epoch),
                 global_step=int(trainer.global_step),
-                monitor=ckpt_cb.monitor if ckpt_cb else None,
-                best_val_noise_mse=best,
-                init_val_noise_mse=float(init["val/noise_mse"]) if init else None,
+                monitor=monitor,
+                best_score=best,
+                best_val_noise_mse=best if monitor == "val/noise_mse" else None,
+                init_val_noise_mse=_get(init, "val/noise_mse"),
+                init_val_predictive_nll=_get(init, "val/predictive_nll"),
+                last_val_predictive_nll=final.get("val/predictive_nll"),
+                last_val_predictive_sure_ratio=final.get("val/predictive_sure_ratio"),
                 last_val_noise_mse=final.get("val/noise_mse"),
                 last_val_loss=final.get("val/loss"),
                 val_noise_mse_iid_baseline=final.get("val/noise_mse_iid_baseline"),
@@ -379,12 +430,17 @@ def run_train(cfg: DictConfig) -> float:
             atomic_write_json(out / "summary.json", _clean(summary))
             _log_hparams(trainer, _flat_hparams(cfg, cluster, module.hparams), summary)
             log.info(
-                "c%d done: best val/noise_mse %.4f -> %s",
+                "c%d done: best %s %.4f -> %s",
                 cluster["id"],
+                monitor,
                 best,
                 summary["best_checkpoint"],
             )
     return best
+
+
+def _get(metrics: dict[str, float], key: str) -> float | None:
+    return float(metrics[key]) if key in metrics else None
 
 
 def _log_hparams(trainer, params: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -396,6 +452,7 @@ def _log_hparams(trainer, params: dict[str, Any], summary: dict[str, Any]) -> No
         "hp/last_val_noise_mse": summary.get("last_val_noise_mse"),
         "hp/val_noise_mse_iid_baseline": summary.get("val_noise_mse_iid_baseline"),
         "hp/init_val_noise_mse": summary.get("init_val_noise_mse"),
+        "hp/last_val_predictive_nll": summary.get("last_val_predictive_nll"),
     }
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and v == v}
     for lg in trainer.loggers:

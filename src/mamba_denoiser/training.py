@@ -4,6 +4,24 @@ The module's hyper-parameters are the checkpoint contract (docs/design.md, "Chec
 they carry the cluster (id, type, strategy, features), the window size, the train-split
 scaler (z-score, window scale, anchor length), the model settings (direction included)
 and the SDE/loss settings, so denoise.py needs nothing but the checkpoint.
+
+Heads (``heads``, docs/design.md "Predictive head"): "diffusion" (ε-prediction loss, the
+default and what checkpoints without the key hold), "predictive" (the one-step mixture's
+NLL, diffusion/predictive.py) or "both". With "both" each batch is split, not duplicated: the
+first half gets the diffusion loss at random t, the second half the predictive NLL, in one
+backbone pass (``forward_heads``), and
+
+    loss = diffusion loss + predictive["weight"] · NLL       (weight 1.0 by default)
+
+with the NLL a per-cell mean over scored cells (``predictive.target_mask``). Both terms are
+O(1) per cell in window units, so equal weights keep either from drowning the other.
+``noise_sigma`` (F,) is the observation-noise std in window units (train rows only, see
+train_job), floored at ``predictive.SIGMA_FLOOR``; the NLL needs it.
+
+Validation (fixed order, no randomness in the predictive part): ``val/predictive_nll``, and
+``val/predictive_sure_mse``, SURE of the head's closed-form denoiser, an unbiased estimate
+of its MSE to the clean signal (window units², per cell), with
+``val/predictive_sure_ratio`` = that MSE / mean σ² (< 1: it removes noise).
 """
 
 from __future__ import annotations
@@ -16,7 +34,11 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
 from mamba_denoiser.diffusion import VPSDE, DenoisingLoss
+from mamba_denoiser.diffusion import predictive as pred
 from mamba_denoiser.models import MultivariateMambaDenoiser
+
+HEADS = ("diffusion", "predictive", "both")
+PREDICTIVE_DEFAULTS = {"n_components": 3, "weight": 1.0, "var_floor": 1e-4}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,15 +62,47 @@ class DenoiserModule(L.LightningModule):
         min_lr_ratio: float = 0.05,
         compile: bool = False,
         source: dict[str, Any] | None = None,  # data provenance (path, sha256, split)
+        heads: str = "diffusion",  # diffusion | predictive | both
+        predictive: dict[str, Any] | None = None,  # {n_components, weight, var_floor}
+        noise_sigma: list[float] | None = None,  # (F,) window units; needed by the NLL
     ):
         super().__init__()
         # Not sent to the loggers as-is (the scaler alone is hundreds of numbers): train.py
         # logs a flat, comparable summary with the final metrics to TensorBoard's HPARAMS.
         self.save_hyperparameters(logger=False)
         n_features = len(cluster["features"])
+        if heads not in HEADS:
+            raise ValueError(f"heads={heads!r}: choose one of {HEADS}")
+        unknown = sorted(set(predictive or {}) - set(PREDICTIVE_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"predictive: unknown keys {unknown}; known: {list(PREDICTIVE_DEFAULTS)}"
+            )
+        self.heads = heads
+        self.predictive = {**PREDICTIVE_DEFAULTS, **(predictive or {})}
+        head_kw = {}
+        if heads != "diffusion":
+            head_kw = {
+                "heads": heads,
+                "n_components": int(self.predictive["n_components"]),
+                "var_floor": float(self.predictive["var_floor"]),
+            }
+            if noise_sigma is None or len(noise_sigma) != n_features:
+                raise ValueError(
+                    f"heads={heads!r} needs noise_sigma: one noise std per feature "
+                    f"({n_features}) in window units (train_job computes it on the train rows)"
+                )
         self.model = MultivariateMambaDenoiser(
-            n_features=n_features, window_size=window_size, **(model or {})
+            n_features=n_features, window_size=window_size, **(model or {}), **head_kw
         )
+        # not persistent: it lives in the hyper-parameters, and old checkpoints lack it
+        sig = torch.as_tensor(
+            [float("nan")] * n_features if noise_sigma is None else noise_sigma,
+            dtype=torch.float32,
+        )
+        sig = torch.where(torch.isfinite(sig), sig.clamp(min=pred.SIGMA_FLOOR), pred.SIGMA_FLOOR)
+        self.register_buffer("noise_sigma_w", sig, persistent=False)  # (F,)
+        self.anchor_len = int((scaler or {}).get("anchor_len", 10))
         self.sde = VPSDE(**(sde or {}))
         loss = dict(loss or {})
         strategy = loss.pop("strategy", "auto")
@@ -67,10 +121,16 @@ class DenoiserModule(L.LightningModule):
         if t is None:
             t = torch.randint(0, self.sde.num_timesteps, (x0.shape[0],), device=x0.device)
         eps = torch.randn_like(x0) if eps is None else eps
+        x_t = self._diffuse(x0, mask, t, eps)
+        return self._diffusion_terms(x_t, t, eps, self(x_t, t, mask), mask)
+
+    def _diffuse(self, x0, mask, t, eps) -> torch.Tensor:
         # Unobserved cells: the network zeroes them and reads the mask bit (models/denoiser.py),
         # the loss skips them; the 0 here only keeps NaN out of the arithmetic.
         x_t, _ = self.sde.sample(torch.where(mask, x0, torch.zeros_like(x0)), t, noise=eps)
-        eps_hat = self(x_t, t, mask)
+        return x_t
+
+    def _diffusion_terms(self, x_t, t, eps, eps_hat, mask):
         x0_hat = self.sde.predict_x0(x_t, t, eps_hat)
         loss, terms = self.loss_fn(
             eps_hat, eps, x0_hat, mask=mask, return_terms=True, sample_weight=self.sde.alpha_bar(t)
@@ -83,11 +143,78 @@ class DenoiserModule(L.LightningModule):
             terms["noise_mse_iid_baseline"] = (sq * mask).sum() / mask.sum().clamp(min=1)
         return loss, terms
 
+    # ---- the predictive objective ------------------------------------------------------
+    def predict_mixture(self, y: torch.Tensor, mask: torch.Tensor | None = None):
+        """(B, L, F) observed windows -> (mu, var, logit_pi), each (B, L, F, K), unshifted:
+        what ``predictive.predict_windows`` calls."""
+        if self.use_mask:
+            return self.model.predict_mixture(y, mask)
+        if mask is not None:  # a model without mask channels must not see NaN
+            y = torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
+        return self.model.predict_mixture(y)
+
+    def predictive_loss(
+        self, y: torch.Tensor, mask: torch.Tensor, mixture=None, *, with_sure: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-cell mean NLL of observed y (B, L, F) under the one-step mixture (computed
+        here unless given); ``with_sure`` adds the SURE terms of the closed-form denoiser."""
+        mixture = self.predict_mixture(y, mask) if mixture is None else mixture
+        sigma = self.noise_sigma_w
+        nll = pred.window_nll(mixture, y, mask, sigma=sigma, anchor_len=self.anchor_len)
+        terms = {"predictive_nll": nll.detach()}
+        if with_sure:
+            with torch.no_grad():
+                s_hat, div, _ = pred.window_posterior(
+                    mixture, y, mask, sigma=sigma, anchor_len=self.anchor_len
+                )
+                keep = ~torch.isnan(s_hat)
+                sure = pred.sure_cells(y.float(), s_hat, div, sigma)
+                n = keep.sum().clamp(min=1)
+                zero = torch.zeros((), device=y.device)
+                terms["predictive_sure_mse"] = torch.where(keep, sure, zero).sum() / n
+                s2 = torch.where(keep, sigma.square().expand_as(s_hat), zero).sum() / n
+                terms["predictive_sure_ratio"] = terms["predictive_sure_mse"] / s2.clamp(min=1e-12)
+        return nll, terms
+
+    def joint_loss(
+        self,
+        x0: torch.Tensor,
+        mask: torch.Tensor,
+        t: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """heads="both": the first ceil(B/2) windows get the diffusion loss at t (random if
+        None; shape (ceil(B/2),)), the rest the predictive NLL, in one backbone pass."""
+        n_d = (x0.shape[0] + 1) // 2
+        xd, md, yp, mp = x0[:n_d], mask[:n_d], x0[n_d:], mask[n_d:]
+        if t is None:
+            t = torch.randint(0, self.sde.num_timesteps, (n_d,), device=x0.device)
+        eps = torch.randn_like(xd) if eps is None else eps
+        x_t = self._diffuse(xd, md, t, eps)
+        is_pred = torch.arange(x0.shape[0], device=x0.device) >= n_d  # (B,)
+        t_all = torch.cat([t, torch.zeros(x0.shape[0] - n_d, dtype=t.dtype, device=t.device)])
+        eps_hat, mixture = self.model.forward_heads(
+            torch.cat([x_t, yp.to(x_t.dtype)]), t_all, mask if self.use_mask else None, is_pred
+        )
+        loss, terms = self._diffusion_terms(x_t, t, eps, eps_hat[:n_d], md)
+        nll, p_terms = self.predictive_loss(yp, mp, tuple(p[n_d:] for p in mixture))
+        terms.update(p_terms)
+        terms["diffusion_loss"] = loss.detach()
+        return loss + self.predictive["weight"] * nll, terms
+
+    def objective(self, x0: torch.Tensor, mask: torch.Tensor):
+        """The training loss of this module's heads: (loss, logged terms)."""
+        if self.heads == "diffusion":
+            return self.diffusion_loss(x0, mask)
+        if self.heads == "predictive":
+            return self.predictive_loss(x0, mask)
+        return self.joint_loss(x0, mask)
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None):
         return self.model(x_t, t, mask=mask) if self.use_mask else self.model(x_t, t)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, terms = self.diffusion_loss(batch["x"], batch["mask"])
+        loss, terms = self.objective(batch["x"], batch["mask"])
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at epoch {self.current_epoch}, step "
@@ -117,11 +244,22 @@ class DenoiserModule(L.LightningModule):
         # A fixed generator makes the validation loss comparable from epoch to epoch: same
         # t and ε for the same batch, so checkpoint selection is not driven by sampling luck.
         x0, mask = batch["x"], batch["mask"]
-        g = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)
-        t = torch.randint(0, self.sde.num_timesteps, (x0.shape[0],), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
-        loss, terms = self.diffusion_loss(x0, mask, t.to(x0.device), eps.to(x0.device, x0.dtype))
         bs = x0.shape[0]
+        loss = torch.zeros((), device=x0.device)
+        terms: dict[str, torch.Tensor] = {}
+        if self.heads != "predictive":
+            # every window, not half: val/noise_mse stays comparable with diffusion-only runs
+            g = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)
+            t = torch.randint(0, self.sde.num_timesteps, (bs,), generator=g)
+            eps = torch.randn(x0.shape, generator=g)
+            d_loss, terms = self.diffusion_loss(
+                x0, mask, t.to(x0.device), eps.to(x0.device, x0.dtype)
+            )
+            loss = loss + d_loss
+        if self.heads != "diffusion":
+            nll, p_terms = self.predictive_loss(x0, mask, with_sure=True)
+            terms.update(p_terms)
+            loss = loss + (self.predictive["weight"] if self.heads == "both" else 1.0) * nll
         self.log_dict(
             {f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=bs, sync_dist=True
         )

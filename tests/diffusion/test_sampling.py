@@ -35,7 +35,7 @@ from mamba_denoiser.diffusion import (
     sdedit,
     total_variation,
 )
-from mamba_denoiser.diffusion.sampling import _quantile
+from mamba_denoiser.diffusion.sampling import _quantile, posterior_mean_n2s
 
 SDE = VPSDE()
 
@@ -138,6 +138,89 @@ def test_posterior_mean_refuses_bad_sigma_and_t():
     bad[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         posterior_mean(eps, SDE, bad, mask, sigma=0.1, t=5)
+
+
+# ---------------------------------------------------------------- Noise2Score form
+
+
+@pytest.mark.parametrize("t", [5, 50, 200])
+def test_n2s_is_the_smoothed_score_shrinkage_on_iid_cells(t):
+    """Bayes ε̂ for N(0, v) cells: -ε̂(√ᾱ y)/τ = -y/(v + τ²), the score of N(0, v + τ²), so
+    ŝ = (1 - σ²/(v + τ²)) y exactly, per feature, on every cell (no draws)."""
+    a2 = torch.tensor([1.0, 0.5, 2.0])
+    sigma = torch.tensor([0.7, 1.0, 0.3])
+    v = a2 + sigma**2
+    y = v.sqrt() * torch.randn(16, 32, 3, generator=gen(1))
+    mask = torch.ones_like(y, dtype=torch.bool)
+    out = posterior_mean_n2s(gaussian_eps(v), SDE, y, mask, sigma=sigma, t=t)
+    tau2 = (1 - ab(t)) / ab(t)
+    torch.testing.assert_close(out, (1 - sigma**2 / (v + tau2)) * y, rtol=1e-4, atol=1e-5)
+    # t_ref: the two shrinkages extrapolated linearly in τ² to τ = 0
+    rich = posterior_mean_n2s(gaussian_eps(v), SDE, y, mask, sigma=sigma, t=t, t_ref=t + 100)
+    r2 = (1 - ab(t + 100)) / ab(t + 100)
+    k_t, k_r = 1 - sigma**2 / (v + tau2), 1 - sigma**2 / (v + r2)
+    k = (r2 * k_t - tau2 * k_r) / (r2 - tau2)
+    torch.testing.assert_close(rich, k * y, rtol=1e-4, atol=1e-4)
+    if t == 5:  # small τ: both close to the Wiener shrinkage, the extrapolation closer
+        assert torch.all((k - a2 / v).abs() < 0.2 * (k_t - a2 / v).abs())
+    # constant="total_noise": Tweedie for σ² + τ², i.e. the Wiener shrinkage a²/(v + τ²)
+    tot = posterior_mean_n2s(
+        gaussian_eps(v), SDE, y, mask, sigma=sigma, t=t, constant="total_noise"
+    )
+    torch.testing.assert_close(tot, a2 / (v + tau2) * y, rtol=1e-4, atol=1e-5)
+
+
+def test_n2s_shapes_nan_and_what_eps_fn_sees():
+    B, L, F = 3, 10, 2
+    y = torch.randn(B, L, F, generator=gen())
+    mask = torch.rand(B, L, F, generator=gen(1)) > 0.3
+    y[~mask] = float("nan")
+    seen = []
+
+    def eps_fn(x, t, m):
+        seen.append((x.clone(), t.clone(), m.clone()))
+        return torch.ones_like(x)
+
+    out = posterior_mean_n2s(eps_fn, SDE, y, mask, sigma=torch.tensor([0.5, 0.0]), t=10)
+    assert out.shape == (B, L, F) and out.dtype == torch.float32
+    assert torch.equal(torch.isnan(out), ~mask)
+    assert len(seen) == 1
+    x, t, m = seen[0]
+    assert torch.all(t == 10) and t.dtype == torch.long and torch.equal(m, mask)
+    # no noise added: the input is √ᾱ_t y on observed cells, 0 elsewhere
+    torch.testing.assert_close(x, math.sqrt(ab(10)) * y.nan_to_num() * mask, rtol=1e-6, atol=0)
+    tau = math.sqrt((1 - ab(10)) / ab(10))
+    torch.testing.assert_close(out[..., 0][mask[..., 0]], (y[..., 0] - 0.25 / tau)[mask[..., 0]])
+    assert torch.equal(out[..., 1][mask[..., 1]], y[..., 1][mask[..., 1]])  # σ = 0 passes
+
+
+def test_n2s_is_deterministic_and_chunks():
+    y = torch.randn(5, 12, 3, generator=gen())
+    mask = torch.ones_like(y, dtype=torch.bool)
+    kw = dict(sigma=torch.tensor([0.2, 0.5, 1.0]), t=30)
+    rng = torch.random.get_rng_state()
+    a = posterior_mean_n2s(causal_eps, SDE, y, mask, **kw)
+    assert torch.equal(rng, torch.random.get_rng_state())  # draws nothing
+    b = posterior_mean_n2s(causal_eps, SDE, y, mask, max_batch=2, **kw)
+    c = posterior_mean_n2s(causal_eps, SDE, y, mask, t_ref=60, max_batch=4, **kw)
+    d = posterior_mean_n2s(causal_eps, SDE, y, mask, t_ref=60, **kw)
+    assert torch.equal(a, b) and torch.equal(c, d)
+    assert not torch.equal(a, c)
+
+
+def test_n2s_refuses_bad_arguments():
+    y, mask = torch.zeros(1, 4, 2), torch.ones(1, 4, 2, dtype=torch.bool)
+    eps = gaussian_eps(1.0)
+    with pytest.raises(ValueError, match="sigma must be finite"):
+        posterior_mean_n2s(eps, SDE, y, mask, sigma=torch.tensor([0.1, float("nan")]), t=5)
+    with pytest.raises(ValueError, match="integer"):
+        posterior_mean_n2s(eps, SDE, y, mask, sigma=0.1, t=1000)
+    with pytest.raises(ValueError, match="unknown constant"):
+        posterior_mean_n2s(eps, SDE, y, mask, sigma=0.1, t=5, constant="sigma")
+    with pytest.raises(ValueError, match="t_ref must differ"):
+        posterior_mean_n2s(eps, SDE, y, mask, sigma=0.1, t=5, t_ref=5)
+    with pytest.raises(ValueError, match="t_ref must be an integer"):
+        posterior_mean_n2s(eps, SDE, y, mask, sigma=0.1, t=5, t_ref=-1)
 
 
 # ---------------------------------------------------------------- SDEdit
@@ -293,6 +376,10 @@ CAUSAL_RUNS = {
         n_draws=4,
         generator=g,
         return_std=True,
+    ),
+    "posterior_mean_n2s": lambda eps, y, m, g: (
+        posterior_mean_n2s(eps, SDE, y, m, sigma=torch.tensor([0.3, 0.6]), t=40),
+        posterior_mean_n2s(eps, SDE, y, m, sigma=torch.tensor([0.3, 0.6]), t=20, t_ref=80),
     ),
     "sdedit_ddpm": lambda eps, y, m, g: sdedit(
         eps, SDE, y, m, t_start=30, n_samples=3, generator=g

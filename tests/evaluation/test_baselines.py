@@ -228,3 +228,63 @@ def test_bad_inputs_raise_clear_errors(series):
         fit_baseline("ema", np.ones(200), (0, 200), noise_var=0.0)
     with pytest.raises(ValueError, match="unknown baseline"):
         apply_baselines(np.ones((10, 1)), (0, 5), names=["nope"])
+
+
+@pytest.mark.parametrize("name", ["kalman_level", "kalman_ar1", "kalman_ari1"])
+def test_kalman_baselines_are_the_shared_classical_filter(name, series, fitted):
+    # The learned denoiser's Kalman candidate and these baselines must be one filter.
+    from mamba_denoiser.classical import StateSpaceFit, kalman_filter
+
+    f = fitted[name]
+    as_fit = StateSpaceFit(name, f.params, f.center, f.scale, 0.0, f.params["aic"], {})
+    out, gain = kalman_filter(as_fit, series)
+    np.testing.assert_array_equal(f.causal(series), out)
+    assert np.all((gain > 0) | np.isnan(series))
+
+
+def test_noise_variance_is_the_shared_state_space_choice(series, fitted):
+    from mamba_denoiser.classical import fit_state_space
+
+    best = fit_state_space(series, TRAIN)
+    assert best.params == fitted[best.model].params
+    assert noise_variance(series, TRAIN) == best.noise_var
+
+
+def test_apply_baselines_uses_the_given_noise_variance_per_column():
+    _, a = _rw_noise(n=500, seed=13)
+    _, b = _ar1_noise(n=500, seed=14)
+    panel, train = np.column_stack([a, b]), (0, 350)
+    names = ["ema", "hp", "kalman_ar1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = apply_baselines(panel, train, names=names, noise_var=[1.0, np.nan])
+        default = apply_baselines(panel, train, names=names)
+        for name in names:  # column 0: SURE with the given 1.0; column 1 (NaN): as before
+            given = fit_baseline(name, a, train, noise_var=1.0)
+            np.testing.assert_array_equal(out[name].causal[:, 0], given.causal(a))
+            assert out[name].params[0] == given.params
+            np.testing.assert_array_equal(out[name].causal[:, 1], default[name].causal[:, 1])
+        # The given value matters: it is not the column's own estimate.
+        assert out["ema"].params[0] != default["ema"].params[0]
+        assert out["kalman_ar1"].params[0] == default["kalman_ar1"].params[0]  # MLE anyway
+    with pytest.raises(ValueError, match="one value per column"):
+        apply_baselines(panel, train, names=["ema"], noise_var=[1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        apply_baselines(panel, train, names=["ema"], noise_var=[1.0, -1.0])
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_causal_gain_is_the_exact_weight_on_the_current_row(name, series, fitted):
+    # The anchor's SURE is exact only if causal_gain is d out_t / d y_t: check it by a
+    # finite difference (the filters are linear given their parameters), in warm-up rows,
+    # right after a gap and in the steady state.
+    f = fitted[name]
+    gain = f.causal_gain(series)
+    assert np.isnan(gain[~np.isfinite(series)]).all()
+    base = f.causal(series)
+    for t in (80, 82, 95, 303, 450, 701, 899):
+        y = series.copy()
+        y[t] += 1e-3
+        fd = (f.causal(y)[t] - base[t]) / 1e-3
+        assert fd == pytest.approx(gain[t], abs=1e-6), (name, t)
+    assert np.nanmin(gain) >= 0 and np.nanmax(gain) <= 1 + 1e-9

@@ -13,7 +13,10 @@ from mamba_denoiser.evaluation.leakage import (
     LeakageError,
     check_future_perturbation,
     check_lookahead,
+    check_lookahead_panel,
     check_no_targets,
+    describe_pooled,
+    inject_lookahead,
     lookahead_tstats,
 )
 
@@ -104,3 +107,64 @@ def test_targets_are_never_features():
     check_no_targets(["M1", "E2"])
     with pytest.raises(LeakageError, match="forward_returns"):
         check_no_targets(["M1", "forward_returns"])
+
+
+@pytest.fixture(scope="module")
+def builtin_panel():
+    """(raw, honest causal output) of the built-in default panel's continuous features:
+    the raw series passed through (the hardest case for a small leak: its changes are as
+    large as the innovations) and a fixed-weight causal EMA on every column."""
+    from mamba_denoiser.data.synthetic import make_synthetic_panel
+
+    panel = make_synthetic_panel()  # the built-in default data (9000 rows, noise_scale 1)
+    raw = panel.frame[panel.continuous_columns].to_numpy(dtype=np.float64)  # (T, 85)
+    ema = np.where(np.isnan(raw), np.nan, pd.DataFrame(raw).ewm(alpha=0.5).mean().to_numpy())
+    return raw, ema
+
+
+def test_null_calibrated_check_passes_honest_causal_outputs(builtin_panel):
+    raw, ema = builtin_panel
+    for out in (raw, ema):
+        table, pooled = check_lookahead_panel(raw, out)  # raises on a flag
+        assert not table["flagged"].any() and not pooled["flagged"]
+        assert pooled["n_features"] == raw.shape[1]
+    # the null scale is the N(0, 1) of the theory, up to sampling error, for the EMA
+    table, _ = check_lookahead_panel(raw, ema)
+    assert 0.7 < table["null_rms"].median() < 1.3
+
+
+@pytest.mark.parametrize("which", ["raw", "ema"])
+def test_a_two_percent_one_step_look_ahead_is_stopped_on_the_builtin_panel(builtin_panel, which):
+    raw, ema = builtin_panel
+    honest = raw if which == "raw" else ema
+    leaked = inject_lookahead(honest, raw, weight=0.02)
+    # small enough to hide in every single feature of the raw pass-through ...
+    table, pooled = check_lookahead_panel(raw, leaked, raise_on_fail=False)
+    if which == "raw":
+        assert table["max_abs_z"].max() < LOOKAHEAD_T
+    # ... and still stopped by the pooled statistic
+    assert pooled["flagged"] and pooled["worst_h"] == 1
+    with pytest.raises(LeakageError, match="looks ahead"):
+        check_lookahead_panel(raw, leaked)
+    assert "pooled |z|" in describe_pooled(pooled)
+
+
+def test_a_centred_filter_is_stopped_by_the_calibrated_check(builtin_panel):
+    raw, _ = builtin_panel
+    centred = np.where(np.isnan(raw), np.nan, _centred(raw, 2))
+    table, pooled = check_lookahead_panel(raw, centred, raise_on_fail=False)
+    assert pooled["flagged"] and table["flagged"].mean() > 0.9
+
+
+def test_perturbation_check_reuses_a_given_base():
+    y = _noisy("ou", 0)
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        return _ema(x, 0.3)
+
+    check_future_perturbation(fn, y, cuts=[100, 2000], base=_ema(y, 0.3))
+    assert len(calls) == 2  # the cuts only: the unperturbed output was given
+    with pytest.raises(LeakageError):  # a wrong base is a failure, not silently ignored
+        check_future_perturbation(fn, y, cuts=[100], base=_ema(y, 0.31))

@@ -44,9 +44,16 @@ def test_bimamba_stacked_scan_equals_two_separate_scans():
         u, delta, B, C = ssm(xs)
         to_bdl = lambda t: rearrange(t, "b l d -> b d l")  # noqa: E731
         y = selective_scan_reference(
-            to_bdl(u), to_bdl(delta), ssm.A, to_bdl(B), to_bdl(C), ssm.D, to_bdl(z),
-            ssm.dt_proj.bias, delta_softplus=True,
-        )  # fmt: skip
+            to_bdl(u),
+            to_bdl(delta),
+            ssm.A,
+            to_bdl(B),
+            to_bdl(C),
+            ssm.D,
+            to_bdl(z),
+            ssm.dt_proj.bias,
+            delta_softplus=True,
+        )
         return rearrange(y, "b d l -> b l d")
 
     y_f = direction(block.fwd, xs, z)

@@ -222,3 +222,63 @@ def test_tiny_model_overfits_one_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+# ---- predictive head -------------------------------------------------------------------
+
+
+def test_predictive_head_shapes_and_untrained_mixture():
+    torch.manual_seed(0)
+    model = small_model(heads="predictive", n_components=3, var_floor=1e-3)
+    mu, var, logit = model.predict_mixture(torch.randn(2, 16, 3))
+    assert mu.shape == var.shape == logit.shape == (2, 16, 3, 3)
+    assert mu.dtype == torch.float32
+    # untrained: mean 0, equal weights, distinct variances (breaks the component symmetry)
+    assert mu.abs().max() == 0 and logit.abs().max() == 0
+    torch.testing.assert_close(var[0, 0, 0], torch.logspace(-1, 0, 3))
+    perturb(model)
+    assert (model.predict_mixture(torch.randn(2, 16, 3))[1] >= 1e-3).all()
+    assert not hasattr(model, "t_embed") and not hasattr(model, "head")
+    with pytest.raises(ValueError, match="no ε-prediction head"):
+        model(torch.randn(2, 16, 3), 5)
+    with pytest.raises(ValueError, match="no predictive head"):
+        small_model().predict_mixture(torch.randn(2, 16, 3))
+    with pytest.raises(ValueError, match="direction='causal'"):
+        small_model(heads="both", direction="bidirectional")
+
+
+def test_forward_heads_rows_match_the_single_task_calls():
+    """heads='both': one pass over a mixed batch gives, row by row, what forward and
+    predict_mixture give on their own rows (per-sample conditioning, no cross-talk)."""
+    torch.manual_seed(0)
+    model = perturb(small_model(heads="both", n_components=2)).eval()
+    x = torch.randn(4, 16, 3)
+    mask = torch.rand(4, 16, 3) > 0.2
+    t = torch.tensor([10, 700, 0, 0])
+    is_pred = torch.tensor([False, False, True, True])
+    eps_hat, mixture = model.forward_heads(x, t, mask, is_pred)
+    torch.testing.assert_close(eps_hat[:2], model(x[:2], t[:2], mask[:2]))
+    for got, ref in zip(mixture, model.predict_mixture(x[2:], mask[2:])):
+        torch.testing.assert_close(got[2:], ref)
+    # the predictive condition is its own embedding, not the timestep-0 one
+    assert not torch.allclose(eps_hat[2:], model(x[2:], t[2:], mask[2:]))
+
+
+def test_predict_mixture_is_causal_masked_and_streams():
+    torch.manual_seed(0)
+    model = perturb(small_model(heads="predictive")).eval()
+    y = torch.randn(2, 20, 3)
+    mask = torch.rand(2, 20, 3) > 0.2
+    base = model.predict_mixture(y, mask)
+    y2 = y.clone()
+    y2[:, 12:] = 5 * torch.randn(2, 8, 3)
+    for a, b in zip(base, model.predict_mixture(y2, mask)):
+        torch.testing.assert_close(a[:, :12], b[:, :12])
+        assert not torch.allclose(a[:, 12:], b[:, 12:])
+    y3 = torch.where(mask, y, torch.nan)  # unobserved values never reach the network
+    for a, b in zip(base, model.predict_mixture(y3, mask)):
+        torch.testing.assert_close(a, b)
+    first, state = model.predict_mixture(y[:, :9], mask[:, :9], return_state=True)
+    second, _ = model.predict_mixture(y[:, 9:], mask[:, 9:], state=state, return_state=True)
+    for a, b, c in zip(base, first, second):
+        torch.testing.assert_close(torch.cat([b, c], 1), a, atol=1e-5, rtol=1e-5)

@@ -201,8 +201,9 @@ def test_scan_continues_from_h0(backend, groups):
         p = {
             k: (v[..., sl] if k in ("u", "delta", "B", "C", "z") else v) for k, v in inputs.items()
         }
-        return selective_scan(**p, delta_softplus=True, backend=backend, h0=h0,
-                              return_last_state=True)  # fmt: skip
+        return selective_scan(
+            **p, delta_softplus=True, backend=backend, h0=h0, return_last_state=True
+        )
 
     full, h_full = part(slice(0, 13))
     h = None
@@ -378,8 +379,11 @@ def run_triton_interpreter(tmp_path, cases):
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
         [sys.executable, str(script), ",".join(cases)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "TRITON_INTERPRETER_PARITY_OK" in proc.stdout
 

@@ -9,6 +9,7 @@ Public API::
     fitted = fit_baseline(name, y, train=(start, stop))    # y: (T,) float, NaN allowed
     fitted.params                                            # tuned / MLE parameters
     fitted.causal(y)      -> (T,)                            # uses rows <= t only
+    fitted.causal_gain(y) -> (T,)                            # exact d causal_t / d y_t
     fitted.two_sided(y)   -> (T,) or None                    # None: no two-sided form
     noise_variance(y, train) -> float                        # native units, train only
     apply_baselines(panel, train, n_jobs=1) -> {name: BaselineOutput}  # (T, F), by column
@@ -45,7 +46,8 @@ observation is h0, and white observation noise of variance s2 independent of the
 It ranks settings by their error against the clean signal for ANY signal dynamics, causal
 or two-sided alike, and scores "no smoothing" (h0 = 1) at exactly s2, so a grid that
 contains it never has to smooth. The one input, the noise variance s2, comes from the
-Kalman models: ``noise_variance`` fits the three ``kalman_*`` models by MLE on the train
+Kalman models (built, fitted and cached in ``mamba_denoiser.classical``, which the learned
+denoiser shares): ``noise_variance`` fits the three ``kalman_*`` models by MLE on the train
 rows and takes the measurement-noise variance of the one with the lowest AIC (each alone
 misjudges some dynamics: a random walk + noise model sees almost no noise in a trend with
 momentum, whose positively autocorrelated changes hide the noise's negative lag-1
@@ -84,7 +86,17 @@ from functools import lru_cache, partial
 import numpy as np
 from scipy.signal import lfilter, savgol_coeffs, savgol_filter
 
-MIN_TRAIN_OBS = 50  # below this a tuned/MLE parameter is mostly noise: refuse to fit
+from mamba_denoiser.classical import MIN_TRAIN_OBS as MIN_TRAIN_OBS  # re-exported
+from mamba_denoiser.classical import (  # the Kalman models live there
+    STATE_SPACE_MODELS,
+    as_series,
+    ffill,
+    fit_model,
+    kalman_filter_gain,
+    kalman_signal,
+    train_segment,
+)
+
 # EMA weight a = 2 / (span + 1) on a log grid from 1 (no smoothing) down to 1/400: small
 # noise needs a close to 1 (a local level with noise/innovation variance 0.1 wants 0.73).
 EMA_ALPHAS: tuple[float, ...] = tuple(float(v) for v in np.geomspace(1.0, 0.0025, 40))
@@ -94,7 +106,7 @@ SG_WINDOWS: tuple[int, ...] = (3, 5, 7, 9, 11, 15, 21, 31, 45, 63, 91, 127)  # t
 SG_TWO_SIDED_ORDERS: tuple[int, ...] = (1, 2, 4)  # centred fits: order 2k+1 == order 2k
 # Daily data: lambda ~ 1e2 keeps cycles longer than ~20 rows, ~ 2.5e6 longer than ~250.
 HP_LAMBDAS: tuple[float, ...] = (0.0,) + tuple(float(v) for v in 10.0 ** np.arange(-2, 9.1, 0.5))
-NOISE_MODELS = ("kalman_level", "kalman_ar1", "kalman_ari1")  # noise_variance candidates
+NOISE_MODELS = STATE_SPACE_MODELS  # noise_variance candidates (mamba_denoiser.classical)
 HP_BURN = 10  # rows skipped by the causal HP criterion (exact-diffuse start of the filter)
 HP_MARGIN = 500  # rows at each end skipped by the two-sided HP criterion (edge weights)
 HP_IMPULSE_LEN = 4001  # length of the impulse used to read the HP smoother's centre weight
@@ -111,6 +123,8 @@ class BaselineSpec:
     (gap-filled if ``fill_gaps``), ``observed`` marks real values and ``noise_var`` is
     the noise variance in standardised units (None for baselines that need none).
     causal(z, params) / two_sided(z, params) -> (n,) in standardised units.
+    gain(z, params) -> (n,): the causal output's exact weight on the current observation,
+    d causal_t / d z_t (every baseline is linear in z given its parameters), for SURE.
     """
 
     fit: Callable[[np.ndarray, np.ndarray, float | None], dict]
@@ -118,6 +132,7 @@ class BaselineSpec:
     two_sided: Callable[[np.ndarray, dict], np.ndarray] | None
     fill_gaps: bool  # forward-fill interior NaN first (convolutions) or keep (Kalman)
     needs_noise_var: bool
+    gain: Callable[[np.ndarray, dict], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,10 @@ class Fitted:
     def causal(self, y: np.ndarray) -> np.ndarray:
         """(T,) -> (T,): the output at t uses y[:t+1] only; NaN where y is NaN."""
         return _apply(self.spec.causal, y, self)
+
+    def causal_gain(self, y: np.ndarray) -> np.ndarray:
+        """(T,) exact weight of y_t in causal(y)_t (scale-free); NaN where y is NaN."""
+        return _apply(self.spec.gain, y, self, affine=False)
 
     def two_sided(self, y: np.ndarray) -> np.ndarray | None:
         """(T,) -> (T,) two-sided (offline) output, or None if the baseline has none."""
@@ -201,14 +220,16 @@ def noise_variance(
 class BaselineOutput:
     """One baseline applied to every column of a panel.
 
-    causal: (T, F); two_sided: (T, F) or None; params: per column, the fitted params or
-    ``{"fallback": reason}`` where the column could not be fitted (its output is then the
-    raw column, i.e. no smoothing).
+    causal: (T, F); two_sided: (T, F) or None; causal_gain: (T, F), the causal output's
+    exact weight on the current observation (1 for a fallback column); params: per
+    column, the fitted params or ``{"fallback": reason}`` where the column could not be
+    fitted (its output is then the raw column, i.e. no smoothing).
     """
 
     causal: np.ndarray
     two_sided: np.ndarray | None
     params: list[dict]
+    causal_gain: np.ndarray | None = None  # (T, F) exact d causal_t / d y_t, for SURE
 
 
 def apply_baselines(
@@ -217,6 +238,7 @@ def apply_baselines(
     *,
     names: Sequence[str] | None = None,
     two_sided: bool = True,
+    noise_var: np.ndarray | Sequence[float] | None = None,
     n_jobs: int = 1,
 ) -> dict[str, BaselineOutput]:
     """Fit every baseline on the train rows of each column and apply it to that column.
@@ -225,8 +247,12 @@ def apply_baselines(
     outputs. A column too short, constant or failing to fit on train falls back to the
     raw column (its params say why), so outputs always have the panel's shape. The
     Kalman fits are done once per column and reused for the noise variance of the
-    SURE-tuned baselines. n_jobs > 1 spreads columns over that many processes (results
-    are identical; worth it from ~20 columns on an otherwise idle machine).
+    SURE-tuned baselines. noise_var: (F,) native-unit noise variances for the SURE tuning
+    (e.g. ``classical.noise_sigma(...).sigma ** 2``, so every method shares one σ); a
+    non-finite entry, or None for all, means ``noise_variance`` of that column, as before
+    (the Kalman baselines are MLE fits either way). n_jobs > 1 spreads columns over that
+    many processes (results are identical; worth it from ~20 columns on an otherwise idle
+    machine).
     """
     panel = np.asarray(panel, dtype=np.float64)
     if panel.ndim != 2:
@@ -235,77 +261,88 @@ def apply_baselines(
     for name in names:
         if name not in BASELINES:
             raise ValueError(f"unknown baseline {name!r}; choose from {list(BASELINES)}")
-    columns = [panel[:, j] for j in range(panel.shape[1])]
+    n_cols = panel.shape[1]
+    if noise_var is None:
+        given = np.full(n_cols, np.nan)
+    else:
+        given = np.asarray(noise_var, dtype=np.float64).reshape(-1)  # (F,)
+        if given.shape != (n_cols,):
+            raise ValueError(
+                f"noise_var must have one value per column ({n_cols}), "
+                f"got shape {np.shape(noise_var)}"
+            )
+        if np.any(given < 0):
+            raise ValueError("noise_var must be >= 0 (NaN: estimate it from the column)")
+    columns = [panel[:, j] for j in range(n_cols)]
+    nvs = [float(v) for v in given]
     work = partial(_apply_column, train=train, names=names, two_sided=two_sided)
     if n_jobs > 1 and len(columns) > 1:
         with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            results = list(pool.map(work, columns, chunksize=max(1, len(columns) // n_jobs)))
+            chunk = max(1, len(columns) // n_jobs)
+            results = list(pool.map(work, columns, nvs, chunksize=chunk))
     else:
-        results = [work(col) for col in columns]
+        results = [work(col, nv) for col, nv in zip(columns, nvs)]
     outs = {}
     for i, name in enumerate(names):
         per_col = [r[i] for r in results]
         has_two = two_sided and BASELINES[name].two_sided is not None
         outs[name] = BaselineOutput(
-            causal=np.column_stack([c for c, _, _ in per_col]).reshape(panel.shape),
+            causal=np.column_stack([c for c, _, _, _ in per_col]).reshape(panel.shape),
             two_sided=(
-                np.column_stack([t for _, t, _ in per_col]).reshape(panel.shape)
+                np.column_stack([t for _, t, _, _ in per_col]).reshape(panel.shape)
                 if has_two
                 else None
             ),
-            params=[p for _, _, p in per_col],
+            params=[p for _, _, p, _ in per_col],
+            causal_gain=np.column_stack([g for _, _, _, g in per_col]).reshape(panel.shape),
         )
     return outs
 
 
-def _apply_column(col: np.ndarray, *, train, names, two_sided):
-    """[(causal (T,), two-sided (T,) or None, params)] for each name, for one column."""
+def _apply_column(col: np.ndarray, nv: float = float("nan"), *, train, names, two_sided):
+    """[(causal (T,), two-sided (T,) or None, params, causal gain (T,))] for each name,
+    for one column.
+
+    nv: the noise variance for the SURE tuning (native units); NaN: noise_variance(col).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fits = {k: fit_baseline(k, col, train) for k in NOISE_MODELS}
-            nv = noise_variance(col, train, fitted=list(fits.values()))
+            if np.isfinite(nv):  # given: fit only the Kalman baselines asked for
+                fits = {k: fit_baseline(k, col, train) for k in NOISE_MODELS if k in names}
+            else:
+                fits = {k: fit_baseline(k, col, train) for k in NOISE_MODELS}
+                nv = noise_variance(col, train, fitted=list(fits.values()))
             out = []
             for name in names:
                 fitted = fits.get(name) or fit_baseline(name, col, train, noise_var=nv)
                 both = fitted.two_sided(col) if two_sided else None
-                out.append((fitted.causal(col), both, fitted.params))
+                out.append((fitted.causal(col), both, fitted.params, fitted.causal_gain(col)))
             return out
     except (ValueError, np.linalg.LinAlgError) as err:  # too short / constant / failed fit
         reason = {"fallback": f"raw column: {err}"}
+        gain = np.where(np.isfinite(col), 1.0, np.nan)  # raw: weight 1 on itself
         return [
-            (col.copy(), col.copy() if two_sided and BASELINES[n].two_sided else None, reason)
+            (col.copy(), col.copy() if two_sided and BASELINES[n].two_sided else None, reason, gain)
             for n in names
         ]
 
 
 def _train_segment(y, train, name, *, fill_gaps):
     """Standardised train rows from the first observed one; (z, observed, center, scale)."""
-    y = _as_series(y)
-    start, stop = int(train[0]), int(train[1])
-    if not 0 <= start < stop <= len(y):
-        raise ValueError(f"train={train} must satisfy 0 <= start < stop <= {len(y)}")
-    part = y[start:stop]
-    observed = np.isfinite(part)
-    n_obs = int(observed.sum())
-    if n_obs < MIN_TRAIN_OBS:
-        raise ValueError(
-            f"baseline {name!r}: {n_obs} observed train rows in {tuple(train)}, "
-            f"need >= {MIN_TRAIN_OBS}"
-        )
-    center = float(part[observed].mean())
-    scale = float(part[observed].std())
-    if not np.isfinite(scale) or scale <= 0.0:
-        raise ValueError(f"baseline {name!r}: the train rows are constant (std={scale})")
-    first = int(np.argmax(observed))
-    z = (part[first:] - center) / scale
-    if fill_gaps:
-        z = _ffill(z)
-    return z, observed[first:], center, scale
+    return train_segment(y, train, label=f"baseline {name!r}", fill_gaps=fill_gaps)
 
 
-def _apply(fn: Callable[[np.ndarray, dict], np.ndarray], y: np.ndarray, fitted: Fitted):
-    y = _as_series(y)
+def _apply(
+    fn: Callable[[np.ndarray, dict], np.ndarray],
+    y: np.ndarray,
+    fitted: Fitted,
+    *,
+    affine: bool = True,
+):
+    """fn on the standardised series from its first observation; mapped back to native
+    units (``affine``) or returned as is (a gain, which is scale-free)."""
+    y = as_series(y)
     out = np.full(len(y), np.nan)
     observed = np.isfinite(y)
     if not observed.any():
@@ -313,25 +350,13 @@ def _apply(fn: Callable[[np.ndarray, dict], np.ndarray], y: np.ndarray, fitted: 
     first = int(np.argmax(observed))  # fixed by the rows up to the first observation
     z = (y[first:] - fitted.center) / fitted.scale
     if fitted.spec.fill_gaps:
-        z = _ffill(z)
+        z = ffill(z)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out[first:] = fn(z, fitted.params) * fitted.scale + fitted.center
+        res = fn(z, fitted.params)
+        out[first:] = res * fitted.scale + fitted.center if affine else res
     out[~observed] = np.nan
     return out
-
-
-def _as_series(y: np.ndarray) -> np.ndarray:
-    y = np.asarray(y, dtype=np.float64)
-    if y.ndim != 1:
-        raise ValueError(f"expected a 1-D series, got shape {y.shape}")
-    return np.where(np.isfinite(y), y, np.nan)
-
-
-def _ffill(z: np.ndarray) -> np.ndarray:
-    """Forward-fill NaN (causal: each value comes from an earlier row). z[0] is observed."""
-    idx = np.where(np.isfinite(z), np.arange(len(z)), 0)
-    return z[np.maximum.accumulate(idx)]
 
 
 def _sure(out, z, observed, h0, noise_var, rows=slice(None)) -> float:
@@ -357,6 +382,12 @@ def _ema(z: np.ndarray, alpha: float) -> np.ndarray:
     return out
 
 
+def _ema_gain(z: np.ndarray, params: dict) -> np.ndarray:
+    g = np.full(len(z), float(params["alpha"]))
+    g[:1] = 1.0  # out_0 = z_0
+    return g
+
+
 def _fit_ema(z, observed, noise_var):
     # The weight on z_t is a at every t >= 1 (row 0 is the start value), so skip row 0.
     risks = [_sure(_ema(z, a), z, observed, a, noise_var, slice(1, None)) for a in EMA_ALPHAS]
@@ -364,73 +395,26 @@ def _fit_ema(z, observed, noise_var):
     return {"alpha": alpha, "span": 2.0 / alpha - 1.0}
 
 
-# --- Kalman: local level and AR(1) + noise (statsmodels) --------------------------------
+# --- Kalman: local level, AR(1) and integrated AR(1) + noise (mamba_denoiser.classical) --
 
 
-def _level_model(z):
-    from statsmodels.tsa.statespace.structural import UnobservedComponents
-
-    return UnobservedComponents(z, level="llevel")
-
-
-def _ar1_model(z, concentrate_scale=False):
-    from statsmodels.tsa.statespace.sarimax import SARIMAX
-
-    # z has zero train mean, so no trend term (a mean is poorly identified at phi ~ 1).
-    return SARIMAX(
-        z, order=(1, 0, 0), trend="n", measurement_error=True, concentrate_scale=concentrate_scale
-    )
-
-
-def _ari1_model(z, concentrate_scale=False):
-    from statsmodels.tsa.statespace.sarimax import SARIMAX
-
-    # Integrated AR(1): changes with momentum (x_t - x_{t-1} = phi (x_{t-1} - x_{t-2}) + u).
-    # The level stays in the state (no simple differencing), so NaN rows are handled.
-    return SARIMAX(
-        z, order=(1, 1, 0), trend="n", measurement_error=True, concentrate_scale=concentrate_scale
-    )
-
-
-def _fit_level(z, observed, noise_var):
-    model = _level_model(np.where(observed, z, np.nan))
-    res = model.fit(disp=False, cov_type="none")
-    params = {k: float(v) for k, v in zip(model.param_names, res.params)}
-    return {
-        **params,
-        "noise_var": params["sigma2.irregular"],
-        "aic": float(-2.0 * res.llf + 2 * len(params)),
-    }
-
-
-def _fit_sarimax(make_model):
-    def fit(z, observed, noise_var):
-        # Concentrating the scale out leaves a 2-parameter search: ~3x faster, and it
-        # avoids the bad local optimum the 3-parameter search finds on trending series.
-        model = make_model(np.where(observed, z, np.nan), concentrate_scale=True)
-        res = model.fit(disp=False, cov_type="none")
-        phi, snr = (float(v) for v in res.params)
-        sigma2 = float(res.scale)
-        return {
-            "ar.L1": phi,
-            "var.measurement_error": snr * sigma2,
-            "sigma2": sigma2,
-            "noise_var": snr * sigma2,
-            "aic": float(-2.0 * res.llf + 2 * 3),
-        }
+def _fit_kalman(model: str):
+    def fit(z, observed, noise_var):  # MLE on the train segment: no noise_var needed
+        return fit_model(model, z, observed)
 
     return fit
 
 
-def _kalman_run(make_model, smooth: bool):
+def _kalman_gain(model: str):
+    def gain(z, params):
+        return kalman_filter_gain(model, z, params)[1]
+
+    return gain
+
+
+def _kalman_run(model: str, smooth: bool):
     def run(z, params):
-        model = make_model(z)  # fixed parameters: no scale concentration, no refit
-        theta = np.array([params[k] for k in model.param_names])
-        kw = {"cov_type": "none"}  # parameter covariances: unused and costly
-        res = model.smooth(theta, **kw) if smooth else model.filter(theta, **kw)
-        state = res.smoothed_state if smooth else res.filtered_state  # (k_states, n)
-        design = model.ssm["design"][0]  # (k_states,): signal = design @ state
-        return design @ state
+        return kalman_signal(model, z, params, smooth=smooth)
 
     return run
 
@@ -454,6 +438,14 @@ def _savgol_causal(z: np.ndarray, params: dict) -> np.ndarray:
     for t in range(min(window - 1, len(z))):  # warm-up: expanding fit on rows 0..t
         out[t] = _endpoint_coeffs(t + 1, order) @ z[: t + 1]
     return out
+
+
+def _savgol_gain(z: np.ndarray, params: dict) -> np.ndarray:
+    window, order = int(params["causal_window"]), int(params["causal_order"])
+    g = np.full(len(z), float(_endpoint_coeffs(window, order)[-1]))
+    for t in range(min(window - 1, len(z))):  # the warm-up's expanding fits
+        g[t] = _endpoint_coeffs(t + 1, order)[-1]
+    return g
 
 
 def _savgol_two_sided(z: np.ndarray, params: dict) -> np.ndarray:
@@ -515,6 +507,18 @@ def _hp_causal(z: np.ndarray, params: dict) -> np.ndarray:
     return _hp_filter_results(_smooth_trend_model(z), lam).filtered_state[0]
 
 
+def _hp_gain(z: np.ndarray, params: dict) -> np.ndarray:
+    lam = float(params["causal_lambda"])
+    if lam == 0.0:
+        return np.ones(len(z))
+    res = _hp_filter_results(_smooth_trend_model(z), lam)
+    # Filtered-level weight on z_t: P_{t|t-1}[0,0] / F_t (Z = [1, 0]), row by row. In the
+    # exact-diffuse start (the first rows fix level and slope) the level interpolates z_t.
+    g = res.predicted_state_cov[0, 0, :-1] / res.forecasts_error_cov[0, 0]
+    g[: int(res.nobs_diffuse)] = 1.0
+    return g
+
+
 def _hp_two_sided(z: np.ndarray, params: dict) -> np.ndarray:
     from statsmodels.tsa.filters.hp_filter import hpfilter
 
@@ -568,27 +572,31 @@ BASELINES: dict[str, BaselineSpec] = {
         two_sided=None,
         fill_gaps=True,
         needs_noise_var=True,
+        gain=_ema_gain,
     ),
     "kalman_level": BaselineSpec(
-        fit=_fit_level,
-        causal=_kalman_run(_level_model, smooth=False),
-        two_sided=_kalman_run(_level_model, smooth=True),
+        fit=_fit_kalman("kalman_level"),
+        causal=_kalman_run("kalman_level", smooth=False),
+        two_sided=_kalman_run("kalman_level", smooth=True),
         fill_gaps=False,
         needs_noise_var=False,
+        gain=_kalman_gain("kalman_level"),
     ),
     "kalman_ar1": BaselineSpec(
-        fit=_fit_sarimax(_ar1_model),
-        causal=_kalman_run(_ar1_model, smooth=False),
-        two_sided=_kalman_run(_ar1_model, smooth=True),
+        fit=_fit_kalman("kalman_ar1"),
+        causal=_kalman_run("kalman_ar1", smooth=False),
+        two_sided=_kalman_run("kalman_ar1", smooth=True),
         fill_gaps=False,
         needs_noise_var=False,
+        gain=_kalman_gain("kalman_ar1"),
     ),
     "kalman_ari1": BaselineSpec(
-        fit=_fit_sarimax(_ari1_model),
-        causal=_kalman_run(_ari1_model, smooth=False),
-        two_sided=_kalman_run(_ari1_model, smooth=True),
+        fit=_fit_kalman("kalman_ari1"),
+        causal=_kalman_run("kalman_ari1", smooth=False),
+        two_sided=_kalman_run("kalman_ari1", smooth=True),
         fill_gaps=False,
         needs_noise_var=False,
+        gain=_kalman_gain("kalman_ari1"),
     ),
     "savgol": BaselineSpec(
         fit=_fit_savgol,
@@ -596,6 +604,7 @@ BASELINES: dict[str, BaselineSpec] = {
         two_sided=_savgol_two_sided,
         fill_gaps=True,
         needs_noise_var=True,
+        gain=_savgol_gain,
     ),
     "hp": BaselineSpec(
         fit=_fit_hp,
@@ -603,5 +612,6 @@ BASELINES: dict[str, BaselineSpec] = {
         two_sided=_hp_two_sided,
         fill_gaps=True,
         needs_noise_var=True,
+        gain=_hp_gain,
     ),
 }

@@ -5,6 +5,9 @@ Public API::
     check_future_perturbation(fn, panel, cuts=None)       # rows > t must not move rows <= t
     lookahead_tstats(raw, output, horizons=10)             # (horizons,) t-stats, one feature
     check_lookahead(raw, output, names=None)               # every feature; table or raise
+    check_lookahead_panel(raw, output, names=None)         # null-calibrated, pooled; or raise
+    describe_pooled(pooled)                                # one line for the report
+    inject_lookahead(output, raw, weight=0.02)             # a known leak, for tests
     check_no_targets(columns, targets)                     # targets are never features
 
 (a) Future perturbation: ``fn`` maps a (T, ...) array to an array with T rows. For several
@@ -32,15 +35,29 @@ family). A centred moving average of half-width m contains raw_{t+1..t+m}, hence
 innovations e_{t+1..t+m}, and its t-stat grows like sqrt(n / (2m + 1)): ~20 for n = 2000
 rows and m = 2, ~10 for m = 10, ~7 for m = 20.
 
-Threshold: a feature is flagged when max_h |t_h| > 5 (``LOOKAHEAD_T``). Under the null a
-single |t| > 5 has probability ~6e-7; over ~100 features x 10 horizons the family-wise
-false-alarm rate stays ~1e-4, leaving room for the AR(p) approximation error, heavy tails
-and nonlinear predictability a linear AR misses (which a good nonlinear causal denoiser
-could pick up a little of). A centred window 2m + 1 shorter than about n / 25 rows trips
-it (360 rows for n = 9000). The table also gives chi2_p, the chi-square(H) p-value of
-sum_h t_h^2, which catches even wider windows (informative, not used to flag). The
-perturbation check (a) is the exact test of a causal function; (b) checks that a finished
-output file behaves causally.
+Calibrated on a null (``check_lookahead_panel``, what evaluate.py runs). The same t-stats
+at far horizons h = 31..90 (``NULL_HORIZONS``; "shifted innovations": no filter that
+serving could plausibly use looks 31+ rows ahead, and a causal one never does) have the
+null distribution of the near ones, including what the theory above ignores: heavy tails,
+AR approximation error, dependence between features. Per feature, the near t-stats are
+divided by the RMS of its 60 null ones; for the panel, the per-horizon sums over features
+Z_h = sum_f t_{f,h} are divided by the RMS of the null sums. A feature or the pooled sum
+is flagged beyond ``LOOKAHEAD_T`` (5) in these units. Pooling is what catches a small
+leak spread over every feature: an output mixing in 2 % of the next raw row (t ~ 1 per
+feature on the built-in panel's raw pass-through) gives a pooled z of 12.7 over its 85
+features (honest EMA and Kalman outputs: < 1). Limitation: a
+model that legitimately predicts a feature's innovations from OTHER features' rows <= t
+(cross-feature lead-lag) also scores here; the built-in features are independent.
+
+Threshold (uncalibrated ``check_lookahead``): a feature is flagged when max_h |t_h| > 5
+(``LOOKAHEAD_T``). Under the null a single |t| > 5 has probability ~6e-7; over ~100
+features x 10 horizons the family-wise false-alarm rate stays ~1e-4, leaving room for
+the AR(p) approximation error, heavy tails and nonlinear predictability a linear AR
+misses (which a good nonlinear causal denoiser could pick up a little of). A centred
+window 2m + 1 shorter than about n / 25 rows trips it (360 rows for n = 9000). The table
+also gives chi2_p, the chi-square(H) p-value of sum_h t_h^2, which catches even wider
+windows (informative, not used to flag). The perturbation check (a) is the exact test of
+a causal function; (b) checks that a finished output file behaves causally.
 """
 
 from __future__ import annotations
@@ -52,6 +69,7 @@ import pandas as pd
 from scipy.stats import chi2
 
 LOOKAHEAD_T = 5.0
+NULL_HORIZONS = tuple(range(31, 91))  # "shifted innovations": the null of the t-stats
 DEFAULT_TARGETS = ("forward_returns", "risk_free_rate", "market_forward_excess_returns")
 
 
@@ -73,19 +91,21 @@ def check_future_perturbation(
     cuts: Sequence[int] | None = None,
     scale: float = 10.0,
     seed: int = 0,
+    base: np.ndarray | None = None,
 ) -> None:
     """Raise LeakageError unless rows <= t of fn(panel) ignore rows > t, for each cut t.
 
     panel: (T,) or (T, F). cuts: rows t (default: 25 %, 50 % and 75 % of T). Finite
     values after t are replaced by N(0, (scale * column std)^2) noise around the column
     mean; NaN stay NaN. The outputs on rows <= t must be bit-identical (NaN == NaN).
+    ``base``: fn(panel) when the caller already has it (it is not recomputed).
     """
     x = np.asarray(panel, dtype=np.float64)
     n = x.shape[0]
     if n < 4:
         raise ValueError(f"panel has {n} rows; need at least 4")
     cuts = [n // 4, n // 2, (3 * n) // 4] if cuts is None else [int(t) for t in cuts]
-    base = np.asarray(fn(x.copy()))
+    base = np.asarray(fn(x.copy()) if base is None else base)
     if base.shape[0] != n:
         raise ValueError(f"fn returned {base.shape[0]} rows for a {n}-row panel")
     rng = np.random.default_rng(seed)
@@ -134,30 +154,37 @@ def _innovations(y: np.ndarray, ar_order: int) -> np.ndarray:
 
 
 def lookahead_tstats(
-    raw: np.ndarray, output: np.ndarray, *, horizons: int = 10, ar_order: int = 20
+    raw: np.ndarray,
+    output: np.ndarray,
+    *,
+    horizons: int | Sequence[int] = 10,
+    ar_order: int = 20,
 ) -> np.ndarray:
-    """(horizons,) robust t-stats of output changes at t against raw innovations at t+h.
+    """Robust t-stats of output changes at t against raw innovations at t+h.
 
-    h = 1..horizons. ~N(0, 1) each for a causal output; large for one that looks ahead.
-    NaN where fewer than 50 usable pairs.
+    horizons: H for h = 1..H, or the horizons themselves. ~N(0, 1) each for a causal
+    output; large for one that looks ahead. NaN where fewer than 50 usable pairs.
     """
+    hs = list(range(1, horizons + 1)) if isinstance(horizons, int) else [int(h) for h in horizons]
     y, o = np.asarray(raw, dtype=np.float64), np.asarray(output, dtype=np.float64)
     if y.ndim != 1 or y.shape != o.shape:
         raise ValueError(f"need two 1-D series of equal length, got {y.shape}, {o.shape}")
     scale = np.nanstd(y) if np.isfinite(y).any() else 0.0
     if not scale > 0:
-        return np.full(horizons, np.nan)
+        return np.full(len(hs), np.nan)
     e = _innovations((y - np.nanmean(y)) / scale, ar_order)
     d = np.r_[np.nan, np.diff(o)]
-    out = np.full(horizons, np.nan)
-    for h in range(1, horizons + 1):
+    out = np.full(len(hs), np.nan)
+    for i, h in enumerate(hs):
+        if h >= len(d):
+            continue
         dd, ee = d[:-h], e[h:]
         keep = np.isfinite(dd) & np.isfinite(ee)
         if keep.sum() < 50:
             continue
         dd, ee = dd[keep] - dd[keep].mean(), ee[keep]
         den = np.sqrt(np.sum(dd**2 * ee**2))
-        out[h - 1] = np.sum(dd * ee) / den if den > 0 else np.nan
+        out[i] = np.sum(dd * ee) / den if den > 0 else np.nan
     return out
 
 
@@ -207,3 +234,101 @@ def check_lookahead(
             f"{listing}. A causal output cannot; it looks ahead (two-sided smoothing?)"
         )
     return table
+
+
+def _rms(x: np.ndarray, axis=None) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.nanmean(np.square(x), axis=axis))
+
+
+def check_lookahead_panel(
+    raw: np.ndarray,
+    output: np.ndarray,
+    *,
+    names: Sequence[str] | None = None,
+    horizons: int = 10,
+    null_horizons: Sequence[int] = NULL_HORIZONS,
+    ar_order: int = 20,
+    threshold: float = LOOKAHEAD_T,
+    raise_on_fail: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """The look-ahead statistic calibrated on a null, per feature and pooled (module doc).
+
+    raw, output: (T, F). Returns (table, pooled). table, indexed by feature: max_abs_z
+    (max over h = 1..horizons of |t_h| / null RMS), worst_h, null_rms, flagged. pooled:
+    {"z": (horizons,) pooled z per horizon, "max_abs_z", "worst_h", "n_features",
+    "threshold", "flagged"}. Raises LeakageError naming what is flagged when
+    ``raise_on_fail``.
+    """
+    y, o = np.asarray(raw, dtype=np.float64), np.asarray(output, dtype=np.float64)
+    if y.ndim == 1:
+        y, o = y[:, None], o[:, None]
+    if y.shape != o.shape:
+        raise ValueError(f"raw {y.shape} and output {o.shape} differ in shape")
+    names = [f"col{j}" for j in range(y.shape[1])] if names is None else list(names)
+    hs = list(range(1, horizons + 1)) + [int(h) for h in null_horizons]
+    t = np.array(
+        [
+            lookahead_tstats(y[:, j], o[:, j], horizons=hs, ar_order=ar_order)
+            for j in range(y.shape[1])
+        ]
+    ).reshape(y.shape[1], len(hs))
+    near, null = t[:, :horizons], t[:, horizons:]  # (F, H), (F, N)
+    usable = np.isfinite(near).any(1) & (np.isfinite(null).sum(1) >= 10)
+    null_rms = np.where(usable, _rms(null, axis=1), np.nan)  # (F,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.abs(near) / null_rms[:, None]
+    rows = []
+    for j, name in enumerate(names):
+        if not usable[j] or not np.isfinite(z[j]).any():
+            rows.append((name, np.nan, -1, np.nan, False))
+            continue
+        k = int(np.nanargmax(z[j]))
+        rows.append((name, float(z[j, k]), k + 1, float(null_rms[j]), bool(z[j, k] > threshold)))
+    table = pd.DataFrame(rows, columns=["feature", "max_abs_z", "worst_h", "null_rms", "flagged"])
+    table = table.set_index("feature")
+    # pooled over features: sums of the t-stats per horizon, scaled by the null sums' RMS
+    sums = np.where(usable[:, None], np.nan_to_num(t), 0.0).sum(0)  # (H + N,)
+    scale = _rms(sums[horizons:])
+    zp = sums[:horizons] / scale if scale > 0 else np.full(horizons, np.nan)
+    k = int(np.nanargmax(np.abs(zp))) if np.isfinite(zp).any() else 0
+    max_z = float(abs(zp[k])) if np.isfinite(zp).any() else float("nan")
+    pooled = {
+        "z": zp,
+        "max_abs_z": max_z,
+        "worst_h": k + 1,
+        "n_features": int(usable.sum()),
+        "threshold": float(threshold),
+        "flagged": bool(max_z > threshold),
+    }
+    if raise_on_fail and (table["flagged"].any() or pooled["flagged"]):
+        bad = table[table["flagged"]]
+        listing = ", ".join(
+            f"{f} (|z|={r.max_abs_z:.1f} at h={r.worst_h})" for f, r in bad.iterrows()
+        )
+        raise LeakageError(
+            "the output predicts future raw innovations beyond what a causal output can "
+            f"(null-calibrated |z| > {threshold}): {describe_pooled(pooled)}"
+            + (f"; features: {listing}" if listing else "")
+            + ". It looks ahead (two-sided smoothing, or a future row mixed in?)"
+        )
+    return table, pooled
+
+
+def describe_pooled(pooled: dict) -> str:
+    """One line: the pooled statistic, its worst horizon and the threshold."""
+    return (
+        f"pooled |z| = {pooled['max_abs_z']:.1f} at h={pooled['worst_h']} over "
+        f"{pooled['n_features']} features (null: horizons {NULL_HORIZONS[0]}-"
+        f"{NULL_HORIZONS[-1]}; flagged beyond {pooled['threshold']:g})"
+    )
+
+
+def inject_lookahead(output: np.ndarray, raw: np.ndarray, weight: float = 0.02) -> np.ndarray:
+    """(T, F) ``(1 - weight) · output_t + weight · raw_{t+1}``: a one-step look-ahead of
+    the given size (the last row and rows whose next raw value is missing keep output)."""
+    o, y = np.asarray(output, dtype=np.float64), np.asarray(raw, dtype=np.float64)
+    nxt = np.full_like(y, np.nan)
+    nxt[:-1] = y[1:]
+    mixed = (1.0 - weight) * o + weight * nxt
+    return np.where(np.isfinite(nxt) & np.isfinite(o), mixed, o)

@@ -61,9 +61,12 @@ def to_markdown(frame: pd.DataFrame, digits: int = 2, index_name: str = "") -> s
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for idx, row in frame.iterrows():
         cells = [str(idx)]
-        for v in row:
+        for col, v in row.items():
             if isinstance(v, (float, np.floating)):
-                cells.append("-" if not np.isfinite(v) else f"{v:.{digits}f}")
+                count = "features" in (idx, col) and np.isfinite(v)  # counts print as integers
+                cells.append(
+                    "-" if not np.isfinite(v) else f"{v:.0f}" if count else f"{v:.{digits}f}"
+                )
             else:
                 cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")

@@ -14,6 +14,16 @@ embedding. The diffusion timestep, embedded sinusoidally and passed through an M
 conditions every block through adaLN-Zero (DiT), and the output head too. The output head
 is zero-initialised, so the untrained model predicts ε̂ = 0, the MSE-optimal constant, and
 each block starts as the identity.
+
+Heads (``heads``): "diffusion" (the ε-predictor above, the default), "predictive" or "both".
+The predictive head (``predict_mixture``) reads the same causal backbone on the observed
+windows y (no diffusion noise) and gives, at every position l, a K-component Gaussian
+mixture (means, variances = softplus + floor, logits) per feature for the clean value at
+position l+1 (diffusion/predictive.py turns it into a denoiser). Its adaLN conditioning is a
+dedicated learned embedding ``pred_embed`` rather than the timestep-0 embedding: t = 0 means
+"a nearly clean input" to the diffusion head, while the predictive input carries the full
+observation noise, so the two tasks get distinct conditions. Its variance biases start
+spread over [0.1, 1] (window units), which breaks the symmetry between components.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from mamba_denoiser.models.blocks import AdaLNZero, BiMambaBlock, MambaBlock, mo
 from mamba_denoiser.models.ssm import SSMState
 
 DIRECTIONS = ("causal", "bidirectional")
+HEADS = ("diffusion", "predictive", "both")
 
 
 def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -85,6 +96,9 @@ class MultivariateMambaDenoiser(nn.Module):
         use_mask: bool = True,
         backend: str = "auto",
         direction: str = "causal",
+        heads: str = "diffusion",
+        n_components: int = 3,
+        var_floor: float = 1e-4,
     ):
         super().__init__()
         if n_features < 1 or window_size < 1 or n_layers < 1:
@@ -94,11 +108,20 @@ class MultivariateMambaDenoiser(nn.Module):
             )
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
+        if heads != "diffusion" and (direction != "causal" or n_components < 1):
+            raise ValueError(
+                f"a predictive head needs direction='causal' (its prediction for row l must "
+                f"not see row l) and n_components >= 1; got {direction!r}, {n_components}"
+            )
         self.n_features, self.window_size, self.d_model = n_features, window_size, d_model
-        self.use_mask, self.direction = use_mask, direction
+        self.use_mask, self.direction, self.heads = use_mask, direction, heads
+        self.n_components, self.var_floor = n_components, var_floor
         in_dim = 2 * n_features if use_mask else n_features  # values (+ mask channels)
         self.input_proj = nn.Linear(in_dim, d_model)
-        self.t_embed = TimestepEmbedding(d_model)
+        if self.has_diffusion_head:  # predictive-only models have no timestep input at all
+            self.t_embed = TimestepEmbedding(d_model)
         block = MambaBlock if direction == "causal" else BiMambaBlock
         self.blocks = nn.ModuleList(
             block(
@@ -109,14 +132,35 @@ class MultivariateMambaDenoiser(nn.Module):
                 dropout=dropout,
                 cond_dim=d_model,
                 backend=backend,
-            )  # fmt: skip
+            )
             for _ in range(n_layers)
         )
-        self.norm_out = nn.LayerNorm(d_model, elementwise_affine=False)
-        self.adaLN_out = AdaLNZero(d_model, d_model, n_chunks=2)  # (shift, scale)
-        self.head = nn.Linear(d_model, n_features)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if self.has_diffusion_head:
+            self.norm_out = nn.LayerNorm(d_model, elementwise_affine=False)
+            self.adaLN_out = AdaLNZero(d_model, d_model, n_chunks=2)  # (shift, scale)
+            self.head = nn.Linear(d_model, n_features)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        if self.has_predictive_head:
+            self.pred_embed = nn.Parameter(0.02 * torch.randn(d_model))  # (D,) its condition
+            self.pred_norm = nn.LayerNorm(d_model, elementwise_affine=False)
+            self.pred_adaLN = AdaLNZero(d_model, d_model, n_chunks=2)
+            self.pred_head = nn.Linear(d_model, n_features * 3 * n_components)
+            nn.init.zeros_(self.pred_head.weight)
+            with torch.no_grad():
+                # untrained: mean 0, equal weights, variances spread over [0.1, 1]
+                v0 = torch.logspace(-1, 0, n_components) if n_components > 1 else torch.ones(1)
+                bias = torch.zeros(n_features, 3, n_components)
+                bias[:, 1] = torch.log(torch.expm1((v0 - var_floor).clamp(min=1e-6)))
+                self.pred_head.bias.copy_(bias.flatten())
+
+    @property
+    def has_diffusion_head(self) -> bool:
+        return self.heads in ("diffusion", "both")
+
+    @property
+    def has_predictive_head(self) -> bool:
+        return self.heads in ("predictive", "both")
 
     def forward(
         self,
@@ -131,17 +175,80 @@ class MultivariateMambaDenoiser(nn.Module):
         Returns ε̂ (B, L, F), or (ε̂, state) with ``return_state`` (causal only): state is
         a list of one SSMState per layer, to pass as ``state`` with the next chunk.
         """
-        if x_t.dim() != 3 or x_t.shape[-1] != self.n_features:
+        if not self.has_diffusion_head:
             raise ValueError(
-                f"x_t must be (B, L, F={self.n_features}), got shape {tuple(x_t.shape)}"
+                "this model was built with heads='predictive' and has no ε-prediction head; "
+                "use predict_mixture, or train with heads=diffusion or both"
             )
-        batch, L, _ = x_t.shape
-        t = torch.as_tensor(t, device=x_t.device)
+        batch = self._check_input(x_t)
+        c = self.t_embed(self._timesteps(t, batch, x_t.device))  # (B, D)
+        h, new_state = self._backbone(x_t, mask, c, state, return_state)
+        eps_hat = self._eps_head(h, c)  # (B, L, F)
+        return (eps_hat, new_state) if return_state else eps_hat
+
+    def predict_mixture(
+        self,
+        y: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        state: list[SSMState] | None = None,
+        return_state: bool = False,
+    ):
+        """y: (B, L, F) observed windows (no diffusion noise; NaN allowed where mask is
+        False); mask as in ``forward``. Returns (mu, var, logit_pi), each (B, L, F, K): the
+        mixture at position l is the prediction for position l+1, from rows <= l. With
+        ``return_state``, ((mu, var, logit_pi), state) for streaming as in ``forward``.
+        """
+        if not self.has_predictive_head:
+            raise ValueError(
+                "this model has no predictive head; train it with heads=predictive or both"
+            )
+        batch = self._check_input(y)
+        c = self.pred_embed.expand(batch, -1)  # (B, D)
+        h, new_state = self._backbone(y, mask, c, state, return_state)
+        mixture = self._mixture_head(h, c)
+        return (mixture, new_state) if return_state else mixture
+
+    def forward_heads(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        mask: torch.Tensor | None,
+        predictive: torch.Tensor,
+    ):
+        """One backbone pass over a batch that mixes both tasks (heads="both" training).
+
+        x: (B, L, F), noisy x_t in rows where ``predictive`` (B,) bool is False, observed
+        y where it is True; t: (B,) timesteps (ignored in predictive rows). Returns
+        (ε̂ (B, L, F), (mu, var, logit_pi) each (B, L, F, K)); each head is evaluated on every
+        row (they are linear, the backbone is the cost), the caller keeps its own rows.
+        """
+        if self.heads != "both":
+            raise ValueError("forward_heads needs a model built with heads='both'")
+        batch = self._check_input(x)
+        c_t = self.t_embed(self._timesteps(t, batch, x.device))  # (B, D)
+        pred = torch.as_tensor(predictive, device=x.device).bool().view(-1, 1)
+        c = torch.where(pred, self.pred_embed.to(c_t.dtype), c_t)
+        h, _ = self._backbone(x, mask, c, None, False)
+        return self._eps_head(h, c), self._mixture_head(h, c)
+
+    # ---- pieces ----------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> int:
+        if x.dim() != 3 or x.shape[-1] != self.n_features:
+            raise ValueError(f"x_t must be (B, L, F={self.n_features}), got shape {tuple(x.shape)}")
+        return x.shape[0]
+
+    @staticmethod
+    def _timesteps(t, batch: int, device) -> torch.Tensor:
+        t = torch.as_tensor(t, device=device)
         if t.dim() == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or of shape (B={batch},), got {tuple(t.shape)}")
+        return t
 
+    def _backbone(self, x_t, mask, c, state, return_state):
+        """(B, L, F) inputs, (B, D) condition -> (h (B, L, D), new state list or [])."""
+        L = x_t.shape[1]
         if self.use_mask:
             if mask is None:
                 mask = torch.ones_like(x_t, dtype=torch.bool)
@@ -179,7 +286,6 @@ class MultivariateMambaDenoiser(nn.Module):
             # start of the sequence.
             pos = sinusoidal_embedding(torch.arange(L, device=x_t.device), self.d_model)
             h = h + pos.to(h.dtype)  # (L, D) broadcast over B
-        c = self.t_embed(t)  # (B, D)
         new_state = []
         for i, block in enumerate(self.blocks):
             if stateful:
@@ -187,9 +293,20 @@ class MultivariateMambaDenoiser(nn.Module):
                 new_state.append(s)
             else:
                 h = block(h, c)
+        return h, new_state
+
+    def _eps_head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_out(c)
-        eps_hat = self.head(modulate(self.norm_out(h), shift, scale))  # (B, L, F)
-        return (eps_hat, new_state) if return_state else eps_hat
+        return self.head(modulate(self.norm_out(h), shift, scale))  # (B, L, F)
+
+    def _mixture_head(self, h: torch.Tensor, c: torch.Tensor):
+        """(B, L, D) -> (mu, var, logit_pi), each (B, L, F, K), float32."""
+        shift, scale = self.pred_adaLN(c)
+        raw = self.pred_head(modulate(self.pred_norm(h), shift, scale)).float()
+        raw = raw.unflatten(-1, (self.n_features, 3, self.n_components))  # (B, L, F, 3, K)
+        mu, raw_var, logit_pi = raw.unbind(-2)
+        var = nn.functional.softplus(raw_var) + self.var_floor
+        return mu, var, logit_pi
 
     def initial_state(self, batch: int, device=None, dtype=None) -> list[SSMState]:
         """Zero state of every layer: equivalent to passing state=None (causal only)."""

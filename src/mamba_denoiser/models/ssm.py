@@ -315,9 +315,10 @@ class _FusedSelectiveScan(torch.autograd.Function):
                 _scan_chunk(hs, dA, dt_tm[t0:t1], du_tm[t0:t1], B_tm[t0:t1], A2_g)
                 # y_t = C_t · h_t for the chunk: (1, N) @ (N, c) per (t, bg)
                 torch.bmm(
-                    C_tm[t0:t1].flatten(0, 1).unsqueeze(1), hs[1 : n + 1].flatten(0, 1),
+                    C_tm[t0:t1].flatten(0, 1).unsqueeze(1),
+                    hs[1 : n + 1].flatten(0, 1),
                     out=y_tm[t0:t1].flatten(0, 1).unsqueeze(1),
-                )  # fmt: skip
+                )
                 hs[0].copy_(hs[n])
             if D is not None:
                 y_tm.addcmul_(u_tm, _per_channel(D, batch, G))
@@ -390,9 +391,10 @@ class _FusedSelectiveScan(torch.autograd.Function):
                 )
                 torch.sum(torch.mul(gh[:n], du_tm[sl].unsqueeze(-2), out=t), -1, out=gB_tm[sl])
                 torch.bmm(
-                    B_tm[sl].flatten(0, 1).unsqueeze(1), gh[:n].flatten(0, 1),
+                    B_tm[sl].flatten(0, 1).unsqueeze(1),
+                    gh[:n].flatten(0, 1),
                     out=g_du[sl].flatten(0, 1).unsqueeze(1),
-                )  # fmt: skip
+                )
                 # q = ∂L/∂Ā_t ⊙ Ā_t = carry ⊙ h_{t-1}; with exp' = exp it gives ∂Δ_t and ∂A
                 q = carry[:n].mul_(hs[:n])
                 torch.sum(torch.mul(q, A_g, out=t), -2, out=g_dt[sl])
@@ -487,9 +489,12 @@ def mamba_ssm_available() -> bool:
             else:
                 x = torch.randn(1, 2, 4, device="cuda")
                 out = selective_scan_fn(
-                    x, x.abs(), -torch.ones(2, 2, device="cuda"), x[:, :1].expand(1, 2, 4),
+                    x,
+                    x.abs(),
+                    -torch.ones(2, 2, device="cuda"),
+                    x[:, :1].expand(1, 2, 4),
                     x[:, :1].expand(1, 2, 4).contiguous(),
-                )  # fmt: skip
+                )
                 torch.cuda.synchronize()
                 ok, reason = bool(torch.isfinite(out).all()), "probe output not finite"
                 _MAMBA_SSM_PROBE["fn"] = selective_scan_fn
@@ -559,13 +564,16 @@ def _selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplu
     dtype_in = u.dtype
     with _no_autocast("cuda"):
         out = fn(
-            u.float().contiguous(), delta.float().contiguous(), A.float().contiguous(),
-            B.float().contiguous(), C.float().contiguous(),
+            u.float().contiguous(),
+            delta.float().contiguous(),
+            A.float().contiguous(),
+            B.float().contiguous(),
+            C.float().contiguous(),
             D.float() if D is not None else None,
             z.float().contiguous() if z is not None else None,
             delta_bias.float() if delta_bias is not None else None,
             delta_softplus,
-        )  # fmt: skip
+        )
     return out.to(dtype_in)
 
 
@@ -692,12 +700,19 @@ def scan_bld(
     without any transposing copy."""
     bc = "b l n -> b n l" if B.dim() == 3 else "b l g n -> b g n l"
     y = selective_scan(
-        rearrange(u, "b l d -> b d l"), rearrange(delta, "b l d -> b d l"), A,
-        rearrange(B, bc), rearrange(C, bc), D,
+        rearrange(u, "b l d -> b d l"),
+        rearrange(delta, "b l d -> b d l"),
+        A,
+        rearrange(B, bc),
+        rearrange(C, bc),
+        D,
         z=rearrange(z, "b l d -> b d l") if z is not None else None,
-        delta_bias=delta_bias, delta_softplus=delta_softplus, backend=backend,
-        h0=h0, return_last_state=return_last_state,
-    )  # fmt: skip
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
+        backend=backend,
+        h0=h0,
+        return_last_state=return_last_state,
+    )
     if return_last_state:
         return rearrange(y[0], "b d l -> b l d"), y[1]
     return rearrange(y, "b d l -> b l d")
@@ -747,9 +762,13 @@ class SSMDirection(nn.Module):
         super().__init__()
         self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, dt_rank
         self.conv1d = nn.Conv1d(
-            d_inner, d_inner, kernel_size=d_conv, groups=d_inner, padding=d_conv - 1,
+            d_inner,
+            d_inner,
+            kernel_size=d_conv,
+            groups=d_inner,
+            padding=d_conv - 1,
             bias=conv_bias,
-        )  # fmt: skip
+        )
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
         init_dt_proj(self.dt_proj, dt_rank, dt_min, dt_max, dt_init_floor, dt_scale)
@@ -838,9 +857,16 @@ class SelectiveSSM(nn.Module):
         self.backend = backend
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         self.ssm = SSMDirection(
-            self.d_inner, d_state, d_conv, self.dt_rank, dt_min, dt_max, dt_init_floor,
-            dt_scale, conv_bias,
-        )  # fmt: skip
+            self.d_inner,
+            d_state,
+            d_conv,
+            self.dt_rank,
+            dt_min,
+            dt_max,
+            dt_init_floor,
+            dt_scale,
+            conv_bias,
+        )
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor, state: SSMState | None = None, return_state: bool = False):
@@ -852,20 +878,36 @@ class SelectiveSSM(nn.Module):
         if state is None and not return_state:  # training: no state, no extra work
             u, delta, B, C = self.ssm(x)
             y = scan_bld(
-                u, delta, self.ssm.A, B, C, self.ssm.D.float(), z=z,
-                delta_bias=self.ssm.dt_proj.bias.float(), delta_softplus=True,
+                u,
+                delta,
+                self.ssm.A,
+                B,
+                C,
+                self.ssm.D.float(),
+                z=z,
+                delta_bias=self.ssm.dt_proj.bias.float(),
+                delta_softplus=True,
                 backend=self.backend,
-            )  # fmt: skip
+            )
             return self.out_proj(y)
         if state is None:
             state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
         u, delta, B, C, conv_state = self.ssm(x, conv_state=state.conv)
         backend = self.backend if self.backend in ("auto", "reference", "fused") else "fused"
         y, h = scan_bld(
-            u, delta, self.ssm.A, B, C, self.ssm.D.float(), z=z,
-            delta_bias=self.ssm.dt_proj.bias.float(), delta_softplus=True, backend=backend,
-            h0=state.ssm, return_last_state=True,
-        )  # fmt: skip
+            u,
+            delta,
+            self.ssm.A,
+            B,
+            C,
+            self.ssm.D.float(),
+            z=z,
+            delta_bias=self.ssm.dt_proj.bias.float(),
+            delta_softplus=True,
+            backend=backend,
+            h0=state.ssm,
+            return_last_state=True,
+        )
         y = self.out_proj(y)
         return (y, SSMState(conv_state, h)) if return_state else y
 

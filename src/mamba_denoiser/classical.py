@@ -1,0 +1,495 @@
+"""Classical state-space fits of one series, their causal Kalman filter, and one σ policy.
+
+One place for what both the learned denoiser (inference/) and the classical baselines
+(evaluation/baselines.py) need from statsmodels, so neither imports the other and every
+method uses the same noise σ per feature. Imports numpy / scipy / statsmodels only (no
+torch, no evaluation/); ``noise_sigma`` imports the moment estimator lazily (see there).
+
+Public API::
+
+    STATE_SPACE_MODELS                          # the three models below, in AIC tie order
+    fit = fit_state_space(y, train=(start, stop))   # lowest-AIC MLE fit, train rows only
+    signal, gain = kalman_filter(fit, y)        # (T,), (T,): causal, NaN where y is NaN
+    is_white, p = ljung_box_white(y[start:stop])
+    choice = noise_sigma(y, train)              # NoiseChoice: σ (native units) + its source
+
+============  ==================================================  =====================
+model         signal dynamics (+ white measurement noise of var H)  statsmodels
+============  ==================================================  =====================
+kalman_level  random walk (local level)                             UnobservedComponents
+                                                                    level='llevel'
+kalman_ar1    AR(1), zero mean (the train mean is removed)          SARIMAX(1,0,0),
+                                                                    measurement_error
+kalman_ari1   integrated AR(1): changes with momentum (a trend)     SARIMAX(1,1,0),
+                                                                    measurement_error
+============  ==================================================  =====================
+
+Each is fitted by maximum likelihood on the train rows only, after standardising them by
+their own mean / std (numerics); ``params`` stay in those standardised units, the
+``noise_var`` / ``center`` / ``scale`` of a fit are native. The fit of each model is
+cached by a SHA-1 of the exact standardised segment it was fitted on, and
+``fit_state_space`` by a SHA-1 of the raw train segment: a pipeline re-run on a panel
+with identical train rows costs nothing, while any change to the fitted rows (or a
+caller that passes other rows as "train") gives a fresh fit.
+
+Why three models and AIC: each alone misjudges some dynamics. A random walk + noise model
+sees almost no noise in a trend with momentum, whose positively autocorrelated changes
+hide the noise's negative lag-1 autocorrelation; an AR(1) + noise model needs phi < 1.
+
+σ policy (``noise_sigma``): the moment estimator of ``diffusion.noise.estimate_noise`` is
+cheap and model-free but collapses (clips to 0) on trends and scatters on jump series;
+the state-space σ is a likelihood fit of explicit dynamics. The moment σ is kept when it
+is not clipped and within a factor ``tolerance`` of the state-space σ (two independent
+routes agree), otherwise the state-space σ is used. Where signal and noise are both white
+(``ljung_box_white``, a volatility-robust Ljung-Box test) their split is not identified
+by any second-moment method: the σ is then arbitrary, and ``NoiseChoice.white`` says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_TRAIN_OBS = 50  # below this a tuned/MLE parameter is mostly noise: refuse to fit
+STATE_SPACE_MODELS = ("kalman_level", "kalman_ar1", "kalman_ari1")
+CACHE_SIZE = 4096  # fits kept (per cache): ~100 features x 3 models x a dozen panels
+
+
+# --- series helpers (shared with evaluation/baselines.py) -------------------------------
+
+
+def as_series(y: np.ndarray) -> np.ndarray:
+    """float64 (T,) copy with every non-finite value as NaN (missing)."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 1:
+        raise ValueError(f"expected a 1-D series, got shape {y.shape}")
+    return np.where(np.isfinite(y), y, np.nan)
+
+
+def ffill(z: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN (causal: each value comes from an earlier row). z[0] is observed."""
+    idx = np.where(np.isfinite(z), np.arange(len(z)), 0)
+    return z[np.maximum.accumulate(idx)]
+
+
+def train_segment(
+    y: np.ndarray, train: tuple[int, int], *, label: str, fill_gaps: bool = False
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Standardised train rows from their first observed one: (z, observed, center, scale).
+
+    Reads ``y[start:stop]`` only. ``label`` names the caller in the error messages.
+    Raises ValueError for bad ``train`` bounds, fewer than MIN_TRAIN_OBS observed rows, or
+    constant rows.
+    """
+    y = as_series(y)
+    start, stop = int(train[0]), int(train[1])
+    if not 0 <= start < stop <= len(y):
+        raise ValueError(f"train={train} must satisfy 0 <= start < stop <= {len(y)}")
+    part = y[start:stop]
+    observed = np.isfinite(part)
+    n_obs = int(observed.sum())
+    if n_obs < MIN_TRAIN_OBS:
+        raise ValueError(
+            f"{label}: {n_obs} observed train rows in {tuple(train)}, need >= {MIN_TRAIN_OBS}"
+        )
+    center = float(part[observed].mean())
+    scale = float(part[observed].std())
+    if not np.isfinite(scale) or scale <= 0.0:
+        raise ValueError(f"{label}: the train rows are constant (std={scale})")
+    first = int(np.argmax(observed))
+    z = (part[first:] - center) / scale
+    if fill_gaps:
+        z = ffill(z)
+    return z, observed[first:], center, scale
+
+
+class _LRU:
+    """A small least-recently-used dict (bounded memory for long-lived processes)."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize, self.data = maxsize, OrderedDict()
+
+    def get(self, key):
+        if key in self.data:
+            self.data.move_to_end(key)
+            return self.data[key]
+        return None
+
+    def put(self, key, value) -> None:
+        self.data[key] = value
+        self.data.move_to_end(key)
+        while len(self.data) > self.maxsize:
+            self.data.popitem(last=False)
+
+    def clear(self) -> None:
+        self.data.clear()
+
+
+_MODEL_FITS = _LRU(CACHE_SIZE)  # (model, sha1 of z) -> params (standardised units)
+_STATE_SPACE_FITS = _LRU(CACHE_SIZE)  # sha1 of the raw train segment -> StateSpaceFit
+
+
+def clear_cache() -> None:
+    """Forget every cached fit (tests, or to bound memory by hand)."""
+    _MODEL_FITS.clear()
+    _STATE_SPACE_FITS.clear()
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()
+
+
+# --- the three models -------------------------------------------------------------------
+
+
+def _level_model(z):
+    from statsmodels.tsa.statespace.structural import UnobservedComponents
+
+    return UnobservedComponents(z, level="llevel")
+
+
+def _ar1_model(z, concentrate_scale=False):
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    # z has zero train mean, so no trend term (a mean is poorly identified at phi ~ 1).
+    return SARIMAX(
+        z, order=(1, 0, 0), trend="n", measurement_error=True, concentrate_scale=concentrate_scale
+    )
+
+
+def _ari1_model(z, concentrate_scale=False):
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    # Integrated AR(1): changes with momentum (x_t - x_{t-1} = phi (x_{t-1} - x_{t-2}) + u).
+    # The level stays in the state (no simple differencing), so NaN rows are handled.
+    return SARIMAX(
+        z, order=(1, 1, 0), trend="n", measurement_error=True, concentrate_scale=concentrate_scale
+    )
+
+
+def _fit_level(z):
+    model = _level_model(z)
+    res = model.fit(disp=False, cov_type="none")
+    params = {k: float(v) for k, v in zip(model.param_names, res.params)}
+    return {
+        **params,
+        "noise_var": params["sigma2.irregular"],
+        "aic": float(-2.0 * res.llf + 2 * len(params)),
+    }
+
+
+def _fit_sarimax(make_model):
+    def fit(z):
+        # Concentrating the scale out leaves a 2-parameter search: ~3x faster, and it
+        # avoids the bad local optimum the 3-parameter search finds on trending series.
+        model = make_model(z, concentrate_scale=True)
+        res = model.fit(disp=False, cov_type="none")
+        phi, snr = (float(v) for v in res.params)
+        sigma2 = float(res.scale)
+        return {
+            "ar.L1": phi,
+            "var.measurement_error": snr * sigma2,
+            "sigma2": sigma2,
+            "noise_var": snr * sigma2,
+            "aic": float(-2.0 * res.llf + 2 * 3),
+        }
+
+    return fit
+
+
+_BUILDERS: dict[str, Callable] = {
+    "kalman_level": _level_model,
+    "kalman_ar1": _ar1_model,
+    "kalman_ari1": _ari1_model,
+}
+_FITTERS: dict[str, Callable[[np.ndarray], dict]] = {
+    "kalman_level": _fit_level,
+    "kalman_ar1": _fit_sarimax(_ar1_model),
+    "kalman_ari1": _fit_sarimax(_ari1_model),
+}
+
+
+def _check_model(model: str) -> None:
+    if model not in STATE_SPACE_MODELS:
+        raise ValueError(f"unknown state-space model {model!r}; choose from {STATE_SPACE_MODELS}")
+
+
+def fit_model(model: str, z: np.ndarray, observed: np.ndarray) -> dict:
+    """MLE params (standardised units, with ``noise_var`` and ``aic``) of one model on z.
+
+    z: the standardised segment (NaN allowed where not ``observed``). Cached by the bytes
+    of z with the unobserved rows as NaN, i.e. exactly the data the likelihood sees; a
+    fresh dict is returned each call, so callers may keep or change it.
+    """
+    _check_model(model)
+    z = np.where(observed, z, np.nan)  # (n,) the Kalman filter handles NaN natively
+    key = (model, _digest(z))
+    params = _MODEL_FITS.get(key)
+    if params is None:
+        with warnings.catch_warnings():
+            # statsmodels' MLE warns on boundary variances / slow convergence; the
+            # estimate is still the train-only one we want, and warnings flood logs.
+            warnings.simplefilter("ignore")
+            params = _FITTERS[model](z)
+        _MODEL_FITS.put(key, params)
+    return dict(params)
+
+
+def _filter_results(model: str, z: np.ndarray, params: dict, *, smooth: bool):
+    """(statsmodels results, design (k_states,)) of the fixed-parameter filter/smoother."""
+    mod = _BUILDERS[model](z)  # fixed parameters: no scale concentration, no refit
+    theta = np.array([params[k] for k in mod.param_names])
+    kw = {"cov_type": "none"}  # parameter covariances: unused and costly
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mod.smooth(theta, **kw) if smooth else mod.filter(theta, **kw)
+    return res, np.asarray(mod.ssm["design"][0], dtype=np.float64)
+
+
+def kalman_filter_gain(model: str, z: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(filtered signal (n,), gain (n,)) of one model with fixed ``params`` on a
+    standardised series z: gain_t = d signal_t / d z_t = Z P_{t|t-1} Z' / F_t exactly (the
+    filter is linear in z given the parameters); NaN rows of z are prediction steps."""
+    _check_model(model)
+    res, design = _filter_results(model, z, params, smooth=False)
+    fr = res.filter_results
+    # P_{t|t-1}: predicted_state_cov[..., t] for t < n (the last slot is P_{n+1|n}).
+    zpz = np.einsum("i,ijt,j->t", design, fr.predicted_state_cov[:, :, :-1], design)  # (n,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gain = zpz / fr.forecasts_error_cov[0, 0]
+    return design @ res.filtered_state, gain
+
+
+def kalman_signal(model: str, z: np.ndarray, params: dict, *, smooth: bool = False) -> np.ndarray:
+    """Signal estimate (n,) of one model with fixed ``params`` on a standardised series z.
+
+    smooth=False: the Kalman filter (causal, uses z[:t+1]); True: the smoother (two-sided).
+    NaN in z are missing values (a prediction step).
+    """
+    _check_model(model)
+    res, design = _filter_results(model, z, params, smooth=smooth)
+    state = res.smoothed_state if smooth else res.filtered_state  # (k_states, n)
+    return design @ state  # signal = design @ state (the measurement error excluded)
+
+
+# --- fit and filter ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateSpaceFit:
+    """The lowest-AIC state-space model of one series, fitted on its train rows.
+
+    params: that model's MLE params in standardised units (native = value * scale**2 for
+        variances), with ``noise_var`` and ``aic``.
+    center, scale: train mean / std (native units) used to standardise.
+    noise_var: measurement-noise variance, native units.
+    fits: every model tried -> {"aic", "noise_var" (native)}; NaN and an "error" entry for
+        a model whose fit failed.
+    """
+
+    model: str
+    params: dict
+    center: float
+    scale: float
+    noise_var: float  # native units
+    aic: float
+    fits: dict
+
+
+def fit_state_space(y: np.ndarray, train: tuple[int, int]) -> StateSpaceFit:
+    """Fit the three STATE_SPACE_MODELS by MLE on ``y[train[0]:train[1]]``; lowest AIC wins.
+
+    y: (T,) float, NaN = missing. Only the train rows are read. Ties go to the earlier
+    model of STATE_SPACE_MODELS. A model whose fit fails (a linear-algebra error, a
+    non-finite likelihood) is skipped. Raises ValueError when the train rows have fewer
+    than MIN_TRAIN_OBS observed values, are constant, or no model could be fitted.
+    Cached: the same train-segment bytes return the same StateSpaceFit object.
+    """
+    y = as_series(y)
+    start, stop = int(train[0]), int(train[1])
+    if not 0 <= start < stop <= len(y):
+        raise ValueError(f"train={train} must satisfy 0 <= start < stop <= {len(y)}")
+    key = _digest(y[start:stop])
+    cached = _STATE_SPACE_FITS.get(key)
+    if cached is not None:
+        return cached
+    z, observed, center, scale = train_segment(y, train, label="state-space fit")
+    fits, best, best_params = {}, None, None
+    for model in STATE_SPACE_MODELS:
+        try:
+            params = fit_model(model, z, observed)
+        except (ValueError, np.linalg.LinAlgError) as err:
+            fits[model] = {"aic": float("nan"), "noise_var": float("nan"), "error": str(err)}
+            continue
+        aic = params["aic"]
+        fits[model] = {"aic": aic, "noise_var": params["noise_var"] * scale**2}
+        if np.isfinite(aic) and (best is None or aic < best_params["aic"]):
+            best, best_params = model, params
+    if best is None:
+        raise ValueError(f"state-space fit: no model could be fitted on train={train}: {fits}")
+    fit = StateSpaceFit(
+        model=best,
+        params=best_params,
+        center=center,
+        scale=scale,
+        noise_var=float(best_params["noise_var"]) * scale**2,
+        aic=float(best_params["aic"]),
+        fits=fits,
+    )
+    _STATE_SPACE_FITS.put(key, fit)
+    return fit
+
+
+def kalman_filter(fit: StateSpaceFit, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Causal Kalman filter of ``fit``'s model on the whole series y (T,).
+
+    Returns (signal, gain), both (T,) float64 and NaN where y is NaN:
+    signal: the filtered signal estimate E[s_t | y_{<=t}] in native units.
+    gain: the exact weight d signal_t / d y_t of the current observation,
+        Z P_{t|t-1} Z' / F_t (= 1 - H / F_t); the same in native and standardised units.
+    The filter starts at the first observed row (rows before it are NaN), and missing rows
+    inside are prediction steps, so signal[:t+1] and gain[:t+1] depend on y[:t+1] only.
+    """
+    y = as_series(y)
+    signal, gain = np.full(len(y), np.nan), np.full(len(y), np.nan)
+    observed = np.isfinite(y)
+    if not observed.any():
+        return signal, gain
+    first = int(np.argmax(observed))  # fixed by the rows up to the first observation
+    z = (y[first:] - fit.center) / fit.scale  # (n,)
+    sig, gain[first:] = kalman_filter_gain(fit.model, z, fit.params)
+    signal[first:] = sig * fit.scale + fit.center
+    signal[~observed] = np.nan
+    gain[~observed] = np.nan
+    return signal, gain
+
+
+# --- whiteness and the σ policy ---------------------------------------------------------
+
+
+def _longest_observed_run(y: np.ndarray) -> np.ndarray:
+    """The longest stretch of consecutive finite values of y (first one on ties)."""
+    ok = np.concatenate([[False], np.isfinite(y), [False]])
+    edges = np.flatnonzero(np.diff(ok.astype(np.int8)))  # starts, stops alternate
+    if len(edges) == 0:
+        return y[:0]
+    starts, stops = edges[::2], edges[1::2]
+    i = int(np.argmax(stops - starts))
+    return y[starts[i] : stops[i]]
+
+
+def _robust_portmanteau_p(x: np.ndarray, lags: int) -> float:
+    """p-value of the heteroskedasticity-robust Box-Pierce test (Lobato 2001) at ``lags``.
+
+    Q = sum_k rho_k^2 / v_k with v_k = sum_t d_t^2 d_{t-k}^2 / (sum_t d_t^2)^2 (d = x - mean),
+    chi^2(lags) under any uncorrelated series with finite fourth moments, also when its
+    variance clusters; for i.i.d. x, v_k ~ 1/n and Q is the plain Box-Pierce statistic.
+    """
+    from scipy.stats import chi2
+
+    d = x - x.mean()  # (n,)
+    d2 = d * d
+    g0 = d2.sum()
+    q = 0.0
+    for k in range(1, lags + 1):  # a handful of lags: each term is vectorised over rows
+        rho = (d[k:] * d[:-k]).sum() / g0
+        v = (d2[k:] * d2[:-k]).sum() / g0**2
+        q += rho * rho / v if v > 0 else 0.0
+    return float(chi2.sf(q, lags))
+
+
+def ljung_box_white(
+    y_train: np.ndarray, *, lags: int = 10, alpha: float = 0.01, robust: bool = True
+) -> tuple[bool, float]:
+    """(is_white, p-value) of a portmanteau test of no autocorrelation up to ``lags``.
+
+    y_train: the train rows (T,), NaN = missing. The test runs on the longest contiguous
+    stretch of observed values: dropping NaN and closing the gaps would pair values that
+    are further apart than their lag. is_white = p > alpha. A stretch shorter than
+    max(MIN_TRAIN_OBS, 2 * lags) or constant cannot be tested: (False, NaN).
+
+    robust=False: statsmodels' ``acorr_ljungbox``. It assumes i.i.d. values, so on a white
+    series whose variance clusters (daily returns; the synthetic sv_returns family) it
+    rejects far too often: 11 of the 13 sv_returns features of the default synthetic panel
+    at alpha 0.01. robust=True (default): the heteroskedasticity-robust version of the
+    same statistic (``_robust_portmanteau_p``), which calls all 13 white and still rejects
+    every other planted family (benchmarks/noise_sigma.py).
+    White y (a white signal plus white noise) means noise cannot be told from signal by
+    any second-moment method.
+    """
+    x = _longest_observed_run(as_series(y_train))
+    if len(x) < max(MIN_TRAIN_OBS, 2 * lags) or not np.ptp(x) > 0:
+        return False, float("nan")
+    if robust:
+        p = _robust_portmanteau_p(x, int(lags))
+    else:
+        from statsmodels.stats.diagnostic import acorr_ljungbox
+
+        p = float(np.asarray(acorr_ljungbox(x, lags=[int(lags)])["lb_pvalue"])[-1])
+    return bool(p > alpha), p
+
+
+@dataclass(frozen=True)
+class NoiseChoice:
+    """The observation-noise σ of one feature and where it came from.
+
+    sigma: native units, NaN if unknown. source: "moment", "state_space:<model>" or
+    "none: <reason>". moment_sigma / state_space_sigma: both candidates (NaN if
+    unavailable); state_space_model: the lowest-AIC model ("" if none). white /
+    ljung_box_p: ``ljung_box_white`` of the train rows (white: σ is not identified).
+    """
+
+    sigma: float
+    source: str
+    moment_sigma: float
+    state_space_sigma: float
+    state_space_model: str
+    white: bool
+    ljung_box_p: float
+
+
+def noise_sigma(y: np.ndarray, train: tuple[int, int], *, tolerance: float = 2.0) -> NoiseChoice:
+    """One noise σ for feature y (T,) from its train rows ``(start, stop)`` only.
+
+    The moment σ (``estimate_noise``, method "auto") is used when it is not clipped and
+    within a factor ``tolerance`` of the state-space σ (``fit_state_space``); otherwise
+    the state-space σ; when no state-space fit is possible (e.g. fewer than
+    MIN_TRAIN_OBS observed rows) an unclipped moment σ alone; else NaN.
+    """
+    if not tolerance >= 1.0:
+        raise ValueError(f"tolerance={tolerance} must be >= 1")
+    # Lazy: importing mamba_denoiser.diffusion runs its __init__, which imports torch;
+    # this module must stay importable without it (evaluation, CPU-only tools).
+    from mamba_denoiser.diffusion.noise import estimate_noise
+
+    y = as_series(y)
+    start, stop = int(train[0]), int(train[1])
+    if not 0 <= start < stop <= len(y):
+        raise ValueError(f"train={train} must satisfy 0 <= start < stop <= {len(y)}")
+    part = y[start:stop]
+    moment = estimate_noise(part)
+    moment_ok = bool(np.isfinite(moment.sigma) and not moment.clipped)
+    try:
+        fit = fit_state_space(y, train)
+        ss_sigma, ss_model, ss_why = float(np.sqrt(fit.noise_var)), fit.model, ""
+    except (ValueError, np.linalg.LinAlgError) as err:
+        ss_sigma, ss_model, ss_why = float("nan"), "", str(err)
+    white, p = ljung_box_white(part)
+
+    def choice(sigma: float, source: str) -> NoiseChoice:
+        return NoiseChoice(float(sigma), source, float(moment.sigma), ss_sigma, ss_model, white, p)
+
+    if np.isfinite(ss_sigma):
+        agree = moment_ok and ss_sigma / tolerance <= moment.sigma <= ss_sigma * tolerance
+        if agree:
+            return choice(moment.sigma, "moment")
+        return choice(ss_sigma, f"state_space:{ss_model}")
+    if moment_ok:
+        return choice(moment.sigma, "moment")
+    why_moment = moment.reason or ("clipped" if moment.clipped else "not finite")
+    return choice(float("nan"), f"none: moment {why_moment}; state space {ss_why}")

@@ -1,0 +1,196 @@
+"""Denoising candidates: one interface for every estimator the per-feature gate chooses from.
+
+Each candidate is fitted on train rows (or was, when its network was trained), applied
+causally to the whole (T, F) block, and reports the divergence ∂out_t/∂y_t that SURE
+needs: exactly where it has a closed form (the Kalman filter: its gain; the predictive
+head: the mixture's Kalman updates), or None, when the gate estimates it with a probe
+(the diffusion posterior mean, SDEdit). docs/design.md, "Denoising".
+
+=============  ===========================================================  ===========
+candidate      output at row t                                             divergence
+=============  ===========================================================  ===========
+diffusion@t    score posterior mean ŝ = y - (k/τ_t) ε̂(√ᾱ_t y, t), k = σ²+τ_t²  probe
+sdedit@t       diffuse to t, reverse with DDIM/DDPM, mean of n samples       probe
+predictive     E[s_t | y_t, y_<t] under the head's Gaussian mixture          exact
+kalman         causal Kalman filter of the lowest-AIC state-space fit       exact (gain)
+=============  ===========================================================  ===========
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mamba_denoiser.inference.plan import run_windows
+
+CANDIDATES = ("diffusion", "predictive", "kalman")  # the default set (sampler=posterior_mean)
+
+
+@dataclass
+class CandidateOutput:
+    mean: np.ndarray  # (T, F) native units; NaN where not served or unobserved
+    div: np.ndarray | None  # (T, F) exact ∂out_t/∂y_t, or None (the gate probes it)
+    lower: np.ndarray | None = None  # (T, F) bands where the candidate has its own
+    upper: np.ndarray | None = None
+
+
+class DiffusionCandidate:
+    """The ε-network's posterior mean at one diffusion timestep t.
+
+    constant (sampling.posterior_mean_n2s): "total_noise" (k = σ² + τ_t², the default: the
+    least biased at τ_t ~ σ/2 and the most robust to ε̂ error, tests/diffusion/
+    test_exact_score.py) or "noise2score" (k = σ², unbiased only as τ_t -> 0)."""
+
+    causal_only = False
+
+    def __init__(
+        self,
+        model,
+        sigma_w: np.ndarray,
+        t: int,
+        *,
+        mode: str,
+        batch_windows=256,
+        constant: str = "total_noise",
+    ):
+        self.model, self.t, self.mode, self.batch = model, int(t), mode, batch_windows
+        self.constant = constant
+        self.sigma_w = torch.as_tensor(sigma_w, dtype=torch.float32)
+        self.name = f"diffusion@t={self.t}"
+
+    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:
+        from mamba_denoiser.diffusion import sampling
+
+        module = self.model.module
+
+        def fn(w, mask):
+            m = sampling.posterior_mean_n2s(
+                module, module.sde, w, mask, sigma=self.sigma_w, t=self.t, constant=self.constant
+            )
+            return {"mean": m}
+
+        out = run_windows(
+            self.model, raw, fn, mode=self.mode, batch_windows=self.batch, progress=progress
+        )
+        return CandidateOutput(out["mean"], None)
+
+
+class SDEditCandidate:
+    """SDEdit from t_start: diffuse, then the reverse process; mean and quantile bands."""
+
+    causal_only = False
+
+    def __init__(self, model, t: int, kw: dict, *, mode: str, seed: int, batch_windows=256):
+        self.model, self.t, self.kw, self.mode = model, int(t), dict(kw), mode
+        self.seed, self.batch = int(seed), batch_windows
+        self.name = f"sdedit@t={self.t}"
+
+    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:
+        from mamba_denoiser.diffusion import sampling
+
+        module, kw = self.model.module, self.kw
+        gen = torch.Generator().manual_seed(self.seed * 1000 + int(self.model.cluster["id"]))
+        t_start = int(kw["t_start"]) if kw.get("t_start") is not None else self.t
+        steps = kw.get("steps")
+        # a small t_start (little noise) has fewer steps to take than asked for
+        steps = min(int(steps), t_start + 1) if steps is not None else None
+
+        def fn(w, mask):
+            res = sampling.sdedit(
+                module,
+                module.sde,
+                w,
+                mask,
+                t_start=t_start,
+                steps=steps,
+                method=kw.get("method", "ddim"),
+                n_samples=int(kw.get("n_samples", 8)),
+                eta=float(kw.get("eta", 0.0)),
+                guidance=kw.get("guidance"),
+                guidance_scale=float(kw.get("guidance_scale", 0.02)),
+                generator=gen,
+                quantiles=tuple(kw.get("quantiles", (0.05, 0.95))),
+            )
+            return {"mean": res.mean, "mean_lo": res.lower, "mean_hi": res.upper}
+
+        out = run_windows(
+            self.model, raw, fn, mode=self.mode, batch_windows=self.batch, progress=progress
+        )
+        return CandidateOutput(out["mean"], None, out["mean_lo"], out["mean_hi"])
+
+
+class PredictiveCandidate:
+    """The causal backbone's one-step mixture prediction, updated with y_t in closed form."""
+
+    causal_only = True
+    name = "predictive"
+
+    def __init__(self, model, sigma_w: np.ndarray, *, batch_windows=256):
+        self.model, self.batch = model, batch_windows
+        self.sigma_w = torch.as_tensor(sigma_w, dtype=torch.float32)
+
+    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:
+        from mamba_denoiser.diffusion import predictive
+
+        module = self.model.module
+
+        def fn(w, mask):
+            s_hat, div, _ = predictive.predict_windows(
+                module, w, mask, sigma=self.sigma_w, anchor_len=self.model.anchor_len
+            )
+            return {"mean": s_hat, "div": div}
+
+        out = run_windows(
+            self.model, raw, fn, mode="causal", batch_windows=self.batch, progress=progress
+        )
+        return CandidateOutput(out["mean"], out["div"])
+
+
+class KalmanCandidate:
+    """Per feature, the causal Kalman filter of its lowest-AIC state-space fit (train rows).
+
+    ``fits``: the fits of an earlier run (``decisions()``), held instead of re-fitted, so
+    a replay at a cut inside the train rows re-runs the filter only."""
+
+    causal_only = True
+    name = "kalman"
+
+    def __init__(self, raw: np.ndarray, train: tuple[int, int], fits: list | None = None):
+        from mamba_denoiser.classical import StateSpaceFit, fit_state_space
+
+        if fits is not None:
+            self.fits = [None if f is None else StateSpaceFit(**f, fits={}) for f in fits]
+            return
+        self.fits = []
+        for j in range(raw.shape[1]):
+            try:
+                self.fits.append(fit_state_space(raw[:, j], train))
+            except (ValueError, np.linalg.LinAlgError):  # too short / constant: stays raw
+                self.fits.append(None)
+
+    def decisions(self) -> list[dict | None]:
+        """The fits as JSON-able dicts (model, params, center, scale, noise_var, aic)."""
+        return [
+            None
+            if f is None
+            else {
+                "model": f.model,
+                "params": {k: float(v) for k, v in f.params.items()},
+                "center": float(f.center),
+                "scale": float(f.scale),
+                "noise_var": float(f.noise_var),
+                "aic": float(f.aic),
+            }
+            for f in self.fits
+        ]
+
+    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:
+        from mamba_denoiser.classical import kalman_filter
+
+        mean, div = np.full(raw.shape, np.nan), np.full(raw.shape, np.nan)
+        for j, fit in enumerate(self.fits):  # one filter per feature: a recursion over rows
+            if fit is not None:
+                mean[:, j], div[:, j] = kalman_filter(fit, raw[:, j])
+        return CandidateOutput(mean, div)

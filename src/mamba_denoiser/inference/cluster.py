@@ -1,0 +1,415 @@
+"""One cluster's (T, F) block -> denoised block: plan -> candidates -> gate -> assemble.
+
+1. Plan (train rows only): σ per feature (classical.noise_sigma: the moment estimate, or
+   the lowest-AIC state-space fit's noise where that is clipped or disagrees; or given),
+   and a whiteness test of y (Ljung-Box): a white y passes through, because white signal
+   plus white noise cannot be told apart.
+2. Candidates (inference/candidates.py): the diffusion posterior mean at a few timesteps,
+   the predictive head, the Kalman filter; each applied causally to the whole block.
+3. Gate (inference/gate.py): SURE on the validation rows; per feature the candidate with
+   the best estimated gain above the margin, else raw.
+4. Assemble: chosen features take their candidate's values; the rest are exactly raw.
+
+``replay`` re-runs with given decisions (σ, t grid, each feature's choice), to show that
+the serving path alone is causal at cuts inside the rows the decisions were fitted on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mamba_denoiser.inference import gate as gating
+from mamba_denoiser.inference.candidates import (
+    CANDIDATES,
+    CandidateOutput,
+    DiffusionCandidate,
+    KalmanCandidate,
+    PredictiveCandidate,
+    SDEditCandidate,
+)
+from mamba_denoiser.inference.plan import MODES
+
+SAMPLERS = ("posterior_mean", "sdedit", "predictive")
+BAND_Z = 1.645  # 90 % bands
+
+
+@dataclass
+class ClusterResult:
+    mean: np.ndarray  # (T, F) native units; NaN where the input is NaN
+    lower: np.ndarray | None
+    upper: np.ndarray | None
+    info: dict[str, Any]
+    alone: dict[str, np.ndarray] | None = None  # candidate family -> (T, F), every feature
+
+
+@dataclass
+class NoisePlan:
+    sigma: np.ndarray  # (F,) native units, NaN = unknown
+    source: list[str]
+    white: np.ndarray  # (F,) bool
+    ljung_box_p: np.ndarray  # (F,)
+
+
+def plan_noise(raw: np.ndarray, train: tuple[int, int], sigma=None) -> NoisePlan:
+    """σ and whiteness per feature from the train rows (σ overridden where given)."""
+    from mamba_denoiser.classical import noise_sigma
+
+    F = raw.shape[1]
+    given = None if sigma is None else np.asarray(sigma, dtype=np.float64)
+    sig, src, white, p = np.full(F, np.nan), [], np.zeros(F, bool), np.full(F, np.nan)
+    for j in range(F):
+        ch = noise_sigma(raw[:, j], train)
+        white[j], p[j] = ch.white, ch.ljung_box_p
+        if given is not None and np.isfinite(given[j]):
+            sig[j], s = given[j], "given"
+        else:
+            sig[j], s = ch.sigma, ch.source
+        src.append(s)
+    return NoisePlan(sig, src, white, p)
+
+
+def _t_grid(model, sigma_w: np.ndarray, usable: np.ndarray, n_levels: int, c: float):
+    """Candidate timesteps: τ_t on a geometric grid over c·σ of the usable features."""
+    from mamba_denoiser.diffusion import sampling
+
+    if not usable.any():
+        return []
+    s = sigma_w[usable]
+    lo, hi = float(s.min()), float(s.max())
+    levels = (
+        np.geomspace(lo, hi, n_levels)
+        if n_levels > 1 and hi > lo
+        else [float(np.exp(np.log(s).mean()))]
+    )
+    sde = model.module.sde
+    return sorted({int(sampling.choose_t(sde, torch.tensor([lv]), c=c)) for lv in levels})
+
+
+def _build(
+    model,
+    names,
+    raw,
+    train,
+    sigma_w,
+    usable,
+    mode,
+    sampler,
+    kw,
+    seed,
+    batch,
+    t_list,
+    kalman_fits=None,
+):
+    """The candidate objects for this cluster (some need fitting on the train rows)."""
+    cands = []
+    for name in names:
+        if name == "diffusion" and model.has_head("diffusion"):
+            if sampler == "sdedit":
+                cands += [
+                    SDEditCandidate(model, t, kw, mode=mode, seed=seed, batch_windows=batch)
+                    for t in t_list
+                ]
+            else:
+                cands += [
+                    DiffusionCandidate(
+                        model,
+                        sigma_w,
+                        t,
+                        mode=mode,
+                        batch_windows=batch,
+                        constant=kw.get("constant", "total_noise"),
+                    )
+                    for t in t_list
+                ]
+        elif name == "predictive" and model.has_head("predictive") and mode == "causal":
+            cands.append(PredictiveCandidate(model, sigma_w, batch_windows=batch))
+        elif name == "kalman" and mode == "causal":
+            cands.append(KalmanCandidate(raw, train, fits=kalman_fits))
+    return cands
+
+
+def _family(name: str) -> str:
+    return name.split("@")[0]
+
+
+def denoise_cluster(
+    model,
+    raw: np.ndarray,  # (T, F) native units, NaN where unobserved
+    *,
+    train: tuple[int, int],
+    mode: str = "causal",
+    sampler: str = "posterior_mean",
+    sampler_kw: dict[str, Any] | None = None,
+    candidates: list[str] | None = None,  # None: by sampler (CANDIDATES for posterior_mean)
+    sigma: np.ndarray | None = None,  # native units; None/NaN = estimate on the train split
+    gate_rows: tuple[int, int] | None = None,  # validation rows for the SURE gate
+    gate_margin_db: float = 0.1,
+    replay: dict[str, Any] | None = None,  # info["decisions"] of an earlier run
+    seed: int = 0,
+    batch_windows: int = 256,
+    bands: bool = False,
+    alone: bool = False,  # also return each candidate family applied to every feature
+    progress=None,
+) -> ClusterResult:
+    """Denoise one cluster's block; every decision from train and validation rows only.
+
+    Candidates, gate and pass-through rules: module docstring. Without ``gate_rows`` each
+    feature takes the first candidate available to it (for the diffusion head, the t
+    whose τ_t is closest to c·σ). ``replay`` fixes σ, the t grid and each feature's
+    choice to those of an earlier run (its ``info["decisions"]``).
+    """
+    kw = dict(sampler_kw or {})
+    t0 = time.perf_counter()
+    T, F = raw.shape
+    if F != len(model.features):
+        raise ValueError(f"{model.name}: expected {len(model.features)} columns, got {F}")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: choose one of {MODES}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
+    guidance = kw.pop("guidance", None)
+    if guidance == "auto":
+        guidance = model.module.loss_fn.strategy if hasattr(model.module, "loss_fn") else None
+    from mamba_denoiser.diffusion import sampling
+
+    if guidance in ("none", ""):
+        guidance = None
+    if mode == "causal" and not sampling.guidance_is_causal(guidance):
+        raise ValueError(
+            f"guidance={guidance!r} uses later rows of a window (TV/FFT along time) and "
+            "cannot be used in causal mode; use sampler.guidance=null or mode=offline"
+        )
+    kw["guidance"] = guidance
+    c = float(kw.pop("c", 0.5))
+    n_levels = int(kw.pop("t_levels", 4 if sampler == "posterior_mean" else 1))
+    if candidates is None:
+        candidates = {
+            "posterior_mean": list(CANDIDATES),
+            "sdedit": ["diffusion"],
+            "predictive": ["predictive"],
+        }[sampler]
+    unknown = sorted(set(candidates) - set(CANDIDATES))
+    if unknown:
+        raise ValueError(f"candidates {unknown} unknown; choose from {list(CANDIDATES)}")
+
+    # 1. plan
+    if replay is not None:
+        noise = NoisePlan(
+            np.asarray(replay["sigma"], float),
+            list(replay["sigma_source"]),
+            np.asarray(replay["white"], bool),
+            np.full(F, np.nan),
+        )
+    else:
+        noise = plan_noise(raw, train, sigma)
+    sigma_raw = noise.sigma
+    sigma_w = sigma_raw / model.unit
+    usable = np.isfinite(sigma_w) & (sigma_w > 0) & ~noise.white
+    t_list = (
+        list(replay["t_list"])
+        if replay is not None
+        else _t_grid(model, sigma_w, usable, n_levels, c)
+    )
+    sig_run = np.where(np.isfinite(sigma_w) & (sigma_w > 0), sigma_w, 1.0)  # placeholder
+
+    # 2. candidates
+    cands = _build(
+        model,
+        candidates,
+        raw,
+        train,
+        sig_run,
+        usable,
+        mode,
+        sampler,
+        kw,
+        seed,
+        batch_windows,
+        t_list,
+        kalman_fits=replay.get("kalman") if replay is not None else None,
+    )
+    names = [cd.name for cd in cands]
+    if replay is not None:
+        chosen = [n for n in replay["choice"] if n is not None]
+        run_idx = [k for k, n in enumerate(names) if n in set(chosen)]
+    else:
+        run_idx = list(range(len(cands)))
+    outs: dict[int, CandidateOutput] = {k: cands[k].run(raw, progress) for k in run_idx}
+
+    # 3. gate
+    gains = np.full((len(cands), F), np.nan)
+    divs: dict[int, np.ndarray] = {}
+    if replay is not None:
+        choice = np.array([names.index(n) if n is not None else -1 for n in replay["choice"]])
+    else:
+        need_div = gate_rows is not None or bands
+        if need_div:
+            rng = np.random.default_rng(int(seed) + 7919 * int(model.cluster["id"]))
+            probe = rng.choice([-1.0, 1.0], size=raw.shape)
+            delta = 0.05 * sig_run * model.unit
+        for k in run_idx:
+            out = outs[k]
+            if out.div is not None:
+                divs[k] = out.div
+            elif need_div:
+                d_probe = cands[k].run(raw + delta * probe).mean
+                divs[k] = gating.probe_divergence(out.mean, d_probe, probe, delta)
+            if gate_rows is not None:
+                g = slice(*gate_rows)
+                gains[k] = gating.sure_gain_db(raw[g], out.mean[g], divs[k][g], sigma_raw)
+        if gate_rows is not None:
+            gains[:, ~usable] = np.nan
+            choice = gating.choose(gains, gate_margin_db)
+        else:  # no gate: the first available candidate, for diffusion the t nearest c·σ
+            choice = _ungated_choice(model, cands, usable, sigma_w, c)
+
+    # 4. assemble
+    mean = raw.copy()  # pass-through features are exactly raw
+    lower = raw.copy() if bands else None
+    upper = raw.copy() if bands else None
+    for j in range(F):
+        k = choice[j]
+        if k < 0:
+            continue
+        o = outs[k]
+        col = o.mean[:, j]
+        served = np.isfinite(col)
+        mean[served, j] = col[served]
+        if bands:
+            lo, hi = _bands(o, divs.get(k), j, sigma_raw[j], gate_rows)
+            lower[served, j], upper[served, j] = lo[served], hi[served]
+    alone_out = _alone(cands, outs, gains, raw, usable) if alone else None
+
+    reasons = _reasons(choice, noise, usable, gains, gate_rows, gate_margin_db, names)
+    with np.errstate(invalid="ignore"):
+        best_gain = np.where(
+            np.isnan(gains).all(0), np.nan, np.nanmax(np.where(np.isnan(gains), -np.inf, gains), 0)
+        )
+    info = {
+        "cluster": model.name,
+        "type": model.cluster["type"],
+        "direction": model.direction,
+        "heads": model.heads,
+        "mode": mode,
+        "uses_future_rows": mode == "offline",
+        "sampler": sampler,
+        "guidance": guidance,
+        "candidates": names,
+        "t": [int(t) for t in t_list],
+        "seconds": round(time.perf_counter() - t0, 3),
+        "checkpoint": str(model.path),
+        "decisions": {
+            "sigma": [float(s) for s in sigma_raw],
+            "sigma_source": list(noise.source),
+            "white": [bool(w) for w in noise.white],
+            "t_list": [int(t) for t in t_list],
+            "choice": [names[k] if k >= 0 else None for k in choice],
+            "kalman": next((cd.decisions() for cd in cands if cd.name == "kalman"), None),
+        },
+        "features": {
+            f: {
+                "sigma": _f(sigma_raw[i]),
+                "sigma_source": noise.source[i],
+                "sigma_window_units": _f(sigma_w[i]),
+                "ljung_box_p": _f(noise.ljung_box_p[i]),
+                "white": bool(noise.white[i]),
+                "sure_gain_db_val": {n: _f(gains[k, i]) for k, n in enumerate(names)},
+                "chosen": names[choice[i]] if choice[i] >= 0 else "raw",
+                "gain_db_val": _f(gains[choice[i], i]) if choice[i] >= 0 else _f(best_gain[i]),
+                "denoised": bool(choice[i] >= 0),
+                "reason": reasons[i],
+            }
+            for i, f in enumerate(model.features)
+        },
+    }
+    return ClusterResult(mean=mean, lower=lower, upper=upper, info=info, alone=alone_out)
+
+
+def _ungated_choice(model, cands, usable, sigma_w, c) -> np.ndarray:
+    from mamba_denoiser.diffusion import sampling
+
+    tau = sampling.diffusion_noise(model.module.sde).numpy()
+    F = len(usable)
+    choice = np.full(F, -1)
+    if not cands:
+        return choice
+    fam = _family(cands[0].name)
+    idx = [k for k, cd in enumerate(cands) if _family(cd.name) == fam]
+    if fam in ("diffusion", "sdedit"):
+        ts = np.array([cands[k].t for k in idx])
+        dist = np.abs(np.log(tau[ts])[:, None] - np.log(c * np.where(usable, sigma_w, 1.0)))
+        pick = np.array(idx)[dist.argmin(0)]
+    else:
+        pick = np.full(F, idx[0])
+    return np.where(usable, pick, -1)
+
+
+def _bands(o: CandidateOutput, div, j, sigma, gate_rows):
+    """90 % bands: the candidate's own (SDEdit samples), else ŝ ± z·σ·√div (Tweedie:
+    Var[s | y] = σ² ∂E[s|y]/∂y for Gaussian noise); a probed divergence is averaged over
+    the validation rows, an exact one is used row by row."""
+    if o.lower is not None:
+        return o.lower[:, j], o.upper[:, j]
+    col = o.mean[:, j]
+    if div is None:
+        return col, col
+    d = div[:, j]
+    if o.div is None:  # a probe estimate: only its mean over rows is meaningful
+        rows = slice(*gate_rows) if gate_rows is not None else slice(None)
+        d = np.full_like(col, np.nanmean(d[rows]))
+    half = BAND_Z * sigma * np.sqrt(np.clip(d, 0.0, 1.0))
+    return col - half, col + half
+
+
+def _alone(cands, outs, gains, raw, usable) -> dict[str, np.ndarray]:
+    """Each candidate family on every feature it can serve (no raw option): where a family
+    has several slots (diffusion timesteps), the best by validation SURE."""
+    res = {}
+    for fam in dict.fromkeys(_family(cd.name) for cd in cands):
+        idx = [k for k, cd in enumerate(cands) if _family(cd.name) == fam and k in outs]
+        if not idx:
+            continue
+        g = np.where(np.isnan(gains[idx]), -np.inf, gains[idx])
+        best = np.array(idx)[g.argmax(0)]
+        out = raw.copy()
+        for j in range(raw.shape[1]):
+            col = outs[best[j]].mean[:, j]
+            served = np.isfinite(col) & usable[j]
+            out[served, j] = col[served]
+        res[fam] = out
+    return res
+
+
+def _reasons(choice, noise, usable, gains, gate_rows, margin, names) -> list[str]:
+    out = []
+    for j, k in enumerate(choice):
+        if k >= 0:
+            out.append("")
+        elif noise.white[j]:
+            out.append(
+                f"y is white on the train split (Ljung-Box p = {noise.ljung_box_p[j]:.2g}): "
+                "white signal plus white noise cannot be told apart"
+            )
+        elif not usable[j]:
+            out.append(f"σ not usable ({noise.source[j]})")
+        elif not names:
+            out.append("no candidate available for this model and mode")
+        elif gate_rows is not None:
+            g = np.where(np.isnan(gains[:, j]), -np.inf, gains[:, j])
+            out.append(
+                f"SURE on the validation rows: best estimated gain {g.max():.2f} dB "
+                f"({names[int(g.argmax())]}) <= {margin} dB"
+            )
+        else:
+            out.append("no candidate could serve it")
+    return out
+
+
+def _f(x: float) -> float | None:
+    x = float(x)
+    return round(x, 8) if np.isfinite(x) else None

@@ -1,0 +1,127 @@
+"""Which windows serve which rows, and running a window function over a whole panel.
+
+Rules (docs/design.md, "Denoising"):
+
+causal, causal model -- overlapping chunks. Chunk k covers rows [s_k, s_k + L) with
+    s_k = k·h, h = L // 2, so every row is served by a chunk in which it sits at window
+    position >= L - h >= anchor_len. The row at position j of its chunk is computed from
+    rows s_k .. s_k + j only: the network is causal, and the window's level (its anchor)
+    comes from positions < anchor_len <= j (data/windows.py). A last chunk ending at row
+    T-1 serves the rows not yet served. The panel's first anchor_len rows have no causal
+    anchor and pass through raw. Cost: about 2T/L windows.
+causal, bidirectional model -- the window ending at row t, last position, for every
+    t >= L-1 (T windows: the slow path); rows t < L-1 pass through raw.
+offline (two-sided, uses FUTURE rows) -- windows with stride L // 4, every position,
+    the values of all windows covering a row averaged. For analysis only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from mamba_denoiser.data.windows import gather_windows, normalise_windows
+
+MODES = ("causal", "offline")
+
+# fn(w (B, L, F) window units, NaN unobserved; mask (B, L, F)) -> {"mean": ..., "div": ...}
+WindowFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def serving_plan(
+    n_rows: int, window: int, anchor_len: int, mode: str, direction: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (starts (N,), rows (M,), positions (M,), window index (M,)): the windows to run
+    and, for each served row, which window and position serve it. Offline returns every
+    (window, position) pair, so rows repeat (they are averaged). Rules: module docstring."""
+    if n_rows < window:
+        raise ValueError(f"{n_rows} rows is fewer than one window of {window}")
+    if mode == "offline":
+        stride = max(window // 4, 1)
+        starts = np.arange(0, n_rows - window + 1, stride)
+        if starts[-1] != n_rows - window:
+            starts = np.append(starts, n_rows - window)
+        w_idx = np.repeat(np.arange(len(starts)), window)
+        pos = np.tile(np.arange(window), len(starts))
+        return starts, starts[w_idx] + pos, pos, w_idx
+    if mode != "causal":
+        raise ValueError(f"mode={mode!r}: choose one of {MODES}")
+    if direction == "bidirectional":
+        starts = np.arange(0, n_rows - window + 1)
+        pos = np.full(len(starts), window - 1)
+        return starts, starts + window - 1, pos, np.arange(len(starts))
+    h = window // 2
+    if window - h < anchor_len:
+        raise ValueError(f"anchor_len {anchor_len} must be <= window - window // 2")
+    starts = np.arange(0, n_rows - window + 1, h)
+    rows, pos, w_idx = [], [], []
+    served_to = 0  # rows < served_to are served (or passed through)
+    for k, s in enumerate(starts):  # ~2T/L chunks: a loop over windows, not rows
+        first = anchor_len if k == 0 else max(window - h, served_to - s)
+        p = np.arange(first, window)
+        rows.append(s + p), pos.append(p), w_idx.append(np.full(len(p), k))
+        served_to = s + window
+    if served_to < n_rows:  # the tail: one chunk ending at the last row
+        s = n_rows - window
+        p = np.arange(served_to - s, window)
+        starts = np.append(starts, s)
+        rows.append(s + p), pos.append(p), w_idx.append(np.full(len(p), len(starts) - 1))
+    return starts, np.concatenate(rows), np.concatenate(pos), np.concatenate(w_idx)
+
+
+def run_windows(
+    model,
+    raw: np.ndarray,  # (T, F) native units, NaN where unobserved
+    fn: WindowFn,
+    *,
+    mode: str,
+    batch_windows: int = 256,
+    progress=None,
+) -> dict[str, np.ndarray]:
+    """Every window of the serving plan through ``fn``; outputs back on the panel's rows.
+
+    "mean" (and any key starting with "mean") is a value in window units, mapped back to
+    native units exactly (w·c + a, then the z-score inverse); any other key (e.g. "div",
+    the derivative of the output at a row w.r.t. the observation at that row) is unitless
+    and assembled as it is. Rows the plan does not serve, and unobserved cells, are NaN.
+    """
+    T, F = raw.shape
+    starts, rows, pos, w_idx = serving_plan(
+        T, model.window, model.anchor_len, mode, model.direction
+    )
+    scale = torch.as_tensor(model.window_scale, dtype=torch.float32)
+    z = torch.as_tensor(((raw - model.mean) / model.std).astype(np.float32))  # (T, F)
+    n_win = len(starts)
+    wins: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for b0 in range(0, n_win, batch_windows):
+            s = torch.as_tensor(starts[b0 : b0 + batch_windows])
+            zw = gather_windows(z, s, model.window)  # (B, L, F)
+            mask = ~torch.isnan(zw)
+            w, anchor = normalise_windows(zw, mask, scale, model.anchor_len)
+            res = fn(w, mask)
+            for key, v in res.items():
+                if key not in wins:
+                    wins[key] = np.full((n_win, model.window, F), np.nan, np.float32)
+                v = v * scale + anchor if key.startswith("mean") else v
+                wins[key][b0 : b0 + len(s)] = v.float().numpy()
+            if progress is not None:
+                progress(min(b0 + batch_windows, n_win), n_win)
+    out = {}
+    for key, v in wins.items():
+        vals = v[w_idx, pos]  # (M, F)
+        if mode == "offline":
+            acc, cnt = np.zeros((T, F)), np.zeros((T, F))
+            good = ~np.isnan(vals)
+            np.add.at(acc, rows, np.where(good, vals, 0.0))
+            np.add.at(cnt, rows, good)
+            full = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
+        else:
+            full = np.full((T, F), np.nan)
+            full[rows] = vals
+        if key.startswith("mean"):
+            full = full * model.std + model.mean
+        out[key] = np.where(np.isnan(raw), np.nan, full)
+    return out

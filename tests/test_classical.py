@@ -1,0 +1,256 @@
+"""classical.py: state-space fits, the causal Kalman filter and its gain, the σ policy."""
+
+import numpy as np
+import pytest
+from scipy.signal import lfilter
+from statsmodels.stats.diagnostic import acorr_ljungbox
+
+from mamba_denoiser.classical import (
+    STATE_SPACE_MODELS,
+    NoiseChoice,
+    StateSpaceFit,
+    clear_cache,
+    fit_model,
+    fit_state_space,
+    kalman_filter,
+    ljung_box_white,
+    noise_sigma,
+    train_segment,
+)
+from mamba_denoiser.diffusion.noise import estimate_noise
+
+N, TRAIN, NOISE_SD = 3000, (0, 2000), 0.5
+
+
+def _simulate(kind: str, *, seed: int = 0, n: int = N, noise_sd: float = NOISE_SD):
+    """(clean, noisy) in native units (offset 100, scale 20); noise std 20 * noise_sd."""
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal(n)
+    clean = {
+        "trend": np.cumsum(lfilter([1.0], [1.0, -0.93], e)),  # integrated AR(1)
+        "ar1": lfilter([1.0], [1.0, -0.9], e),
+        "rw": np.cumsum(e),
+        "white": e,
+    }[kind]
+    clean = 100.0 + 20.0 * clean
+    return clean, clean + 20.0 * noise_sd * rng.standard_normal(n)
+
+
+def _with_gaps(y):
+    y = y.copy()
+    y[:40] = np.nan  # missing history
+    y[300:303] = np.nan  # interior gap in train
+    y[2500] = np.nan  # interior gap after train
+    return y
+
+
+def _fit_as(model: str, y, train=TRAIN) -> StateSpaceFit:
+    """A StateSpaceFit of one given model (not necessarily the lowest-AIC one)."""
+    z, observed, center, scale = train_segment(y, train, label="test")
+    params = fit_model(model, z, observed)
+    return StateSpaceFit(
+        model, params, center, scale, params["noise_var"] * scale**2, params["aic"], {}
+    )
+
+
+def test_trend_moment_estimate_clips_and_noise_sigma_uses_the_state_space_fit():
+    _, y = _simulate("trend", seed=1)
+    moment = estimate_noise(y[slice(*TRAIN)])
+    assert moment.clipped and moment.sigma == 0.0  # the failure this module exists for
+    choice = noise_sigma(y, TRAIN)
+    assert choice.source == "state_space:kalman_ari1"
+    assert choice.sigma == choice.state_space_sigma
+    assert choice.sigma == pytest.approx(20.0 * NOISE_SD, rel=0.3)
+    assert not choice.white
+
+
+@pytest.mark.parametrize("kind", ["ar1", "rw"])
+@pytest.mark.parametrize("seed", [2, 3])
+def test_noise_sigma_is_within_20_percent_on_ar1_and_random_walk(kind, seed):
+    _, y = _simulate(kind, seed=seed)
+    choice = noise_sigma(y, TRAIN)
+    assert isinstance(choice, NoiseChoice)
+    assert choice.sigma == pytest.approx(20.0 * NOISE_SD, rel=0.2), choice
+    assert choice.state_space_sigma == pytest.approx(20.0 * NOISE_SD, rel=0.2), choice
+    assert choice.source in ("moment", f"state_space:{choice.state_space_model}")
+
+
+def test_tolerance_decides_between_moment_and_state_space():
+    _, y = _simulate("ar1", seed=4)
+    loose = noise_sigma(y, TRAIN, tolerance=2.0)
+    assert loose.source == "moment" and loose.sigma == loose.moment_sigma
+    # The two estimates differ a little, so an exact-agreement rule rejects the moment one.
+    assert loose.moment_sigma != loose.state_space_sigma
+    strict = noise_sigma(y, TRAIN, tolerance=1.0)
+    assert strict.source == f"state_space:{strict.state_space_model}"
+    assert strict.sigma == strict.state_space_sigma
+    with pytest.raises(ValueError, match="tolerance"):
+        noise_sigma(y, TRAIN, tolerance=0.5)
+
+
+def test_noise_sigma_reports_none_when_nothing_can_be_estimated():
+    _, y = _simulate("rw", seed=5)
+    y[20:] = np.nan  # 20 observed train rows: below both estimators' minimum
+    choice = noise_sigma(y, TRAIN)
+    assert np.isnan(choice.sigma) and choice.source.startswith("none: ")
+    assert "observed train rows" in choice.source and choice.state_space_model == ""
+
+
+@pytest.mark.parametrize("model", STATE_SPACE_MODELS)
+def test_gain_is_the_derivative_of_the_output_in_the_current_observation(model):
+    y = _with_gaps(_simulate("trend", seed=6)[1])
+    fit = _fit_as(model, y)
+    out, gain = kalman_filter(fit, y)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(y))
+    np.testing.assert_array_equal(np.isnan(gain), np.isnan(y))
+    assert np.all((gain[40:] > 0) & (gain[40:] <= 1.0) | np.isnan(y[40:]))
+    delta = 1e-3 * fit.scale
+    for t in (40, 41, 303, 1500, 2501, N - 1):  # first row, after gaps, train, test, last
+        bumped = y.copy()
+        bumped[t] += delta
+        out_b, _ = kalman_filter(fit, bumped)
+        assert (out_b[t] - out[t]) / delta == pytest.approx(gain[t], abs=1e-6), (model, t)
+        np.testing.assert_array_equal(out_b[:t], out[:t])  # earlier rows untouched
+
+
+@pytest.mark.parametrize("model", STATE_SPACE_MODELS)
+def test_kalman_filter_is_causal_bit_for_bit(model):
+    y = _with_gaps(_simulate("rw", seed=7)[1])
+    fit = _fit_as(model, y)
+    out, gain = kalman_filter(fit, y)
+    rng = np.random.default_rng(0)
+    for t in (10, 45, 301, 1999, 2600):
+        other = y.copy()
+        later = np.isfinite(other[t + 1 :])
+        other[t + 1 :][later] += 50.0 * rng.standard_normal(later.sum())
+        other[t + 1 :: 7] = np.nan  # missingness after t changes too
+        out_o, gain_o = kalman_filter(fit, other)
+        np.testing.assert_array_equal(out_o[: t + 1], out[: t + 1])
+        np.testing.assert_array_equal(gain_o[: t + 1], gain[: t + 1])
+        assert not np.allclose(out_o[t + 1 :], out[t + 1 :], equal_nan=True)
+
+
+def test_kalman_filter_denoises_like_the_optimal_filter_of_the_true_model():
+    clean, y = _simulate("ar1", seed=8, noise_sd=1.0)
+    fit = fit_state_space(y, TRAIN)
+    assert fit.model == "kalman_ar1"
+    out, _ = kalman_filter(fit, y)
+    test = slice(TRAIN[1], None)
+    ratio = np.mean((out[test] - clean[test]) ** 2) / np.mean((y[test] - clean[test]) ** 2)
+    # Steady state of the true model (phi 0.9, q = 20^2, r = 20^2): the filtered error
+    # variance is P r / (P + r), i.e. the ratio to r is P / (P + r).
+    q = r = 400.0
+    p = q
+    for _ in range(200):
+        p = 0.81 * p * r / (p + r) + q
+    assert ratio == pytest.approx(p / (p + r), abs=0.06)
+    assert ratio < 0.8
+
+
+def test_fit_state_space_reads_only_the_train_rows_and_caches_by_data():
+    _, y = _simulate("rw", seed=9)
+    clear_cache()
+    fit = fit_state_space(y, TRAIN)
+    assert set(fit.fits) == set(STATE_SPACE_MODELS)
+    assert fit.aic == min(f["aic"] for f in fit.fits.values())
+    assert fit.noise_var == fit.fits[fit.model]["noise_var"]
+    assert fit_state_space(y.copy(), TRAIN) is fit  # same bytes: the cached object
+
+    later = y.copy()
+    later[TRAIN[1] :] = np.random.default_rng(1).standard_normal(N - TRAIN[1]) * 1e3
+    assert fit_state_space(later, TRAIN) is fit
+    clear_cache()  # and not only through the cache: a fresh fit is the same
+    fresh = fit_state_space(later, TRAIN)
+    assert fresh is not fit and fresh == fit
+
+    changed = y.copy()
+    changed[TRAIN[1] - 1] += 1.0  # one train value differs: a new fit
+    other = fit_state_space(changed, TRAIN)
+    assert other is not fit and other.params != fit.params
+    everything = fit_state_space(y, (0, N))  # wrongly passing all rows: a different fit
+    assert everything.params != fit.params and everything.center != fit.center
+
+
+def test_fit_state_space_refuses_short_or_constant_train_rows():
+    _, y = _simulate("rw", seed=10)
+    y[:1960] = np.nan  # 40 observed train rows
+    with pytest.raises(ValueError, match="observed train rows"):
+        fit_state_space(y, TRAIN)
+    with pytest.raises(ValueError, match="constant"):
+        fit_state_space(np.full(300, 3.0), (0, 200))
+    with pytest.raises(ValueError, match="train="):
+        fit_state_space(y, (0, N + 1))
+
+
+def test_ljung_box_tells_white_from_autocorrelated():
+    _, white = _simulate("white", seed=11)  # white signal + white noise
+    is_white, p = ljung_box_white(white[slice(*TRAIN)])
+    assert is_white and p > 0.01
+    _, ar = _simulate("ar1", seed=11)  # AR(1) phi 0.9 + noise
+    is_white, p = ljung_box_white(ar[slice(*TRAIN)])
+    assert not is_white and p < 1e-6
+    assert noise_sigma(white, TRAIN).white and not noise_sigma(ar, TRAIN).white
+
+
+def test_ljung_box_uses_the_longest_observed_stretch():
+    _, y = _simulate("white", seed=12)
+    y = y[:1000].copy()
+    y[100] = np.nan  # runs: [0, 100), [101, 700), [701, 1000)
+    y[700] = np.nan
+    _, p = ljung_box_white(y, lags=5, robust=False)
+    expected = float(acorr_ljungbox(y[101:700], lags=[5])["lb_pvalue"].iloc[-1])
+    assert p == expected and 1e-3 < p < 1.0  # a non-trivial p, so the stretch matters
+    assert p != float(acorr_ljungbox(y[np.isfinite(y)], lags=[5])["lb_pvalue"].iloc[-1])
+    assert ljung_box_white(y, lags=5)[1] == ljung_box_white(y[101:700], lags=5)[1]
+    is_white, p = ljung_box_white(np.full(400, 1.0))  # constant: cannot be tested
+    assert not is_white and np.isnan(p)
+
+
+def test_module_imports_neither_torch_nor_evaluation():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mamba_denoiser.classical; "
+        "bad = [m for m in sys.modules "
+        "       if m == 'torch' or m.startswith('mamba_denoiser.evaluation')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _sv_returns(rng, n=2000):
+    """White but volatility-clustered returns exp(h) e (h AR(1) phi 0.98, std 0.7) + noise."""
+    h = lfilter([1.0], [1.0, -0.98], rng.standard_normal(n)) * 0.7 * np.sqrt(1 - 0.98**2)
+    x = np.exp(h) * rng.standard_normal(n)
+    return x + 0.3 * x.std() * rng.standard_normal(n)
+
+
+def test_robust_whiteness_test_keeps_its_level_under_volatility_clustering():
+    rng = np.random.default_rng(13)
+    iid = [rng.standard_normal(2000) for _ in range(400)]
+    sv = [_sv_returns(rng) for _ in range(200)]
+
+    def rejection_rate(series, **kw):
+        return np.mean([ljung_box_white(y, alpha=0.05, **kw)[1] < 0.05 for y in series])
+
+    assert 0.02 <= rejection_rate(iid) <= 0.09  # the nominal 5 %
+    assert 0.02 <= rejection_rate(iid, robust=False) <= 0.09
+    assert rejection_rate(sv) <= 0.12  # still about 5 % on white, clustered series
+    assert rejection_rate(sv, robust=False) >= 0.5  # the plain test calls them non-white
+
+
+@pytest.mark.parametrize("family", ["trend", "ou_slow", "ou_fast", "random_walk"])
+def test_noise_sigma_on_the_builtin_panels_planted_families(family):
+    # The built-in data's own features against the generator's true noise std, trend
+    # included (the moment estimate alone says ~0 there). Not asserted, and reported in
+    # the evaluation's noise table instead: jump_regime (0.3-2.5x: jumps look like noise)
+    # and vol_positive (one feature at 0.17x); sv_returns is white and passes through.
+    from mamba_denoiser.data.synthetic import make_synthetic_panel
+
+    p = make_synthetic_panel()  # the built-in default data
+    feats = [f for f in p.continuous_columns if p.process[f] == family][:2]
+    train = (0, int(0.7 * len(p.frame)))
+    for f in feats:
+        ratio = noise_sigma(p.frame[f].to_numpy(float), train).sigma / p.noise_std[f]
+        assert 0.7 < ratio < 1.3, (f, ratio)
