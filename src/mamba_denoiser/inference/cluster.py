@@ -10,8 +10,8 @@
    the best estimated gain above the margin, else raw.
 4. Assemble: chosen features take their candidate's values; the rest are exactly raw.
 
-``replay`` re-runs with given decisions (σ, t grid, each feature's choice), to show that
-the serving path alone is causal at cuts inside the rows the decisions were fitted on.
+``replay`` re-runs with given decisions (σ, t grid, Kalman fits, each feature's choice),
+so the serving path alone is causal at cuts inside the rows the decisions were fitted on.
 """
 
 from __future__ import annotations
@@ -304,7 +304,8 @@ def denoise_cluster(
         "seconds": round(time.perf_counter() - t0, 3),
         "checkpoint": str(model.path),
         "decisions": {
-            "sigma": [float(s) for s in sigma_raw],
+            # exact floats (the replay must reproduce them), None for NaN (strict JSON)
+            "sigma": [float(s) if np.isfinite(s) else None for s in sigma_raw],
             "sigma_source": list(noise.source),
             "white": [bool(w) for w in noise.white],
             "t_list": [int(t) for t in t_list],
