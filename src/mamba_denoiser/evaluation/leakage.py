@@ -188,6 +188,16 @@ def lookahead_tstats(
     return out
 
 
+def _columns(raw, output, names) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(T, F) float64 raw and output (a 1-D pair as one column), and a name per column."""
+    y, o = np.asarray(raw, dtype=np.float64), np.asarray(output, dtype=np.float64)
+    if y.ndim == 1:
+        y, o = y[:, None], o[:, None]
+    if y.shape != o.shape:
+        raise ValueError(f"raw {y.shape} and output {o.shape} differ in shape")
+    return y, o, [f"col{j}" for j in range(y.shape[1])] if names is None else list(names)
+
+
 def check_lookahead(
     raw: np.ndarray,
     output: np.ndarray,
@@ -205,12 +215,7 @@ def check_lookahead(
     for a column with too few observed rows. Raises LeakageError naming the flagged features
     when ``raise_on_fail`` (the default).
     """
-    y, o = np.asarray(raw, dtype=np.float64), np.asarray(output, dtype=np.float64)
-    if y.ndim == 1:
-        y, o = y[:, None], o[:, None]
-    if y.shape != o.shape:
-        raise ValueError(f"raw {y.shape} and output {o.shape} differ in shape")
-    names = [f"col{j}" for j in range(y.shape[1])] if names is None else list(names)
+    y, o, names = _columns(raw, output, names)
     rows = []
     for j, name in enumerate(names):
         t = lookahead_tstats(y[:, j], o[:, j], horizons=horizons, ar_order=ar_order)
@@ -260,12 +265,7 @@ def check_lookahead_panel(
     "threshold", "flagged"}. Raises LeakageError naming what is flagged when
     ``raise_on_fail``.
     """
-    y, o = np.asarray(raw, dtype=np.float64), np.asarray(output, dtype=np.float64)
-    if y.ndim == 1:
-        y, o = y[:, None], o[:, None]
-    if y.shape != o.shape:
-        raise ValueError(f"raw {y.shape} and output {o.shape} differ in shape")
-    names = [f"col{j}" for j in range(y.shape[1])] if names is None else list(names)
+    y, o, names = _columns(raw, output, names)
     hs = list(range(1, horizons + 1)) + [int(h) for h in null_horizons]
     t = np.array(
         [
