@@ -168,7 +168,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         anchor = best_classical(
             raw,
-            {b: bl[b] for b in bl},
+            bl,
             sigma=sigma,
             white=white,
             rows=val,

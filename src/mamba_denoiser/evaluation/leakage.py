@@ -288,7 +288,8 @@ def check_lookahead_panel(
     table = pd.DataFrame(rows, columns=["feature", "max_abs_z", "worst_h", "null_rms", "flagged"])
     table = table.set_index("feature")
     # pooled over features: sums of the t-stats per horizon, scaled by the null sums' RMS
-    sums = np.where(usable[:, None], np.nan_to_num(t), 0.0).sum(0)  # (H + N,)
+    # a horizon without a t-stat for some feature (too few pairs) adds nothing to its sum
+    sums = np.nansum(np.where(usable[:, None], t, np.nan), axis=0)  # (H + N,)
     scale = _rms(sums[horizons:])
     zp = sums[:horizons] / scale if scale > 0 else np.full(horizons, np.nan)
     k = int(np.nanargmax(np.abs(zp))) if np.isfinite(zp).any() else 0
