@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from mamba_denoiser.cli import set_project_root
 from mamba_denoiser.denoise_job import run_denoise
+from mamba_denoiser.entry import run
 
 set_project_root()
 
@@ -20,4 +21,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

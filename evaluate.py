@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mamba_denoiser.cli import set_project_root
+from mamba_denoiser.entry import run
 from mamba_denoiser.evaluate_job import run_evaluate
 
 set_project_root()
@@ -19,4 +20,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mamba_denoiser.cli import set_project_root
+from mamba_denoiser.entry import run
 from mamba_denoiser.train_job import register_cluster_options, run_train
 
 set_project_root()
@@ -24,4 +25,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -254,3 +254,35 @@ def test_noise_sigma_on_the_builtin_panels_planted_families(family):
     for f in feats:
         ratio = noise_sigma(p.frame[f].to_numpy(float), train).sigma / p.noise_std[f]
         assert 0.7 < ratio < 1.3, (f, ratio)
+
+
+def test_disk_fit_cache_is_a_pure_memo_shared_with_worker_processes(tmp_path, monkeypatch):
+    """prefit_state_space fills the on-disk cache from worker processes; afterwards the
+    fits are read, never recomputed (the fitters are made to fail), and equal a fresh fit
+    without any cache bit for bit."""
+    import mamba_denoiser.classical as classical
+
+    cols = np.column_stack([_simulate(k, seed=20 + i)[1] for i, k in enumerate(["ar1", "rw"])])
+    monkeypatch.delenv(classical.FIT_CACHE_ENV, raising=False)
+    clear_cache()
+    fresh = [fit_state_space(cols[:, j], TRAIN) for j in range(cols.shape[1])]
+
+    classical.set_fit_cache(tmp_path / "fits")
+    clear_cache()
+    classical.prefit_state_space(cols, TRAIN, n_jobs=2)
+    assert len(list((tmp_path / "fits").rglob("*.json"))) == 2 * len(STATE_SPACE_MODELS)
+
+    def no_fit(z):
+        raise AssertionError("fitted although the fit was cached on disk")
+
+    clear_cache()
+    monkeypatch.setattr(classical, "_FITTERS", {m: no_fit for m in STATE_SPACE_MODELS})
+    cached = [fit_state_space(cols[:, j], TRAIN) for j in range(cols.shape[1])]
+    assert cached == fresh
+
+    changed = cols[:, 0].copy()
+    changed[TRAIN[1] - 1] += 1.0  # other train rows: not in the cache, so a real fit
+    with pytest.raises(AssertionError, match="fitted although"):
+        fit_state_space(changed, TRAIN)
+    classical.set_fit_cache(None)
+    clear_cache()

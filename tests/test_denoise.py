@@ -152,9 +152,10 @@ def test_offline_mode_is_labelled_and_bands_bracket_the_mean(trained, tmp_path):
         trained, tmp_path / "run", "mode=offline", "bands=true", direction="bidirectional"
     )
     assert info["uses_future_rows"] is True
-    mid = pd.read_csv(tmp_path / "run" / "denoised.csv")
-    lo = pd.read_csv(tmp_path / "run" / "denoised_lower.csv")
-    hi = pd.read_csv(tmp_path / "run" / "denoised_upper.csv")
+    assert not (tmp_path / "run" / "denoised.csv").exists()  # never mistaken for causal
+    mid = pd.read_csv(tmp_path / "run" / "denoised_offline.csv")
+    lo = pd.read_csv(tmp_path / "run" / "denoised_offline_lower.csv")
+    hi = pd.read_csv(tmp_path / "run" / "denoised_offline_upper.csv")
     for f in ("E1", "M1"):
         ok = mid[f].notna()
         assert (lo[f][ok] <= mid[f][ok] + 1e-9).all() and (mid[f][ok] <= hi[f][ok] + 1e-9).all()
@@ -247,3 +248,81 @@ def test_causal_serving_plan_serves_each_row_once_from_a_causal_position(n_rows)
     assert set(rows) == set(range(4, n_rows))  # all but the first anchor_len rows
     assert (pos >= 4).all()  # after the rows that set the window's level
     assert (starts[w] + pos == rows).all() and (starts + 16 <= n_rows).all()
+
+
+def _recorded_clusters(trained, tmp_path: Path) -> Path:
+    """The fixture's clusters.json as cluster.py writes it: with the data options recorded."""
+    doc = json.loads(trained["clusters"].read_text())
+    doc["source"]["data_config"] = {
+        "kind": "csv",
+        "path": str(trained["csv"]),
+        "id_col": "date_id",
+        "targets": ["forward_returns", "risk_free_rate", "market_forward_excess_returns"],
+        "exclude": [],
+        "window_size": WINDOW,
+        "anchor_len": 4,
+        "split": {"train": 0.7, "val": 0.15, "test": 0.15, "embargo": WINDOW},
+        "max_discrete_values": 5,
+        "min_train_obs": None,
+        "interior_gaps": "mask",
+    }
+    path = tmp_path / "clusters.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_denoise_without_data_options_reads_the_recorded_data(trained, tmp_path):
+    """No data options: the recorded file, window and split, not the built-in panel (which
+    the conf default would generate); the output equals an explicit run's."""
+    clusters = _recorded_clusters(trained, tmp_path)
+    common = [
+        f"clusters={clusters}",
+        f"checkpoints={trained['root'] / 'causal'}",
+        "plots=false",
+        "gate=false",
+        f"paths.data_dir={tmp_path / 'no_builtin'}",
+    ]
+    info = run_denoise(_compose("denoise", common, tmp_path / "a"))
+    assert info["data"]["path"] == str(trained["csv"])
+    assert not (tmp_path / "no_builtin").exists()  # the built-in panel was never generated
+    run_denoise(_compose("denoise", [*common, *_data(trained["csv"])], tmp_path / "b"))
+    assert (tmp_path / "a" / "denoised.csv").read_bytes() == (
+        tmp_path / "b" / "denoised.csv"
+    ).read_bytes()
+
+
+def test_denoise_refuses_a_data_option_that_contradicts_the_record(trained, tmp_path, capsys):
+    clusters = _recorded_clusters(trained, tmp_path)
+    ov = [
+        f"clusters={clusters}",
+        f"checkpoints={trained['root'] / 'causal'}",
+        "plots=false",
+        "data=csv",
+        f"data.path={trained['csv']}",
+        "data.window_size=20",
+    ]
+    with pytest.raises(SystemExit) as exc:
+        run_denoise(_compose("denoise", ov, tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "data.window_size=20 (recorded: 16)" in err and str(clusters) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_copied_sweep_reads_its_own_checkpoints(trained, tmp_path, capsys):
+    """summary.json records absolute paths; a copy must use the checkpoints beside it (a
+    corrupted copy fails, rather than silently reading the originals)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained["root"] / "causal", copy)
+    assert list(copy.rglob("summary.json"))
+    for ck in copy.rglob("*.ckpt"):
+        ck.write_bytes(b"corrupted copy")
+    ov = [
+        *_data(trained["csv"]),
+        f"clusters={trained['clusters']}",
+        f"checkpoints={copy}",
+        "plots=false",
+    ]
+    with pytest.raises(SystemExit) as exc:
+        run_denoise(_compose("denoise", ov, tmp_path / "run"))
+    assert exc.value.code == 2 and str(copy) in capsys.readouterr().err

@@ -570,3 +570,224 @@ def test_both_heads_split_one_batch_in_one_pass():
     for name in ("model.head.weight", "model.pred_head.weight", "model.pred_embed"):
         grad = dict(module.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+# ---- how a run went: reference, last epoch, failures in a sweep, Ctrl-C, threads -------
+
+
+def _scripted_val_noise_mse(monkeypatch, factor):
+    """Validation val/noise_mse := factor(epoch) × the i.i.d. reference of the same batch."""
+    from mamba_denoiser.training import DenoiserModule
+
+    orig = DenoiserModule._diffusion_terms
+
+    def scripted(self, x_t, t, eps, eps_hat, mask):
+        loss, terms = orig(self, x_t, t, eps, eps_hat, mask)
+        if not self.training:
+            terms["noise_mse"] = terms["noise_mse_iid_baseline"] * factor(self.current_epoch)
+        return loss, terms
+
+    monkeypatch.setattr(DenoiserModule, "_diffusion_terms", scripted)
+
+
+@pytest.mark.parametrize(
+    "factor, status, best_epoch",
+    [
+        (lambda e: 1.5 / (1 + e), "ok", 1),  # improving: best in the last epoch, below ref
+        (lambda e: 1.5 * (1 + e), "worse_than_reference", 0),  # best 1.5 × reference
+    ],
+)
+def test_summary_says_how_training_went(
+    tmp_path, small_csv, clusters_json, monkeypatch, caplog, factor, status, best_epoch
+):
+    _scripted_val_noise_mse(monkeypatch, factor)
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "trainer.max_epochs=2")
+    with caplog.at_level("INFO", logger="mamba_denoiser"):
+        run_train(cfg)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    ref = s["val_noise_mse_iid_baseline"]
+    assert s["status"] == status and s["epochs"] == 2 and s["best_epoch"] == best_epoch
+    assert s["best_val_noise_mse"] == pytest.approx(factor(best_epoch) * ref, rel=1e-5)
+    assert s["best_is_last_epoch"] is (best_epoch == 1)
+    assert s["best_checkpoint"].endswith(f"best-epoch{best_epoch:03d}.ckpt")
+    assert Path(s["best_checkpoint"]).is_file()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    above = [m for m in warnings if "above its i.i.d. reference" in m]
+    if status == "worse_than_reference":
+        assert len(above) == 1 and above[0].startswith("c0: best val noise MSE")
+        assert f"{s['best_val_noise_mse']:.4f}" in above[0] and f"{ref:.4f}" in above[0]
+    else:
+        assert not above
+    last = [r.getMessage() for r in caplog.records if "came in the last epoch" in r.getMessage()]
+    assert len(last) == (1 if best_epoch == 1 else 0)
+
+
+def _poison_cluster(monkeypatch, cluster_id, from_step=0):
+    from mamba_denoiser.training import DenoiserModule
+
+    orig = DenoiserModule.diffusion_loss
+
+    def poisoned(self, x0, mask, t=None, eps=None):
+        loss, terms = orig(self, x0, mask, t, eps)
+        bad = self.hparams.cluster["id"] == cluster_id and self.global_step >= from_step
+        return (loss * float("nan") if bad and self.training else loss), terms
+
+    monkeypatch.setattr(DenoiserModule, "diffusion_loss", poisoned)
+
+
+def test_failed_job_of_a_multirun_records_itself_and_returns(
+    tmp_path, small_csv, clusters_json, monkeypatch, capsys
+):
+    from omegaconf import OmegaConf
+
+    from mamba_denoiser.sweep import SweepSummary
+
+    _poison_cluster(monkeypatch, 1)
+    sweep = tmp_path / "sweep"
+    for job, cluster in (("0_c0", "c0"), ("1_c1", "c1")):
+        cfg = make_cfg(
+            tmp_path,
+            small_csv,
+            clusters_json,
+            f"cluster={cluster}",
+            "trainer.max_epochs=1",
+            "hydra.mode=MULTIRUN",
+            run=f"sweep/{job}",
+        )
+        best = run_train(cfg)  # no SystemExit: the sweep goes on
+        assert (best != best) == (cluster == "c1")  # the failed job returns NaN
+    err = capsys.readouterr().err
+    assert "error: training loss is nan" in err and "Traceback" not in err
+    # failed before its first checkpoint, yet its directory and summary are kept
+    s = json.loads((sweep / "1_c1" / "summary.json").read_text())
+    assert s["status"] == "failed" and s["exit_code"] == 2 and s["cluster_id"] == 1
+    assert "training loss is nan" in s["error"] and not list(sweep.glob("1_c1/checkpoints/*"))
+    assert json.loads((sweep / "0_c0" / "summary.json").read_text())["status"] in (
+        "ok",
+        "worse_than_reference",
+    )
+    with pytest.raises(SystemExit) as exc:
+        SweepSummary().on_multirun_end(
+            OmegaConf.create({"task_name": "train", "hydra": {"sweep": {"dir": str(sweep)}}})
+        )
+    assert exc.value.code == 2
+    table = (sweep / "summary.md").read_text()
+    assert "| c0 | mean_reverting | 2 | 1 |" in table
+    assert "| c1 | trending | 1 | 0 |" in table and "| failed: training loss is nan" in table
+    assert "error: 1 of 2 training job(s) failed: c1 (training loss is nan" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("at_step, kept", [(1, False), (6, True)])  # 4 steps an epoch
+def test_ctrl_c_is_recorded_as_interrupted(
+    tmp_path, small_csv, clusters_json, monkeypatch, capsys, at_step, kept
+):
+    import signal
+
+    from mamba_denoiser.training import DenoiserModule
+
+    orig = DenoiserModule.training_step
+
+    def ctrl_c(self, batch, batch_idx):
+        if self.global_step == at_step:
+            raise KeyboardInterrupt
+        return orig(self, batch, batch_idx)
+
+    monkeypatch.setattr(DenoiserModule, "training_step", ctrl_c)
+    cfg = make_cfg(tmp_path, small_csv, clusters_json, "trainer.max_epochs=3")
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run_train(cfg)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "SystemExit" not in err
+    if not kept:  # before the first checkpoint: nothing to keep, as for a failure
+        assert not (tmp_path / "run").exists() and "interrupted" in err
+        return
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "interrupted" and "error" not in s
+    assert s["epochs"] == 1 and s["global_step"] == at_step and s["best_epoch"] == 0
+    assert s["best_checkpoint"].endswith("best-epoch000.ckpt")
+    assert Path(s["best_checkpoint"]).is_file() and Path(s["last_checkpoint"]).is_file()
+    assert err.strip().splitlines()[-1].startswith("interrupted: c0 stopped after 1 epoch(s)")
+
+
+@pytest.mark.parametrize(
+    "cores, n_jobs, threads",
+    [(16, 4, 4), (16, 3, 5), (2, 10, 1), (16, -1, 1), (16, -2, 1), (8, -5, 2), (8, None, 8)],
+)
+def test_threads_per_job(cores, n_jobs, threads):
+    from mamba_denoiser.train_job import threads_per_job
+
+    assert threads_per_job(cores, n_jobs) == threads
+
+
+def test_joblib_cpu_jobs_share_the_cores(tmp_path, small_csv, clusters_json, monkeypatch, caplog):
+    from mamba_denoiser import train_job
+
+    monkeypatch.setattr(train_job, "cpu_cores", lambda: 8)
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    make_cfg(
+        tmp_path,
+        small_csv,
+        clusters_json,
+        f"hydra.launcher._target_={joblib}",
+        "+hydra.launcher.n_jobs=2",
+    )
+    with caplog.at_level("INFO", logger="mamba_denoiser"):
+        assert train_job.share_cpu_threads({"accelerator": "cpu"}) == 4
+    assert torch.get_num_threads() == 4  # conftest restores it afterwards
+    assert sum("4 torch thread(s) per job" in r.getMessage() for r in caplog.records) == 1
+    assert train_job.share_cpu_threads({"accelerator": "gpu"}) is None
+    make_cfg(tmp_path, small_csv, clusters_json)  # the basic (sequential) launcher
+    assert train_job.share_cpu_threads({"accelerator": "cpu"}) is None
+
+
+@pytest.mark.slow
+def test_multirun_goes_on_past_a_failed_job_and_exits_nonzero(tmp_path, small_csv, clusters_json):
+    """The real command line: c1's NaN loss must not abort the sweep (Hydra does not catch
+    SystemExit), c0 still trains, summary.md lists c1 as failed, and the exit code is 2."""
+    wrapper = tmp_path / "train_nan_c1.py"
+    wrapper.write_text(
+        "import runpy, sys\n"
+        "from mamba_denoiser.training import DenoiserModule\n"
+        "orig = DenoiserModule.diffusion_loss\n"
+        "def poisoned(self, x0, mask, t=None, eps=None):\n"
+        "    loss, terms = orig(self, x0, mask, t, eps)\n"
+        "    bad = self.training and self.hparams.cluster['id'] == 1\n"
+        "    return (loss * float('nan') if bad else loss), terms\n"
+        "DenoiserModule.diffusion_loss = poisoned\n"
+        f"sys.argv[0] = {str(ROOT / 'train.py')!r}\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    sweep = tmp_path / "sweep"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(wrapper),
+            "-m",
+            *base_overrides(tmp_path, small_csv, clusters_json),
+            "cluster=c1,c0",  # the failing job first: the next one must still run
+            "trainer.max_epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 2, r.stderr[-4000:]
+    assert (sweep / "1_c0" / "checkpoints" / "last.ckpt").exists()
+    assert json.loads((sweep / "0_c1" / "summary.json").read_text())["status"] == "failed"
+    table = (sweep / "summary.md").read_text()
+    assert "| c0 | mean_reverting | 2 | 1 |" in table and "| c1 | trending | 1 | 0 |" in table
+    assert "Failed: 1 of 2 training job(s) failed: c1 (training loss is nan" in table
+    assert "Training sweep" in r.stdout
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 2 training job(s) failed: c1 (training loss is nan")
+    assert "Traceback" not in r.stderr

@@ -61,7 +61,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def describe(err: BaseException) -> str:
-    """One line (or a few) for the user; OOM gets the fix appended."""
+    """One line for the user (a message of several lines is joined); OOM gets the fix
+    appended."""
     import torch
 
     from mamba_denoiser.evaluation.leakage import LeakageError
@@ -74,7 +75,7 @@ def describe(err: BaseException) -> str:
             f"out of memory ({msg.splitlines()[0]}). Lower batch_size=..., use a smaller "
             "model (model=small), or a shorter data.window_size."
         )
-    return msg
+    return " ".join(s.strip() for s in msg.splitlines() if s.strip())
 
 
 def _has_checkpoint(out: Path) -> bool:
@@ -82,34 +83,63 @@ def _has_checkpoint(out: Path) -> bool:
 
 
 @contextlib.contextmanager
-def fail_cleanly(out_dir: Path, *, on_failure=None, delete: bool = True) -> Iterator[None]:
+def fail_cleanly(
+    out_dir: Path,
+    *,
+    on_failure=None,
+    on_interrupt=None,
+    delete: bool = True,
+    keep_going: bool = False,
+) -> Iterator[None]:
     """Run a job; on failure print one message and exit, leaving nothing half-done.
 
     - A run that fails before its first checkpoint loses its run directory (`delete`
       is False for DDP children, which must not delete the launcher's directory).
-    - A run that fails later keeps its checkpoints; `on_failure(message)` records the
-      failure (train.py writes summary.json with "status": "failed").
+    - A run that fails later keeps its checkpoints; `on_failure(message, exit_code)`
+      records the failure (train.py writes summary.json with "status": "failed").
     - User errors exit with code 2, anything else with 1, both without a traceback;
       HYDRA_FULL_ERROR=1 re-raises so the traceback is shown.
+    - Ctrl-C (KeyboardInterrupt, also as Lightning's SystemExit(1)): `on_interrupt()`
+      records it when there is something to keep (train.py: "status": "interrupted"); it
+      may return the line to print. Exit code 130.
+    - `keep_going` (a job of a multirun): a failure is recorded even before the first
+      checkpoint, the directory is kept so the sweep table lists the job, and after the
+      message the block returns instead of exiting, so the other jobs of the sweep run.
+      Interrupts still exit.
     """
     try:
         yield
     except BaseException as err:
         if isinstance(err, SystemExit) and err.code in (0, None):
             raise
+        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        keep = keep_going or _has_checkpoint(out_dir)
+        if _interrupted(err):
+            line = None
+            if delete and keep and on_interrupt is not None:
+                with contextlib.suppress(Exception):
+                    line = on_interrupt()
+            elif delete and keep and on_failure is not None:
+                with contextlib.suppress(Exception):
+                    on_failure("interrupted (KeyboardInterrupt)", 130)
+            elif delete and not keep:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            if full_error:
+                raise
+            print(line or "interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
         expected = isinstance(err, user_errors())
         message = describe(err) if expected else f"{type(err).__name__}: {describe(err)}"
+        code = 2 if expected else 1
         if delete:
-            if _has_checkpoint(out_dir):
+            if keep:
                 if on_failure is not None:
                     with contextlib.suppress(Exception):
-                        on_failure(message)
+                        on_failure(message, code)
             else:
                 shutil.rmtree(out_dir, ignore_errors=True)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or isinstance(
-            err, (KeyboardInterrupt, SystemExit)
-        ):
-            raise
+        if full_error or (isinstance(err, SystemExit) and not keep_going):
+            raise  # someone else's exit code (e.g. a DDP child's) is kept as it is
         print(f"error: {message}", file=sys.stderr)
         if not expected:
             print(
@@ -117,7 +147,17 @@ def fail_cleanly(out_dir: Path, *, on_failure=None, delete: bool = True) -> Iter
                 "report it)",
                 file=sys.stderr,
             )
-        raise SystemExit(2 if expected else 1) from None
+        if keep_going:
+            return
+        raise SystemExit(code) from None
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Ctrl-C: a KeyboardInterrupt, or the sys.exit(1) Lightning raises after catching one
+    (its trainer turns KeyboardInterrupt into SystemExit(1) raised inside the handler)."""
+    return isinstance(err, KeyboardInterrupt) or (
+        isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
+    )
 
 
 def to_dict(node: Any) -> Any:
@@ -152,6 +192,68 @@ def route_lightning_logs() -> None:
             lg.addFilter(_DropVendorTips())
 
 
+# ---- data options remembered from the upstream stage -----------------------------------
+
+
+def command_line_overrides() -> list[str]:
+    """This run's Hydra overrides (empty when not under Hydra, e.g. a plain library call)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def remembered_data(cfg: DictConfig, recorded: dict | None, recorded_by: str) -> dict:
+    """cfg.data, or where no data option was given, the options `recorded_by` (a
+    clusters.json or checkpoint) recorded; a given option that changes how the data are
+    read and disagrees with the record is a ConfigError naming both (data/remembered.py)."""
+    from mamba_denoiser.data.remembered import (
+        DataOptionsError,
+        given_data_keys,
+        merge_data_options,
+    )
+
+    given = given_data_keys(command_line_overrides())
+    try:
+        data, used = merge_data_options(to_dict(cfg.data), recorded, given, recorded_by=recorded_by)
+    except DataOptionsError as e:
+        raise ConfigError(str(e)) from None
+    if used and not given:
+        log.info("Data options as recorded in %s (data.path=%s)", recorded_by, data.get("path"))
+    return data
+
+
+# ---- the statsmodels fits, shared by every stage --------------------------------------
+
+
+def use_fit_cache(cfg: DictConfig) -> None:
+    """Keep statsmodels fits on disk under paths.cache_dir (null: memory only); a pure memo
+    keyed by the exact train rows fitted (classical.set_fit_cache)."""
+    from mamba_denoiser.classical import set_fit_cache
+
+    cache = cfg.paths.get("cache_dir")
+    set_fit_cache(Path(cache) / "fits" if cache else None)
+
+
+def prefit_fits(cfg: DictConfig, panel, features: list[str]) -> None:
+    """Every feature's state-space fits (σ, the Kalman candidate) on the train rows, over
+    `n_jobs` processes, into the disk cache: cluster.py makes them while the cores are
+    free, train.py, denoise.py and evaluate.py read them. Outputs are the same without."""
+    import time
+
+    from mamba_denoiser.classical import prefit_state_space
+
+    use_fit_cache(cfg)
+    t0 = time.perf_counter()
+    prefit_state_space(
+        panel.frame[list(features)].to_numpy(float),
+        panel.bounds["train"],
+        n_jobs=int(cfg.get("n_jobs", 1)),
+    )
+    log.info("State-space fits of %d features: %.1fs", len(features), time.perf_counter() - t0)
+
+
 # ---- cluster.py -----------------------------------------------------------------------
 
 
@@ -165,6 +267,7 @@ def run_cluster(cfg: DictConfig) -> dict:
         panel = panel_from_config(to_dict(cfg.data))
         # every clustering.* key is a keyword of run_clustering (conf/cluster.yaml)
         doc = run_clustering(panel, out, plots=cfg.plots, **to_dict(cfg.clustering))
+        prefit_fits(cfg, panel, panel.continuous)
     console().print(cluster_table(doc))
     log.info("Wrote %s", out / "clusters.json")
     return doc

@@ -17,9 +17,19 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from mamba_denoiser.cli import ConfigError, fail_cleanly, output_dir, to_dict
+from mamba_denoiser.cli import (
+    ConfigError,
+    fail_cleanly,
+    output_dir,
+    prefit_fits,
+    remembered_data,
+    to_dict,
+)
 
 log = logging.getLogger("mamba_denoiser")
+# summary.json statuses whose best checkpoint is served ("worse_than_reference" trained to
+# the end; the SURE gate still decides per feature whether it helps)
+USABLE_STATUS = ("ok", "worse_than_reference")
 
 
 # ---- finding the checkpoints ----------------------------------------------------------
@@ -41,6 +51,7 @@ def load_models(folder: str | Path) -> dict[int, Any]:
     """cluster id -> ClusterModel, each checkpoint read once: each job's best checkpoint
     (by validation) from its summary.json; folders without summaries: every best*.ckpt
     (else last.ckpt) below. Two checkpoints of one cluster: the newer file wins."""
+    from mamba_denoiser.checkpoint import resolve_checkpoint
     from mamba_denoiser.inference import load_cluster_model
 
     folder = Path(folder)
@@ -48,10 +59,15 @@ def load_models(folder: str | Path) -> dict[int, Any]:
         raise ConfigError(f"checkpoints={folder}: not a folder")
     candidates: list[Path] = []
     for s in sorted(folder.rglob("summary.json")):
-        doc = json.loads(s.read_text())
+        try:
+            doc = json.loads(s.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{s}: not readable JSON ({e}); re-run train.py for it") from None
         ck = doc.get("best_checkpoint") or doc.get("last_checkpoint")
-        if doc.get("status", "ok") == "ok" and ck and Path(ck).is_file():
-            candidates.append(Path(ck))
+        if doc.get("status", "ok") in USABLE_STATUS and ck:
+            path = resolve_checkpoint(s, ck)  # beside the summary, if the sweep was copied
+            if path.is_file():
+                candidates.append(path)
     if not candidates:
         candidates = sorted(folder.rglob("best*.ckpt")) or sorted(folder.rglob("last.ckpt"))
     if not candidates:
@@ -102,9 +118,26 @@ def write_like_input(
 # ---- the run ----------------------------------------------------------------------------
 
 
-def _load_models(cfg: DictConfig, panel) -> tuple[dict[int, Any], Any, Path]:
+def data_options(cfg: DictConfig, clusters, models: dict) -> dict[str, Any]:
+    """The data options recorded by cluster.py (clusters.json, copied into each checkpoint)
+    unless given on the command line (cli.remembered_data)."""
+    first = next(iter(models.values()))
+    recorded = clusters.source.get("data_config") or first.source.get("data_config")
+    return remembered_data(cfg, recorded, str(clusters.path))
+
+
+def prefit(cfg: DictConfig, panel, models: dict) -> None:
+    """The statsmodels fits of every denoised feature (usually read from the disk cache
+    cluster.py filled; cli.prefit_fits)."""
+    prefit_fits(cfg, panel, [f for m in models.values() for f in m.features])
+
+
+def load_trained(cfg: DictConfig) -> tuple[Any, dict[int, Any], Any, Path]:
+    """(panel, cluster id -> ClusterModel, clusters, checkpoint folder), all checked to
+    belong together: the models' features, window and split against the data."""
     from mamba_denoiser.clustering.artifact import load_clusters
     from mamba_denoiser.clustering.validate import check_clusters_against_panel
+    from mamba_denoiser.data.source import panel_from_config
 
     ck_dir = Path(cfg.checkpoints) if cfg.checkpoints else find_latest_sweep(cfg.paths.log_dir)
     models = load_models(ck_dir)
@@ -113,6 +146,7 @@ def _load_models(cfg: DictConfig, panel) -> tuple[dict[int, Any], Any, Path]:
     if not clusters_path:
         raise ConfigError("which clusters.json? pass clusters=PATH")
     clusters = load_clusters(clusters_path)
+    panel = panel_from_config(data_options(cfg, clusters, models))
     check_clusters_against_panel(clusters, panel)
     missing = [c.name for c in clusters.clusters if c.id not in models]
     if missing and not cfg.allow_partial:
@@ -149,11 +183,19 @@ def _load_models(cfg: DictConfig, panel) -> tuple[dict[int, Any], Any, Path]:
     extra = sorted(set(models) - {c.id for c in clusters.clusters})
     if extra:
         raise ConfigError(f"checkpoints for clusters {extra} are not in {clusters.path}")
-    return models, clusters, ck_dir
+    return panel, models, clusters, ck_dir
 
 
-def _sigma_overrides(given: dict, models: dict) -> dict[str, float]:
-    """sigma={feature: std}: every key a denoised feature, every value finite and >= 0."""
+def _sigma_overrides(given: Any, models: dict) -> dict[str, float]:
+    """sigma={feature: std}: every key a denoised feature, every value finite and >= 0;
+    None (sigma=null) is {}; anything else that is not a mapping is a ConfigError."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise ConfigError(
+            f"sigma={given!r}: give a mapping feature -> noise std in native units, quoted "
+            "for the shell, e.g. 'sigma={E1: 0.5}'; or sigma=null to estimate every σ"
+        )
     known = {f for m in models.values() for f in m.features}
     unknown = sorted(set(given) - known)
     if unknown:
@@ -168,12 +210,15 @@ def _sigma_overrides(given: dict, models: dict) -> dict[str, float]:
         except (TypeError, ValueError):
             out[f] = float("nan")
         if not np.isfinite(out[f]) or out[f] < 0:
-            raise ConfigError(f"sigma.{f}={v!r}: give the noise std as a number >= 0")
+            raise ConfigError(
+                f"sigma.{f}={v!r}: give the noise std as a finite number >= 0 (native units), "
+                f"e.g. 'sigma={{{f}: 0.5}}'"
+            )
     return out
 
 
 def run_denoise(cfg: DictConfig) -> dict[str, Any]:
-    from mamba_denoiser.data.source import load_truth, panel_from_config
+    from mamba_denoiser.data.source import load_truth
     from mamba_denoiser.inference import MODES
     from mamba_denoiser.inference.panel import denoise_panel
     from mamba_denoiser.io import atomic_write_json, atomic_write_text, console
@@ -182,13 +227,13 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
     with fail_cleanly(out):
         if cfg.mode not in MODES:
             raise ConfigError(f"mode={cfg.mode}: choose one of {list(MODES)}")
-        panel = panel_from_config(to_dict(cfg.data))
-        models, clusters, ck_dir = _load_models(cfg, panel)
+        panel, models, clusters, ck_dir = load_trained(cfg)
+        prefit(cfg, panel, models)
         if cfg.mode == "offline":
             log.warning("mode=offline: two-sided windows, values use FUTURE rows (analysis only)")
         sampler = to_dict(cfg.sampler)
         name = sampler.pop("name")
-        sigma_cfg = _sigma_overrides(to_dict(cfg.sigma) or {}, models)
+        sigma_cfg = _sigma_overrides(to_dict(cfg.sigma), models)
         try:
             res = denoise_panel(
                 models,
@@ -211,8 +256,10 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
             cid: (models[cid], panel.frame[models[cid].features].to_numpy(float), r)
             for cid, r in res.clusters.items()
         }
+        _add_diagnostics(results, panel.bounds)
 
-        target = Path(cfg.output) if cfg.output else out / "denoised.csv"
+        default_name = "denoised.csv" if cfg.mode == "causal" else "denoised_offline.csv"
+        target = Path(cfg.output) if cfg.output else out / default_name
         outputs = {"denoised": target}
         if cfg.bands:
             outputs["lower"] = target.with_name(target.stem + "_lower.csv")
@@ -253,6 +300,21 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
     return info
 
 
+def _add_diagnostics(results: dict, bounds: dict) -> None:
+    """Per changed feature, what was removed (evaluation/diagnostics.py), on the rows after
+    the train split: the ones no estimator was fitted on."""
+    from mamba_denoiser.evaluation.diagnostics import removed_part
+
+    rows, train = slice(bounds["val"][0], None), slice(*bounds["train"])
+    for m, raw, r in results.values():
+        for i, f in enumerate(m.features):
+            v = r.info["features"][f]
+            d = removed_part(raw[:, i], r.mean[:, i], rows, sigma=v["sigma"], train=train)
+            if not v["denoised"]:
+                d = {**d, "removed_share": 0.0, "removed_ljung_box_p": None, "lag_vs_raw": None}
+            v.update(d)
+
+
 _COLS = ("cluster", "type", "model", "mode", "sampler", "t", "changed / features", "seconds")
 
 
@@ -275,6 +337,28 @@ def _num(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
 
+_REASON_KINDS = (
+    ("y is white", "white y on the train split (noise cannot be told from signal)"),
+    ("σ not usable", "no usable σ"),
+    (
+        "SURE on the validation rows",
+        "no candidate's SURE gain on the validation rows beat the margin",
+    ),
+)
+
+
+def _reason_counts(info: dict) -> str:
+    """'13 white y ..., 8 no candidate ...': why the unchanged features stayed raw."""
+    counts: dict[str, int] = {}
+    for c in info["clusters"]:
+        for v in c["features"].values():
+            if v["denoised"]:
+                continue
+            kind = next((k for p, k in _REASON_KINDS if v["reason"].startswith(p)), "other")
+            counts[kind] = counts.get(kind, 0) + 1
+    return "; ".join(f"{n} feature{'s' * (n != 1)}: {k}" for k, n in counts.items())
+
+
 def _table_md(info: dict) -> str:
     n, m = info["n_changed"], info["n_features"]
     lines = [
@@ -283,63 +367,85 @@ def _table_md(info: dict) -> str:
         + ").",
         "",
     ]
+    why = _reason_counts(info)
     if n == 0:
-        lines += [
-            "Nothing was changed: every feature was white, had no usable σ, or no "
-            "candidate's SURE gain on the validation rows beat the margin (reasons "
-            "below).",
-            "",
-        ]
+        lines += [f"Nothing was changed: {why or 'no cluster was denoised'}.", ""]
+    elif why:
+        lines += [f"Left raw: {why}.", ""]
     lines += ["| " + " | ".join(_COLS) + " |", "|" + "---|" * len(_COLS)]
     lines += ["| " + " | ".join(_cells(c)) + " |" for c in info["clusters"]]
     lines += [
         "",
-        "Per feature (σ in native units and its source; Ljung-Box p of y on the train "
-        "split; the estimator chosen and its SURE gain on the validation rows, dB):",
+        "Per feature: σ in native units and its source; the noise share σ²/Var(y) and the "
+        "Ljung-Box p of y on the train split; the estimator chosen and its SURE gain on the "
+        "validation rows (dB). Without clean values, what was removed (y − output, rows "
+        "after the train split): its share of Var(y) (close to the noise share if only "
+        "noise went), its Ljung-Box p (large if it is white, as noise is) and the output's "
+        "lag behind y in rows.",
         "",
-        "| feature | cluster | σ | σ source | Ljung-Box p | chosen | SURE gain (val) | "
-        "why not changed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| feature | cluster | σ | σ source | noise share | Ljung-Box p (y) | chosen | "
+        "SURE gain (val) | removed share | removed Ljung-Box p | lag | why not changed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in info["clusters"]:
         for f, v in c["features"].items():
+            lag = "-" if v.get("lag_vs_raw") is None else str(v["lag_vs_raw"])
             lines.append(
                 f"| {f} | {c['cluster']} | {_num(v['sigma'])} | {v['sigma_source']} | "
-                f"{_num(v['ljung_box_p'], 2)} | {v['chosen']} | {_num(v['gain_db_val'])} | "
-                f"{v['reason']} |"
+                f"{_num(v.get('noise_share'), 2)} | {_num(v['ljung_box_p'], 2)} | "
+                f"{v['chosen']} | {_num(v['gain_db_val'])} | "
+                f"{_num(v.get('removed_share'), 2)} | {_num(v.get('removed_ljung_box_p'), 2)} "
+                f"| {lag} | {v['reason'] or '-'} |"
             )
     if info["left_raw"]:
         lines += ["", f"Clusters left raw (no checkpoint): {', '.join(info['left_raw'])}"]
     return "\n".join(lines) + "\n"
 
 
-def _table_rich(info: dict):
-    from rich.table import Table
+def _table_rich(info: dict, width: int | None = None):
+    """The per-cluster table for the console, every cell in full at `width` columns (the
+    console's by default): split into several tables when too wide (report.console_tables)."""
+    import pandas as pd
+    from rich.console import Group
+
+    from mamba_denoiser.evaluation.report import console_tables
+    from mamba_denoiser.io import console
 
     mode = "offline, uses FUTURE rows" if info["uses_future_rows"] else "causal"
-    table = Table(title=f"Denoised {len(info['clusters'])} cluster(s) ({mode})")
-    for c in _COLS:
-        table.add_column(c)
-    for c in info["clusters"]:
-        table.add_row(*_cells(c))
-    return table
+    rows = [_cells(c) for c in info["clusters"]]
+    t = _COLS.index("t")
+    for r in rows:  # "0.1, 0.3": wraps between the t values, never inside one
+        r[t] = r[t].replace(",", ", ")
+    cells = pd.DataFrame(rows, columns=list(_COLS))
+    title = f"Denoised {len(info['clusters'])} cluster(s) ({mode})"
+    return Group(*console_tables(cells, width=width or console().width, title=title))
 
 
 def _plots(out: Path, panel, results, truth, bands: bool) -> None:
+    """Per cluster, up to three changed features: observed / denoised / clean (when the
+    built-in truth is known), the last 100 rows beside the last 400, and the residual."""
     from mamba_denoiser.plots import plot_denoised_examples
 
+    picked = {
+        m.name: [f for f in m.features if res.info["features"][f]["denoised"]][:3]
+        for m, _, res in results.values()
+    }
     clean = None
-    if truth is not None:
-        import pandas as pd
+    if truth is not None:  # aligned to the panel's rows by id (evaluation/truth.py)
+        from mamba_denoiser.evaluation.truth import builtin_truth
 
-        from mamba_denoiser.data.source import truth_paths
-
-        clean_frame = pd.read_csv(truth_paths(panel.source)[0])
-        clean = {c: clean_frame[c].to_numpy() for c in clean_frame.columns}
+        names = [f for fs in picked.values() for f in fs]
+        try:
+            t = builtin_truth(panel, names) if names else None
+        except ValueError as e:  # a clean file that does not match: plot without it
+            log.warning("plots without clean values: %s", e)
+            t = None
+        if t is not None:
+            clean = {f: t.clean[:, names.index(f)] for f in t.known}
     ids = panel.frame[panel.id_col].to_numpy()
     for m, raw, res in results.values():
         # only features that were changed: an unchanged one would be three identical lines
-        names = [f for f in m.features if res.info["features"][f]["denoised"]][:3]
+        names = picked[m.name]
         if not names:
             continue
         idx = [m.features.index(f) for f in names]
@@ -351,5 +457,6 @@ def _plots(out: Path, panel, results, truth, bands: bool) -> None:
             lower={f: res.lower[:, i] for f, i in zip(names, idx)} if bands else None,
             upper={f: res.upper[:, i] for f, i in zip(names, idx)} if bands else None,
             clean=clean,
-            title=f"{m.name} ({m.cluster['type']}): observed vs denoised, last 400 rows",
+            title=f"{m.name} ({m.cluster['type']}): observed vs denoised, last 400 rows "
+            "(right: last 100); below: residual",
         )

@@ -108,8 +108,7 @@ def _method_kw(method: dict, cfg) -> dict:
 
 
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from mamba_denoiser.data.source import panel_from_config
-    from mamba_denoiser.denoise_job import _load_models
+    from mamba_denoiser.denoise_job import load_trained, prefit
     from mamba_denoiser.evaluation import leakage
     from mamba_denoiser.evaluation.anchor import best_classical
     from mamba_denoiser.evaluation.baselines import apply_baselines
@@ -121,8 +120,8 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     t_start = time.perf_counter()
     with fail_cleanly(out):
-        panel = panel_from_config(to_dict(cfg.data))
-        models, clusters, ck_dir = _load_models(cfg, panel)
+        panel, models, clusters, ck_dir = load_trained(cfg)
+        prefit(cfg, panel, models)
         names = [f for m in models.values() for f in m.features]
         ftype = {f: m.cluster["type"] for m in models.values() for f in m.features}
         raw = panel.frame[names].to_numpy(dtype=np.float64)
@@ -233,6 +232,11 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
             tables["snr_causal_by_type"] = grouped(q_causal, ftype)
             lags = lag_table(clean, sub(causal_out), known, eval_rows)
             tables["lag_causal_by_type"] = grouped(lags, ftype)
+            if causal:
+                tables["gate_by_feature"] = _gate_table(
+                    den[causal[0]], q_causal[causal[0]], truth.family, tables["noise"]
+                )
+                tables["gate_by_feature"].attrs["method"] = causal[0]
             if two_out:
                 q_two = quality_table(raw[:, idx], clean, sub(two_out), known, eval_rows)
                 tables["snr_two_sided_by_family"] = grouped(q_two, truth.family)
@@ -251,6 +255,12 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                 f"anchor ({ANCHOR})": anchor.output,
             }
             tables["downstream"], curves = _downstream(cfg, panel, names, sets)
+        elif cfg.downstream.enabled:
+            skipped = (
+                "Downstream forecasting skipped: it needs the targets forward_returns and "
+                f"risk_free_rate (data.targets={sorted(targets)})"
+            )
+            log.info(skipped)
 
         # report
         for key, tab in tables.items():
@@ -316,6 +326,59 @@ def _noise_table(noise, names, ftype, truth, panel) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("feature")
 
 
+def _gate_table(res, test_gain: pd.Series, family: dict, noise: pd.DataFrame) -> pd.DataFrame:
+    """Per feature: what the gate predicted (SURE gain on the validation rows) next to what
+    happened (SNR gain on the test rows against the clean values), so a feature the gate
+    accepted that then lost is visible."""
+    rows = []
+    for r in res.clusters.values():
+        for f, v in r.info["features"].items():
+            rows.append(
+                {
+                    "feature": f,
+                    "family": family.get(f, ""),
+                    "cluster": r.info["cluster"],
+                    "sigma source": noise.loc[f, "source"] if f in noise.index else "",
+                    "chosen": v["chosen"],
+                    "predicted gain (val SURE, dB)": (
+                        v["gain_db_val"]
+                        if v["denoised"] and v["gain_db_val"] is not None
+                        else np.nan
+                    ),
+                    "test gain (dB)": float(test_gain.get(f, np.nan)),
+                }
+            )
+    return pd.DataFrame(rows).set_index("feature")
+
+
+def _gate_summary(gate: pd.DataFrame) -> str:
+    """One paragraph: did the validation-SURE predictions hold on the test rows?"""
+    from scipy.stats import spearmanr
+
+    ch = gate[gate["chosen"] != "raw"].dropna(
+        subset=["predicted gain (val SURE, dB)", "test gain (dB)"]
+    )
+    if ch.empty:
+        return "No feature was changed, so no prediction to check."
+    pred, real = ch["predicted gain (val SURE, dB)"], ch["test gain (dB)"]
+    lost = ch[real < -0.1].sort_values("test gain (dB)")
+    text = (
+        f"On the {len(ch)} changed features the gate predicted a median gain of "
+        f"{pred.median():+.2f} dB (SURE, validation rows); the test rows gave a median of "
+        f"{real.median():+.2f} dB"
+    )
+    if len(ch) >= 3:
+        rho = spearmanr(pred, real).statistic
+        text += f" (Spearman ρ between the two: {rho:.2f})"
+    if lost.empty:
+        return text + "; none lost more than 0.1 dB on the test rows."
+    worst = ", ".join(
+        f"{f} {r['test gain (dB)']:+.2f} dB (predicted {r['predicted gain (val SURE, dB)']:+.2f})"
+        for f, r in lost.head(5).iterrows()
+    )
+    return text + f"; {len(lost)} lost more than 0.1 dB on the test rows: {worst}."
+
+
 def _choices_table(den, anchor, names, causal) -> pd.DataFrame:
     data = {}
     for n in causal:
@@ -328,7 +391,54 @@ def _choices_table(den, anchor, names, causal) -> pd.DataFrame:
 
 
 def _downstream(cfg, panel, names, sets):
-    from mamba_denoiser.evaluation.downstream import position_from_prediction, run_downstream
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from mamba_denoiser.evaluation.downstream import (
+        MODELS,
+        position_from_prediction,
+        resolve_models,
+        run_downstream,
+    )
+
+    def models_from(options) -> list:
+        """downstream.models: the names ridge / hgb, or Hydra nodes {_target_: CLASS, ...,
+        name: optional label} instantiated here (the library gets the estimators, cloned per
+        fold). Errors are one line naming the option."""
+        out = []
+        for i, item in enumerate(options):
+            where = f"downstream.models[{i}]"
+            if isinstance(item, str):
+                if item not in MODELS:
+                    raise ConfigError(
+                        f"{where}={item}: unknown model; use {' or '.join(MODELS)}, or "
+                        "{_target_: a scikit-learn-style regressor class, ...}"
+                    )
+                out.append(item)
+                continue
+            node = OmegaConf.to_container(item, resolve=True) if OmegaConf.is_config(item) else item
+            if not isinstance(node, dict) or "_target_" not in node:
+                raise ConfigError(
+                    f"{where}={item}: give ridge, hgb or {{_target_: CLASS, ...}} "
+                    "(e.g. {_target_: sklearn.ensemble.RandomForestRegressor, n_estimators: 50})"
+                )
+            name = node.pop("name", None)
+            try:
+                est = instantiate(node)
+            except Exception as e:  # Hydra wraps import and argument errors
+                why = " ".join(str(e).split()).split(", set env var HYDRA_FULL_ERROR")[0]
+                raise ConfigError(
+                    f"{where} (_target_={node['_target_']}): {why or type(e).__name__}"
+                ) from None
+            if not (
+                callable(getattr(est, "fit", None)) and callable(getattr(est, "predict", None))
+            ):
+                raise ConfigError(
+                    f"{where} (_target_={node['_target_']}): {type(est).__name__} has no "
+                    "fit(X, y) / predict(X); give a scikit-learn-style regressor"
+                )
+            out.append((str(name), est) if name else est)
+        return out
 
     targets = set(panel.targets)
     T = panel.n_rows
@@ -346,22 +456,30 @@ def _downstream(cfg, panel, names, sets):
             "lower downstream.n_splits or give more rows"
         )
     frames, curves = [], {}
-    model0 = cfg.downstream.models[0]
+    models = models_from(cfg.downstream.models)
+    try:
+        model0 = next(iter(resolve_models(models, int(cfg.seed))))  # the curves' model
+    except ValueError as e:
+        raise ConfigError(f"downstream.models: {e}") from None
     for set_name, arr in sets.items():
         feats = panel.frame[base_cols].copy()
         feats[names] = arr
-        res = run_downstream(
-            feats,
-            fwd,
-            rf,
-            n_splits=n_splits,
-            embargo=int(panel.split.embargo),
-            models=list(cfg.downstream.models),
-            k=float(cfg.downstream.k),
-            seed=int(cfg.seed),
-            target_columns=list(panel.targets),
-            test_size=test_size,
-        )
+        try:
+            res = run_downstream(
+                feats,
+                fwd,
+                rf,
+                n_splits=n_splits,
+                embargo=int(panel.split.embargo),
+                models=models,
+                k=float(cfg.downstream.k),
+                seed=int(cfg.seed),
+                target_columns=list(panel.targets),
+                test_size=test_size,
+            )
+        except ValueError as e:  # folds that do not fit, or a model refusing the data
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"downstream ({set_name} features): {first}") from None
         t = res.metrics.copy()
         t.insert(0, "features", set_name)
         frames.append(t.reset_index())
@@ -450,6 +568,21 @@ def _report(cfg, panel, ck_dir, methods, checks, tables, truth, den, seconds) ->
                 to_markdown(_transpose(tables["snr_two_sided_by_family"]), index_name="method"),
                 "",
             ]
+        if "gate_by_feature" in tables:
+            gate = tables["gate_by_feature"]
+            lines += [
+                f"### Per feature: the gate's prediction against the test rows "
+                f"(`{gate.attrs.get('method', '')}`)",
+                "",
+                _gate_summary(gate),
+                "",
+                "<details><summary>every feature (table `gate_by_feature`)</summary>",
+                "",
+                to_markdown(gate, digits=2, index_name="feature"),
+                "",
+                "</details>",
+                "",
+            ]
         lines += [
             "### Lag of causal outputs behind the clean signal (rows; mean by type)",
             "",
@@ -496,6 +629,14 @@ def _report(cfg, panel, ck_dir, methods, checks, tables, truth, den, seconds) ->
             to_markdown(d[keep], digits=4, index_name="features"),
             "",
         ]
+    elif cfg.downstream.enabled:
+        lines += [
+            "## Forecasting",
+            "",
+            "Skipped: it needs the targets forward_returns and risk_free_rate (data.targets="
+            f"{list(panel.targets)}).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -512,38 +653,64 @@ def _source_counts(noise: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _print_key(tables: dict, den: dict, names: list[str]) -> None:
-    from rich.table import Table
-
+def _print_key(tables: dict, den: dict, names: list[str], con=None) -> None:
+    """The key tables on the console, every number in full at the console's width (80
+    columns included): wide tables are transposed or split (report.console_tables)."""
+    from mamba_denoiser.evaluation.report import console_tables
     from mamba_denoiser.io import console
 
+    con = con or console()
     for n, d in den.items():
         print(f"{n}: {d.n_changed} of {len(names)} features changed")
-    for key, title in (
-        ("snr_causal_by_family", "Causal SNR gain (dB) on test rows, by family"),
-        ("downstream", "Out-of-sample forecasting"),
-    ):
-        if key not in tables:
-            continue
-        tab = _transpose(tables[key]) if key != "downstream" else tables[key]
-        t = Table(title=title)
-        frame = tab.reset_index() if key != "downstream" else tab
-        for c in frame.columns:
-            t.add_column(str(c), overflow="fold")
-        for _, row in frame.iterrows():
-            t.add_row(*[_cell(v) for v in row])
-        console().print(t)
+    shown = []
+    if "snr_causal_by_family" in tables:
+        tab = _transpose(tables["snr_causal_by_family"])  # methods as rows
+        cells = pd.DataFrame(
+            {
+                col: [_cell(v, count=idx == "features") for idx, v in tab[col].items()]
+                for col in tab.columns
+            }
+        )
+        cells.insert(0, "method", [str(i) for i in tab.index])
+        shown.append(("Causal SNR gain (dB) on test rows, by family", cells))
+    if "downstream" in tables:
+        d = tables["downstream"]
+        market = d[d["model"] == "market"]
+        metrics = [c for c in d.columns if c not in ("features", "model")]
+        for model in dict.fromkeys(d.loc[d["model"] != "market", "model"]):
+            # one table per model: a row per metric, a column per feature set (+ market)
+            rows = pd.concat([d[d["model"] == model], market])
+            cells = pd.DataFrame(
+                {
+                    ("market" if r["model"] == "market" else r["features"]): [
+                        _cell(r[c], count=c == "n_rows", digits=4) for c in metrics
+                    ]
+                    for _, r in rows.iterrows()
+                }
+            )
+            cells.insert(0, "metric", metrics)
+            shown.append((f"Out-of-sample forecasting: {model}", cells))
+    for title, cells in shown:
+        for t in console_tables(cells, width=con.width, title=title):
+            con.print(t)
 
 
-def _cell(v) -> str:
+def _cell(v, *, count: bool = False, digits: int = 3) -> str:
+    """A table cell: integers (and counts) as integers, other numbers with `digits`
+    decimals (a value that rounds to zero as 0, never -0), missing as '-'."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return str(v)
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     if isinstance(v, (float, np.floating)):
-        return (
-            "-"
-            if not np.isfinite(v)
-            else (str(int(v)) if float(v).is_integer() and abs(v) > 1 else f"{v:.3f}")
-        )
+        if not np.isfinite(v):
+            return "-"
+        if count and float(v).is_integer():
+            return str(int(v))
+        r = round(float(v), digits)
+        return f"{(r if r != 0 else 0.0):.{digits}f}"
     return str(v)
 
 
@@ -585,8 +752,8 @@ def _plots(out: Path, panel, names, ftype, raw, den, tables, curves, truth, meth
     if not picks:
         return
     clean = None
-    if truth is not None:
-        clean = {f: truth.clean[:, names.index(f)] for f in picks}
+    if truth is not None:  # only where clean values are known; else the residual is vs raw
+        clean = {f: truth.clean[:, names.index(f)] for f in picks if f in truth.known}
     plot_denoised_examples(
         ids,
         {f: raw[:, names.index(f)] for f in picks},
@@ -595,7 +762,8 @@ def _plots(out: Path, panel, names, ftype, raw, den, tables, curves, truth, meth
         lower={f: d.lower[f] for f in picks} if d.lower else None,
         upper={f: d.upper[f] for f in picks} if d.upper else None,
         clean=clean,
-        title=f"{first}: one changed feature per cluster type, last 400 rows",
+        title=f"{first}: one changed feature per cluster type, last 400 rows (right: last "
+        "100); below: residual",
     )
 
 

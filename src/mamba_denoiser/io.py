@@ -39,9 +39,16 @@ def atomic_write_csv(path: str | Path, frame, **kwargs) -> Path:
 
 
 def console():
-    """A rich Console; wide when not a terminal, so tables in logs and CI stay on one line."""
+    """A rich Console: the terminal's width on a terminal; when piped (logs, CI), $COLUMNS
+    if set, else 120 columns (not rich's default of 80)."""
     import sys
 
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    if sys.stdout.isatty():
+        return Console()
+    try:
+        width = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        width = 0
+    return Console(width=width if width >= 20 else 120)

@@ -17,7 +17,8 @@ TYPE_COLOURS = {"mean_reverting": "tab:blue", "trending": "tab:red", "random_wal
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # figures built with layout="constrained" keep it
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -66,8 +67,9 @@ def plot_feature_map(z: np.ndarray, labels: np.ndarray, names: Sequence[str], ty
 def plot_cluster_examples(frame, clusters: Sequence[dict], id_col: str, path, per_cluster: int = 3):
     """A few member series per cluster, each standardised, against the time index."""
     fig, axes = plt.subplots(len(clusters), 1, figsize=(10, 1.9 * len(clusters)), squeeze=False)
-    t = frame[id_col].to_numpy()
+    t, labels = time_axis(frame[id_col].to_numpy())
     for ax, c in zip(axes[:, 0], clusters):
+        _format_time_axis(ax, t, labels)
         for f in c["features"][:per_cluster]:
             v = frame[f].to_numpy(dtype=float)
             ax.plot(t, (v - np.nanmean(v)) / (np.nanstd(v) + 1e-12), lw=0.6, label=f)
@@ -102,6 +104,62 @@ def validation_window_figure(x0, x0_hat, mask, names, *, n_features: int = 3, ti
     return fig
 
 
+def time_axis(ids) -> tuple[np.ndarray, Sequence[str] | None]:
+    """(x values, tick labels or None) for an id column: numbers and datetimes as they
+    are; text ids that parse as dates (e.g. '2020-01-03') as datetimes; other text as the
+    row position, labelled with the ids by ``label_positions`` (a categorical axis would
+    put one tick per row)."""
+    import pandas as pd
+
+    values = np.asarray(ids)
+    if values.dtype.kind in "iufM":
+        return values, None
+    text = pd.Series(values).astype(str).str.strip()
+    try:
+        return pd.to_numeric(text).to_numpy(), None
+    except (ValueError, TypeError):
+        pass
+    import warnings
+
+    for kw in ({"format": "ISO8601"}, {}):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "could not infer format": we try, not guess
+                dates = pd.to_datetime(text, **kw)
+            if not dates.isna().any():
+                return dates.to_numpy(), None
+        except (ValueError, TypeError, OverflowError):
+            continue
+    return np.arange(len(values)), list(text)
+
+
+def label_positions(ax, labels: Sequence[str], max_ticks: int = 6) -> None:
+    """A few ticks on a row-position axis, labelled with the ids at those rows."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    def fmt(x, _pos):
+        i = int(round(x))
+        return labels[i] if 0 <= i < len(labels) and abs(x - i) < 1e-6 else ""
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=max_ticks, integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(fmt))
+
+
+def _format_time_axis(ax, x: np.ndarray, labels) -> None:
+    import matplotlib.dates as mdates
+
+    if labels is not None:
+        label_positions(ax, labels, max_ticks=4)
+    elif x.dtype.kind == "M":
+        locator = mdates.AutoDateLocator(minticks=3, maxticks=6)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+
+
 def plot_denoised_examples(
     ids: np.ndarray,
     raw: dict[str, np.ndarray],
@@ -112,21 +170,54 @@ def plot_denoised_examples(
     upper: dict[str, np.ndarray] | None = None,
     clean: dict[str, np.ndarray] | None = None,
     last: int = 400,
+    zoom: int = 100,
     title: str = "",
 ) -> Path:
-    """A few features over the last `last` rows: observed, denoised (band), clean if known."""
+    """Per feature of `denoised`: observed, denoised (band) and clean (if known) over the
+    last `last` rows, the last `zoom` rows beside it, and under both the residual:
+    denoised − clean where clean values are known, else denoised − observed (minus what
+    was removed). Four axes per feature; a date axis when the ids are dates."""
     names = list(denoised)
-    fig, axes = plt.subplots(len(names), 1, figsize=(10, 2.2 * len(names)), squeeze=False)
-    sl = slice(-last, None)
-    for ax, f in zip(axes[:, 0], names):
-        ax.plot(ids[sl], raw[f][sl], color="0.6", lw=0.8, label="observed")
-        if clean is not None and f in clean:
-            ax.plot(ids[sl], clean[f][sl], color="k", lw=1.0, label="clean")
-        if lower is not None and upper is not None:
-            ax.fill_between(ids[sl], lower[f][sl], upper[f][sl], color="tab:blue", alpha=0.2)
-        ax.plot(ids[sl], denoised[f][sl], color="tab:blue", lw=1.0, label="denoised")
-        ax.set_title(f, fontsize=9, loc="left")
-    axes[0, 0].legend(loc="upper right", fontsize=8, ncol=3)
+    x_all, labels = time_axis(ids)
+    fig, axes = plt.subplots(
+        2 * len(names),
+        2,
+        figsize=(12, 3.3 * len(names)),
+        squeeze=False,
+        layout="constrained",  # a residual sits close under its view, not a row apart
+        gridspec_kw={"width_ratios": [3, 1], "height_ratios": [2, 1] * len(names)},
+    )
+    n = len(x_all)
+    for k, f in enumerate(names):
+        top, bottom = axes[2 * k], axes[2 * k + 1]
+        c = None if clean is None else clean.get(f)
+        if c is not None and not np.isfinite(np.asarray(c, dtype=float)[-last:]).any():
+            c = None  # no clean value in the shown rows: residual against the observed
+        ref = raw[f] if c is None else c
+        for col, rows in enumerate((last, zoom)):
+            sl = slice(max(n - rows, 0), n)
+            x = x_all[sl]
+            ax, rax = top[col], bottom[col]
+            ax.plot(x, raw[f][sl], color="0.6", lw=0.8, label="observed")
+            if c is not None:
+                ax.plot(x, c[sl], color="k", lw=1.0, label="clean")
+            if lower is not None and upper is not None and f in lower and f in upper:
+                ax.fill_between(x, lower[f][sl], upper[f][sl], color="tab:blue", alpha=0.2)
+            ax.plot(x, denoised[f][sl], color="tab:blue", lw=1.0, label="denoised")
+            rax.axhline(0.0, color="k", lw=0.6)
+            rax.plot(x, denoised[f][sl] - ref[sl], color="tab:purple", lw=0.8)
+            rax.sharex(ax)
+            ax.tick_params(labelbottom=False)
+            _format_time_axis(rax, x_all, labels)
+            if col == 0:
+                ax.set_title(f, fontsize=9, loc="left")
+                what = "clean" if c is not None else "observed"
+                rax.set_ylabel(f"denoised −\n{what}", fontsize=7)
+            else:
+                ax.set_title(f"last {min(zoom, n)} rows", fontsize=8, loc="left")
+        if zoom < min(last, n):  # the zoomed rows, marked on the long view
+            top[0].axvspan(x_all[n - zoom], x_all[n - 1], color="tab:orange", alpha=0.08)
+    axes[0, 0].legend(loc="upper left", fontsize=7, ncol=3)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
@@ -152,9 +243,11 @@ def plot_grouped_bars(table, path, *, title: str = "", ylabel: str = "SNR gain (
 def plot_cumulative_returns(ids: np.ndarray, curves: dict[str, np.ndarray], path, title="") -> Path:
     """curves: name -> (T,) strategy returns (NaN outside the test blocks); cumulative sums."""
     fig, ax = plt.subplots(figsize=(9, 3.6))
+    x, labels = time_axis(ids)
     for name, r in curves.items():
         ok = np.isfinite(r)
-        ax.plot(ids[ok], np.cumsum(r[ok]), lw=1.0, label=name)
+        ax.plot(x[ok], np.cumsum(r[ok]), lw=1.0, label=name)
+    _format_time_axis(ax, x, labels)
     ax.set_ylabel("cumulative return")
     ax.legend(fontsize=8)
     if title:

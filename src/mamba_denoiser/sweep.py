@@ -1,8 +1,17 @@
-"""After a multirun: one table of every job's summary.json (a Hydra callback)."""
+"""After a multirun: one table of every job's summary.json (a Hydra callback).
+
+Statuses (train_job): "ok"; "worse_than_reference" (best val noise MSE above the i.i.d.
+reference); "failed" (with "error"); "interrupted" (Ctrl-C). A job directory without a
+summary.json (a job killed from outside) is listed as "no summary.json". After writing
+summary.md the callback exits with code 2 (1 for an unexpected error) if any job failed,
+naming the failed clusters, so the multirun does not look like a success.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +28,10 @@ COLUMNS = (
     "train/val gap z -> window",
     "status",
     "best checkpoint",
+    "notes",
 )
+FAILED = ("failed", "no summary.json")
+BEST_IS_LAST_NOTE = "best at the last epoch: more epochs would likely help"
 
 
 def _num(x: float | None) -> str:
@@ -64,21 +76,77 @@ def _gap(r: dict[str, Any]) -> str:
 
 def _row(r: dict[str, Any], sweep_dir: Path | None) -> list[str]:
     return [
-        f"c{r.get('cluster_id', '?')}",
+        _name(r),
         str(r.get("type", "?")),
         str(r.get("n_features", "?")),
         str(r.get("epochs", "-")),
         _mse(r),
         _vs_baseline(r),
         _gap(r),
-        str(r.get("status", "ok")) + (f": {r['error'][:60]}" if r.get("error") else ""),
-        _ckpt(r, sweep_dir),
+        str(r.get("status", "ok")) + (f": {_one_line(r['error'])[:60]}" if r.get("error") else ""),
+        _ckpt(r, sweep_dir) if r.get("best_checkpoint") else "-",
+        _notes(r),
     ]
 
 
+def _notes(r: dict[str, Any]) -> str:
+    notes = []
+    if r.get("best_is_last_epoch"):
+        notes.append(BEST_IS_LAST_NOTE)
+    if r.get("status") == "worse_than_reference":
+        notes.append("best val noise MSE above the i.i.d. reference")
+    return "; ".join(notes) or "-"
+
+
+def _cluster_id(job: str) -> int | None:
+    m = re.search(r"_c(\d+)$", job)
+    return int(m.group(1)) if m else None
+
+
 def collect_summaries(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    rows = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob(f"*/{SUMMARY_FILE}"))]
-    return sorted(rows, key=lambda r: (r.get("cluster_id", 0), r.get("job", "")))
+    """Every job's summary.json, by cluster; a job directory (one with Hydra's .hydra/)
+    without one is a row with status "no summary.json"."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return []
+    rows = []
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        path = job / SUMMARY_FILE
+        if path.is_file():
+            try:
+                rows.append(json.loads(path.read_text()))
+                continue
+            except (OSError, ValueError):
+                pass
+        elif not (job / ".hydra").is_dir():
+            continue
+        rows.append({"job": job.name, "cluster_id": _cluster_id(job.name), "status": FAILED[1]})
+    return sorted(rows, key=lambda r: (r.get("cluster_id") or 0, r.get("job", "")))
+
+
+def failed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("status") in FAILED]
+
+
+def _name(r: dict[str, Any]) -> str:
+    cid = r.get("cluster_id")
+    return f"c{'?' if cid is None else cid}"
+
+
+def _one_line(text: str) -> str:
+    """Safe inside a markdown table cell: one line, no pipes."""
+    return " ".join(str(text).split()).replace("|", "/")
+
+
+def failure_line(rows: list[dict[str, Any]]) -> str:
+    """One line naming the failed clusters (empty if none failed)."""
+    failed = failed_rows(rows)
+    if not failed:
+        return ""
+    what = ", ".join(
+        f"{_name(r)} ({_one_line(r.get('error') or r.get('status', ''))[:80]})" for r in failed
+    )
+    return f"{len(failed)} of {len(rows)} training job(s) failed: {what}"
 
 
 def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Path:
@@ -87,22 +155,44 @@ def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Pa
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(_row(r, Path(sweep_dir))) + " |")
-    return atomic_write_text(Path(sweep_dir) / "summary.md", "\n".join(lines) + "\n")
+    lines.append("")
+    if failure_line(rows):
+        lines.append(f"Failed: {failure_line(rows)}")
+    for status, text in (
+        ("interrupted", "Interrupted (Ctrl-C)"),
+        ("worse_than_reference", "Best val noise MSE above the i.i.d. reference"),
+    ):
+        names = [_name(r) for r in rows if r.get("status") == status]
+        if names:
+            lines.append(f"{text}: {', '.join(names)}")
+    last = [_name(r) for r in rows if r.get("best_is_last_epoch")]
+    if last:
+        lines.append(f"Best at the last epoch (more epochs would likely help): {', '.join(last)}")
+    return atomic_write_text(Path(sweep_dir) / "summary.md", "\n".join(lines).rstrip() + "\n")
 
 
-def summary_rich_table(rows: list[dict[str, Any]], sweep_dir: str | Path | None = None):
-    from rich.table import Table
+def summary_rich_table(
+    rows: list[dict[str, Any]], sweep_dir: str | Path | None = None, width: int | None = None
+):
+    """The sweep table for the console: split into several tables when too wide for it, so
+    no number is cut (evaluation/report.console_tables)."""
+    import pandas as pd
+    from rich.console import Group
 
-    table = Table(title=f"Training sweep: {len(rows)} cluster(s)")
-    for c in COLUMNS:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*_row(r, Path(sweep_dir) if sweep_dir else None))
-    return table
+    from mamba_denoiser.evaluation.report import console_tables
+    from mamba_denoiser.io import console
+
+    cells = pd.DataFrame(
+        [_row(r, Path(sweep_dir) if sweep_dir else None) for r in rows], columns=list(COLUMNS)
+    )
+    title = f"Training sweep: {len(rows)} cluster(s)"
+    return Group(*console_tables(cells, width=width or console().width, title=title))
 
 
 class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        if config.get("task_name") != "train":  # e.g. cluster.py -m: no training summaries
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect_summaries(sweep_dir)
         if not rows:
@@ -112,3 +202,10 @@ class SweepSummary(Callback):
         path = write_summary_table(rows, sweep_dir)
         console().print(summary_rich_table(rows, sweep_dir))
         print(f"summary: {path}")
+        line = failure_line(rows)
+        if line:
+            # Hydra's callback runner catches Exception, not SystemExit: this sets the exit
+            # status of the multirun (2, or 1 if any job failed unexpectedly).
+            codes = [r.get("exit_code") for r in failed_rows(rows)]
+            print(f"error: {line}. See {path}", file=sys.stderr)
+            raise SystemExit(1 if 1 in codes or None in codes else 2)

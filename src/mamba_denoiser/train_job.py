@@ -2,7 +2,13 @@
 
 Order matters: every check that can fail (clusters.json against the data, the resume
 checkpoint against the data and the requested cluster, the accelerator) runs before the
-first batch, so a bad run fails in seconds and leaves no run directory behind.
+first batch, so a bad run fails in seconds and leaves no run directory behind (a job of a
+multirun keeps its directory with summary.json "status": "failed", and returns so the
+sweep goes on).
+
+summary.json "status": "ok"; "worse_than_reference" (trained, but the best val noise MSE
+is above the i.i.d. reference); "failed" (with "error" and "exit_code"); "interrupted"
+(Ctrl-C; best_checkpoint so far kept).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from mamba_denoiser.cli import (
     output_dir,
     route_lightning_logs,
     to_dict,
+    use_fit_cache,
 )
 
 log = logging.getLogger("mamba_denoiser")
@@ -165,6 +172,25 @@ def _cluster_from_clusters_file(cfg: DictConfig, panel) -> tuple[dict[str, Any],
     return cluster, str(Path(clusters.path).resolve())
 
 
+def _data_options(cfg: DictConfig) -> dict[str, Any]:
+    """The data options cluster.py recorded in clusters.json (or, resuming, those in the
+    checkpoint) unless given on the command line (cli.remembered_data)."""
+    from mamba_denoiser.cli import remembered_data
+
+    if cfg.ckpt_path:
+        from mamba_denoiser.checkpoint import load_checkpoint
+
+        src = load_checkpoint(cfg.ckpt_path)["hyper_parameters"].get("source") or {}
+        return remembered_data(cfg, src.get("data_config"), str(cfg.ckpt_path))
+    path = cfg.clusters or cfg.cluster.get("clusters_file")
+    if not path:
+        return to_dict(cfg.data)
+    from mamba_denoiser.clustering.artifact import load_clusters
+
+    clusters = load_clusters(path)
+    return remembered_data(cfg, clusters.source.get("data_config"), str(clusters.path))
+
+
 def _cluster_from_checkpoint(cfg: DictConfig, panel) -> dict[str, Any]:
     """Resume: the checkpoint decides the cluster, window, scaler and model."""
     from mamba_denoiser.checkpoint import CheckpointError, load_checkpoint
@@ -259,6 +285,131 @@ def _clean(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}
 
 
+# ---- multirun and parallel jobs -------------------------------------------------------
+
+
+def _hydra_config() -> Any:
+    """Hydra's config of the running job (None outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get()
+    except ValueError:
+        return None
+
+
+def in_multirun() -> bool:
+    """True in a job of a Hydra multirun (`-m`, or experiment=all_clusters)."""
+    from hydra.types import RunMode
+
+    hc = _hydra_config()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_job(cores: int, n_jobs: int | None) -> int:
+    """torch threads for each of the parallel jobs of a joblib launcher with `n_jobs`
+    workers on `cores` cores, so that together they use the cores once: cores // workers,
+    at least 1. As in joblib, n_jobs = -1 is one worker per core, -2 all cores but one
+    (workers = cores + 1 + n_jobs), None or 0 one worker."""
+    n = int(n_jobs) if n_jobs else 1
+    workers = n if n > 0 else max(1, cores + 1 + n)
+    return max(1, cores // workers)
+
+
+def share_cpu_threads(trainer_cfg: dict[str, Any]) -> int | None:
+    """In a joblib multirun on the CPU: torch.set_num_threads(cores // n_jobs), logged.
+
+    Each parallel job would otherwise start one thread per core, and n_jobs jobs would
+    oversubscribe the cores n_jobs times over. Returns the thread count set, or None when
+    this is not a CPU job of a joblib launcher (nothing is changed then)."""
+    import torch
+
+    hc = _hydra_config()
+    if hc is None or "joblib" not in str(hc.launcher.get("_target_", "")).lower():
+        return None
+    acc = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if acc not in ("cpu", "auto") or (acc == "auto" and torch.cuda.is_available()):
+        return None
+    cores, n_jobs = cpu_cores(), hc.launcher.get("n_jobs", -1)
+    n = threads_per_job(cores, n_jobs)
+    torch.set_num_threads(n)
+    log.info(
+        "joblib launcher with n_jobs=%s on %d cores: %d torch thread(s) per job",
+        n_jobs,
+        cores,
+        n,
+    )
+    return n
+
+
+def _checkpoint_epoch(path: str | None) -> int | None:
+    """The epoch (0-based, as in best-epochNNN.ckpt) stored in a checkpoint; None if none."""
+    import torch
+
+    if not path or not Path(path).is_file():
+        return None
+    try:  # mmap: reads the small header, not the weights
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:
+        return None
+
+
+def _progress(trainer) -> dict[str, Any]:
+    """How far a run got: epochs, steps, best score and checkpoints so far ({} before the
+    trainer exists). Used for failed and interrupted runs."""
+    if trainer is None:
+        return {}
+    ckpt_cb = trainer.checkpoint_callback
+    score = getattr(ckpt_cb, "best_model_score", None)
+    best = float(score) if score is not None else None
+    monitor = ckpt_cb.monitor if ckpt_cb else None
+    last = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb and ckpt_cb.dirpath else None
+    best_path = str(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else ""
+    last_epoch = _checkpoint_epoch(str(last) if last is not None else None)
+    # an interrupt between an epoch's last checkpoint and Lightning's epoch count: count it
+    epochs = max(int(trainer.current_epoch), -1 if last_epoch is None else last_epoch + 1)
+    return {
+        "epochs": epochs,
+        "global_step": int(trainer.global_step),
+        "monitor": monitor,
+        "best_score": best,
+        "best_val_noise_mse": best if monitor == "val/noise_mse" else None,
+        "best_epoch": _checkpoint_epoch(best_path),
+        "best_checkpoint": best_path,
+        "last_checkpoint": str(last) if last is not None and last.is_file() else "",
+    }
+
+
+def _write_sweep_table() -> None:
+    """summary.md of the sweep so far (an interrupted multirun never reaches the
+    SweepSummary callback)."""
+    from mamba_denoiser.sweep import collect_summaries, write_summary_table
+
+    hc = _hydra_config()
+    if hc is not None:
+        sweep_dir = Path(str(hc.sweep.dir))
+        rows = collect_summaries(sweep_dir)
+        if rows:
+            write_summary_table(rows, sweep_dir)
+
+
+def _restore_sigint() -> None:
+    """Lightning ignores SIGINT after catching a Ctrl-C; give it back its default."""
+    import contextlib
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_train(cfg: DictConfig) -> float:
     """Train one cluster's denoiser; write checkpoints, TensorBoard logs and summary.json."""
     import hydra
@@ -275,20 +426,49 @@ def run_train(cfg: DictConfig) -> float:
     rank_zero = (
         int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
     )
-    summary: dict[str, Any] = {"status": "running", "job": str(out.name)}
+    multirun = in_multirun()
+    summary: dict[str, Any] = {
+        "status": "running",
+        "job": str(out.name),
+        "cluster_id": cfg.cluster.get("id"),
+        "type": cfg.cluster.get("type"),
+    }
+    state: dict[str, Any] = {}  # the trainer, once it exists
+    best = float("nan")
 
-    def record_failure(message: str) -> None:
-        atomic_write_json(
-            out / "summary.json", _clean({**summary, "status": "failed", "error": message})
-        )
+    def record_failure(message: str, exit_code: int = 1) -> None:
+        doc = {**summary, **_progress(state.get("trainer"))}
+        doc.update(status="failed", error=message, exit_code=exit_code)
+        atomic_write_json(out / "summary.json", _clean(doc))
 
-    # Only the launching process may delete the run directory (DDP children share it).
-    with fail_cleanly(out, on_failure=record_failure, delete=rank_zero):
+    def record_interrupt() -> str:
+        _restore_sigint()
+        doc = {**summary, **_progress(state.get("trainer")), "status": "interrupted"}
+        atomic_write_json(out / "summary.json", _clean(doc))
+        if multirun:
+            _write_sweep_table()
+        where = f"c{doc.get('cluster_id', '?')} stopped after {doc.get('epochs', 0)} epoch(s)"
+        kept = doc.get("best_checkpoint") or "no checkpoint yet"
+        return f"interrupted: {where}; best checkpoint so far: {kept} ({out / 'summary.json'})"
+
+    # Only the launching process may delete the run directory (DDP children share it). In
+    # a multirun a failed job records itself and returns, so the sweep goes on and its
+    # table lists the failure (sweep.SweepSummary then exits non-zero).
+    with fail_cleanly(
+        out,
+        on_failure=record_failure,
+        on_interrupt=record_interrupt,
+        delete=rank_zero,
+        keep_going=multirun and rank_zero,
+    ):
         route_lightning_logs()
         if cfg.cluster.get("error"):
             raise ClustersError(cfg.cluster.error)
         check_accelerator(to_dict(cfg.trainer))
-        panel = panel_from_config(to_dict(cfg.data))
+        share_cpu_threads(to_dict(cfg.trainer))
+        use_fit_cache(cfg)  # σ fits: read from the cache cluster.py filled
+        data = _data_options(cfg)
+        panel = panel_from_config(data)
         if cfg.ckpt_path:
             hp = _cluster_from_checkpoint(cfg, panel)
             cluster, clusters_path = hp["cluster"], (hp.get("source") or {}).get("clusters")
@@ -303,7 +483,7 @@ def run_train(cfg: DictConfig) -> float:
                 )
         else:
             cluster, clusters_path = _cluster_from_clusters_file(cfg, panel)
-            window, anchor_len = int(cfg.data.window_size), int(cfg.data.anchor_len)
+            window, anchor_len = int(data["window_size"]), int(data.get("anchor_len", 10))
             model_kw, sde_kw, loss_kw = to_dict(cfg.model), to_dict(cfg.sde), to_dict(cfg.loss)
             heads, pred_kw = _head_kwargs(cfg)
         summary.update(
@@ -374,6 +554,7 @@ def run_train(cfg: DictConfig) -> float:
             logger=loggers or False,
             enable_progress_bar=interactive,
         )
+        state["trainer"] = trainer
         n_params = sum(p.numel() for p in module.parameters())
         gap = dm.distribution_gap()
         summary["train_val_gap"] = gap
@@ -397,6 +578,10 @@ def run_train(cfg: DictConfig) -> float:
             # The same fixed validation batches before training: the baseline that shows
             # the model learned something (reported in summary.json and the sweep table).
             init = trainer.validate(module, datamodule=dm, verbose=False)[0]
+            summary.update(  # known now, so a failed or interrupted run reports them too
+                init_val_noise_mse=_get(init, "val/noise_mse"),
+                val_noise_mse_iid_baseline=_get(init, "val/noise_mse_iid_baseline"),
+            )
         trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
         final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
@@ -408,20 +593,27 @@ def run_train(cfg: DictConfig) -> float:
             else float("nan")
         )
         if trainer.is_global_zero:
+            best_mse = best if monitor == "val/noise_mse" else None
+            iid = final.get("val/noise_mse_iid_baseline", summary.get("val_noise_mse_iid_baseline"))
+            worse = best_mse is not None and iid is not None and best_mse > iid
+            best_epoch = _checkpoint_epoch(ckpt_cb.best_model_path if ckpt_cb else None)
+            best_is_last = best_epoch is not None and best_epoch == trainer.current_epoch - 1
             summary.update(
-                status="ok",
+                status="worse_than_reference" if worse else "ok",
                 epochs=int(trainer.current_epoch),
                 global_step=int(trainer.global_step),
                 monitor=monitor,
                 best_score=best,
-                best_val_noise_mse=best if monitor == "val/noise_mse" else None,
+                best_epoch=best_epoch,
+                best_is_last_epoch=best_is_last,
+                best_val_noise_mse=best_mse,
                 init_val_noise_mse=_get(init, "val/noise_mse"),
                 init_val_predictive_nll=_get(init, "val/predictive_nll"),
                 last_val_predictive_nll=final.get("val/predictive_nll"),
                 last_val_predictive_sure_ratio=final.get("val/predictive_sure_ratio"),
                 last_val_noise_mse=final.get("val/noise_mse"),
                 last_val_loss=final.get("val/loss"),
-                val_noise_mse_iid_baseline=final.get("val/noise_mse_iid_baseline"),
+                val_noise_mse_iid_baseline=iid,
                 best_checkpoint=str(ckpt_cb.best_model_path) if ckpt_cb else "",
                 last_checkpoint=str(Path(ckpt_cb.dirpath) / "last.ckpt") if ckpt_cb else "",
                 train_windows=int(len(dm.train_starts)),
@@ -429,6 +621,23 @@ def run_train(cfg: DictConfig) -> float:
             )
             atomic_write_json(out / "summary.json", _clean(summary))
             _log_hparams(trainer, _flat_hparams(cfg, cluster, module.hparams), summary)
+            if worse:
+                log.warning(
+                    "c%d: best val noise MSE %.4f is above its i.i.d. reference %.4f (status "
+                    "worse_than_reference): the model did no better than knowing the scale",
+                    cluster["id"],
+                    best_mse,
+                    iid,
+                )
+            if best_is_last:
+                log.info(
+                    "c%d: the best %s came in the last epoch (%d of %d): more epochs "
+                    "(trainer.max_epochs=...) would likely help",
+                    cluster["id"],
+                    monitor,
+                    best_epoch + 1,
+                    trainer.current_epoch,
+                )
             log.info(
                 "c%d done: best %s %.4f -> %s",
                 cluster["id"],

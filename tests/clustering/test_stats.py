@@ -207,3 +207,15 @@ def test_bad_input_is_a_clear_error(values, match):
 def test_short_but_sufficient_series(n):
     st = compute_feature_stats({"x": ar1(0.5, n), "w": np.cumsum(ar1(0.1, n, seed=4))})
     assert np.isfinite(st.to_numpy()).all()
+
+
+def test_a_series_held_between_releases_keeps_finite_volatility_statistics():
+    """A quarterly series held weekly: most 5-row changes are exactly 0, so their MAD is 0
+    (about 1e-15 after the mean removal). The volatility scale must fall back to the std,
+    not divide by ~1e-15 (vol_mean was ~1e14 and the winsorised moments degenerate)."""
+    rng = np.random.default_rng(3)
+    quarters = np.cumsum(rng.standard_normal(200)) + 0.3 * np.arange(200)  # with drift
+    held = np.repeat(quarters, 13)  # (2600,)
+    stats = compute_feature_stats({"held": held})
+    assert 0.1 < stats.loc["held", "vol_mean"] < 10
+    assert abs(stats.loc["held", "kurtosis"]) < 50

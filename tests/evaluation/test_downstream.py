@@ -134,3 +134,111 @@ def test_scores_and_end_to_end_run():
     # k = 0: always the market, whatever the prediction.
     flat = score_predictions(result.predictions, fwd, rf, k=0.0)
     assert flat.loc["ridge", "adjusted_sharpe"] == pytest.approx(market.score)
+
+
+# ---- your own forecaster: any scikit-learn-style estimator ------------------------------
+
+
+def test_custom_estimators_are_cloned_per_fold_and_named_by_class():
+    from sklearn.linear_model import Lasso, LinearRegression
+
+    features, fwd, rf = _data()
+    proto = Lasso(alpha=1e-4)
+    result = run_downstream(
+        features,
+        fwd,
+        rf,
+        n_splits=3,
+        embargo=20,
+        models=["ridge", proto, ("ols", LinearRegression)],
+    )
+    table = result.metrics
+    assert list(table.index) == ["ridge", "Lasso", "ols", "market"]
+    assert not hasattr(proto, "coef_")  # the given object is a prototype, never fitted
+    tested = result.predictions.fold >= 0
+    assert result.predictions.predictions.loc[tested].notna().all().all()
+    for name in ("Lasso", "ols"):  # NaN-free design: the gaps in A and C are no problem
+        assert table.loc[name, "ic_mean"] > 0.25
+
+
+def test_bad_custom_models_fail_before_fitting():
+    from sklearn.linear_model import Lasso
+
+    features, fwd, _ = _data()
+    splits = purged_walk_forward_splits(N, n_splits=3, embargo=20)
+    with pytest.raises(ValueError, match="two models named 'Lasso'"):
+        walk_forward_predict(features, fwd, splits, models=[Lasso(), Lasso(alpha=2)])
+    with pytest.raises(ValueError, match="fit"):
+        walk_forward_predict(features, fwd, splits, models=[object()])
+    with pytest.raises(ValueError, match="market"):
+        walk_forward_predict(features, fwd, splits, models=[("market", Lasso())])
+
+
+def _tiny_panel(n=N):
+    from types import SimpleNamespace
+
+    features, fwd, rf = _data(n)
+    frame = features.assign(forward_returns=fwd, risk_free_rate=rf)
+    frame.insert(0, "date_id", np.arange(n))
+    test0 = int(n * 0.6)
+    return SimpleNamespace(
+        frame=frame,
+        id_col="date_id",
+        targets=["forward_returns", "risk_free_rate"],
+        n_rows=n,
+        bounds={"train": (0, int(n * 0.4)), "val": (int(n * 0.4), test0), "test": (test0, n)},
+        split=SimpleNamespace(embargo=20),
+    )
+
+
+def _evaluate_cfg(models_override: str):
+    """conf/evaluate.yaml's downstream block with a command-line downstream.models=..."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = compose("evaluate", overrides=[models_override, "downstream.n_splits=2"])
+    return cfg
+
+
+def test_a_target_estimator_from_the_command_line_gives_rows_in_the_downstream_table():
+    from mamba_denoiser.evaluate_job import _downstream
+
+    cfg = _evaluate_cfg(
+        "downstream.models=[ridge,{_target_: sklearn.linear_model.Lasso, alpha: 0.0001},"
+        "{_target_: sklearn.linear_model.Lasso, alpha: 0.01, name: lasso_strong}]"
+    )
+    panel = _tiny_panel()
+    names = ["A", "B", "C", "D"]
+    raw = panel.frame[names].to_numpy()
+    table, curves = _downstream(cfg, panel, names, {"raw": raw, "denoised": raw * 1.0})
+    for s in ("raw", "denoised"):
+        rows = table[table["features"] == s].set_index("model")
+        assert list(rows.index) == ["ridge", "Lasso", "lasso_strong"]
+        assert rows.loc["Lasso", "ic_mean"] > 0.25 and rows.loc["Lasso", "n_rows"] > 0
+    assert list(table["model"]).count("market") == 1
+    assert "raw (ridge)" in curves  # the first model drives the curves
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("downstream.models=[ridge,{_target_: sklearn.linear_model.NoSuchModel}]", "NoSuchModel"),
+        ("downstream.models=[{_target_: sklearn.linear_model.Lasso, alhpa: 1}]", "alhpa"),
+        ("downstream.models=[ridge,lasso]", "lasso"),
+        ("downstream.models=[{_target_: collections.OrderedDict}]", "fit"),
+    ],
+)
+def test_a_bad_model_option_is_one_line_naming_it(override, match):
+    from mamba_denoiser.cli import ConfigError
+    from mamba_denoiser.evaluate_job import _downstream
+
+    cfg = _evaluate_cfg(override)
+    panel = _tiny_panel()
+    raw = panel.frame[["A", "B", "C", "D"]].to_numpy()
+    with pytest.raises(ConfigError, match=match) as err:
+        _downstream(cfg, panel, ["A", "B", "C", "D"], {"raw": raw})
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("downstream.models[")

@@ -113,22 +113,48 @@ def load_clusters(path: str | Path) -> Clusters:
             f"{path}: clusters file not found. Run `python cluster.py` first, or pass "
             "clusters=/path/to/clusters.json."
         )
+    if path.is_dir():
+        raise ClustersError(
+            f"{path}: is a directory; pass the file, clusters={path / 'clusters.json'}"
+        )
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ClustersError(f"{path}: not valid JSON ({e}); re-run cluster.py") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ClustersError(
+            f"{path}: not valid JSON ({e}); pass the clusters.json written by cluster.py, or "
+            "re-run cluster.py"
+        ) from e
+    except OSError as e:
+        raise ClustersError(
+            f"{path}: cannot be read ({e.strerror or e}); check clusters=..."
+        ) from e
+    if not isinstance(doc, dict):
+        raise ClustersError(
+            f"{path}: not a clusters.json (a JSON {type(doc).__name__}, not an object); pass "
+            "the clusters.json written by cluster.py"
+        )
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise ClustersError(
             f"{path}: schema_version {doc.get('schema_version')!r}, this version reads "
             f"{SCHEMA_VERSION}; re-run cluster.py"
         )
     specs = []
-    for c in doc.get("clusters", []):
+    for c in doc.get("clusters") or []:
+        if not isinstance(c, dict):
+            raise ClustersError(
+                f"{path}: a cluster entry is not an object ({c!r:.60}); re-run cluster.py"
+            )
         if c.get("type") not in CLUSTER_TYPES:
             raise ClustersError(f"{path}: cluster {c.get('id')} has unknown type {c.get('type')!r}")
         if not c.get("features"):
             raise ClustersError(f"{path}: cluster {c.get('id')} has no features")
-        specs.append(ClusterSpec(int(c["id"]), c["type"], c["strategy"], tuple(c["features"])))
+        try:
+            specs.append(ClusterSpec(int(c["id"]), c["type"], c["strategy"], tuple(c["features"])))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ClustersError(
+                f"{path}: cluster {c.get('id')!r} is malformed ({type(e).__name__}: {e}); "
+                "re-run cluster.py"
+            ) from e
     if not specs:
         raise ClustersError(f"{path}: defines no clusters; re-run cluster.py")
     return Clusters(path=path, doc=doc, clusters=tuple(specs))

@@ -230,8 +230,9 @@ def _feature_stats(name: str, x: np.ndarray, **kw) -> dict[str, float]:
     dh = y[h:] - y[:-h]
     dh = dh - dh.mean()
     robust_sigma = _MAD_TO_SIGMA * np.median(np.abs(dh - np.median(dh)))
-    if not robust_sigma > 0:
-        # More than half the changes are identical (e.g. a step series): fall back to std.
+    if not robust_sigma > 1e-9 * dh.std():
+        # More than half the changes are identical (e.g. a quarterly series held weekly):
+        # the MAD is 0, or ~1e-15 after the mean removal above, so fall back to std.
         robust_sigma = dh.std()
     w = (
         dh

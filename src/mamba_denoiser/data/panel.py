@@ -93,6 +93,9 @@ class Panel:
     passthrough: dict[str, str]  # column -> reason
     split: SplitSpec = field(default_factory=SplitSpec)
     sha256: str | None = None
+    # the `data` options it was built from (data/source.py); recorded so later stages can
+    # read the same data the same way (data/remembered.py)
+    data_config: dict | None = None
 
     @property
     def n_rows(self) -> int:
@@ -125,6 +128,7 @@ class Panel:
                 "embargo": self.split.embargo,
                 "bounds": {k: list(v) for k, v in self.bounds.items()},
             },
+            **({"data_config": self.data_config} if self.data_config is not None else {}),
         }
 
 
@@ -134,6 +138,41 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _short_parts(split: SplitSpec, n_rows: int, window: int, min_train_obs: int) -> list[str]:
+    """What each split part lacks with `n_rows` rows: the train part needs one window and
+    `min_train_obs` rows (fewer leave every feature passthrough), val and test (when their
+    fraction is > 0) one window after the embargo. Empty when the rows suffice."""
+    bounds = split.bounds(n_rows)
+    size = {k: b - a for k, (a, b) in bounds.items()}
+    out = []
+    if size["train"] < window:
+        out.append(f"the train split gets {size['train']} rows, fewer than one window ({window})")
+    elif size["train"] < min_train_obs:
+        out.append(
+            f"the train split gets {size['train']} rows, fewer than the {min_train_obs} a "
+            "feature needs (data.min_train_obs)"
+        )
+    small = [k for k in ("val", "test") if getattr(split, k) > 0 and size[k] < window]
+    if small:
+        got = " and ".join(f"{k} {size[k]}" for k in small)
+        out.append(
+            f"{got} rows after the {split.embargo}-row embargo, fewer than one window ({window})"
+        )
+    return out
+
+
+def _rows_needed(split: SplitSpec, window: int, min_train_obs: int) -> int:
+    """The fewest rows for which `_short_parts` finds nothing missing."""
+    need = [max(window, min_train_obs) / split.train]
+    need += [(window + split.embargo) / f for f in (split.val, split.test) if f > 0]
+    n = int(np.ceil(max(need)))
+    for _ in range(100_000):  # the floors of the split can add a few rows
+        if not _short_parts(split, n, window, min_train_obs):
+            break
+        n += 1
+    return n
 
 
 def load_panel(
@@ -163,8 +202,17 @@ def load_panel(
         frame = pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError as e:
         raise PanelError(f"{path}: no columns could be parsed ({e}); is it a CSV?") from e
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise PanelError(f"{path}: could not parse as CSV: {e}") from e
+    except UnicodeDecodeError as e:
+        raise PanelError(
+            f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); is it a CSV? "
+            "Pass a comma-separated text file with a header row (data.path=FILE.csv)"
+        ) from e
+    except (pd.errors.ParserError, ValueError, OSError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise PanelError(
+            f"{path}: could not parse as CSV ({why}); pass a comma-separated text file with "
+            "a header row (data.path=FILE.csv)"
+        ) from e
     return panel_from_frame(
         frame,
         source=str(path),
@@ -282,13 +330,13 @@ def panel_from_frame(
             )
 
     bounds = split.bounds(len(frame))
-    n_train = bounds["train"][1] - bounds["train"][0]
-    if n_train < window_size:
-        need = int(np.ceil(window_size / split.train))
+    short = _short_parts(split, len(frame), window_size, min_train_obs)
+    if short:
+        need = _rows_needed(split, window_size, min_train_obs)
         raise PanelError(
-            f"{where}: {len(frame)} rows give a train split of {n_train} rows, fewer than one "
-            f"window ({window_size}). Provide at least {need} rows, raise data.split.train, "
-            "or lower the window size."
+            f"{where}: {len(frame)} rows are too few: {'; '.join(short)}. Provide at least "
+            f"{need} rows, or lower data.window_size={window_size} or "
+            f"data.split.embargo={split.embargo}."
         )
 
     passthrough: dict[str, str] = {}

@@ -6,6 +6,7 @@ usable without Hydra.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Mapping
@@ -139,7 +140,7 @@ def panel_from_config(data: Mapping[str, Any]) -> Panel:
         raise PanelError("data.path is not set: pass data=csv data.path=/path/to/train.csv")
     split = data.get("split") or {}
     window = int(data.get("window_size", 60))
-    return load_panel(
+    panel = load_panel(
         path,
         id_col=data.get("id_col", "date_id"),
         targets=list(data.get("targets") or []),
@@ -155,3 +156,5 @@ def panel_from_config(data: Mapping[str, Any]) -> Panel:
         max_discrete_values=int(data.get("max_discrete_values", 5)),
         interior_gaps=data.get("interior_gaps", "mask"),
     )
+    panel.data_config = copy.deepcopy(dict(data))
+    return panel

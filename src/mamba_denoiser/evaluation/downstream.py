@@ -4,6 +4,7 @@ Public API::
 
     splits = purged_walk_forward_splits(n_rows, n_splits=5, embargo=60, horizon=1)
     oos = walk_forward_predict(features, target, splits, models=("ridge", "hgb"))
+    oos = walk_forward_predict(features, target, splits, models=["ridge", Lasso(alpha=1e-4)])
     position = position_from_prediction(pred, k=0.5)
     table = score_predictions(oos, forward_returns, risk_free_rate)
     result = run_downstream(features, forward_returns, risk_free_rate)  # all of the above
@@ -20,6 +21,13 @@ Honesty rules (docs/design.md "Honesty rules", "Evaluation"):
   train median plus a missing-indicator per column with train gaps, and values clipped
   to the train range (no linear extrapolation of drifting levels); the tree model uses
   its native NaN handling. Columns with no observed train row are dropped for the fold.
+* Any other scikit-learn-style estimator (``fit(X, y)``, ``predict(X)``) may be given
+  beside the names "ridge" and "hgb": an unfitted estimator (``sklearn.base.clone``-d
+  afresh for every fold), a class or zero-argument factory (called for every fold), or a
+  ``(name, estimator)`` pair; it is named by its class unless named. It gets ridge's
+  design (train medians, gap indicators, train-range clipping, train-fitted scaling),
+  which every estimator accepts (no NaN); a HistGradientBoostingRegressor keeps its
+  native NaN handling, as "hgb" does.
 * The target is the raw ``forward_returns`` (never denoised); target columns among the
   features raise LeakageError.
 * Positions use past information only: position_t = clip(1 + k * pred_t / s_{t-1}, 0, 2),
@@ -35,11 +43,14 @@ volatility-adjusted Sharpe, with the buy-and-hold market (position 1) alongside.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
@@ -154,12 +165,51 @@ def _make_model(name: str, seed: int):
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
+ModelSpec = Any  # "ridge" | "hgb" | estimator | class or factory | (name, one of these)
+
+
+def resolve_models(models: Sequence[ModelSpec], seed: int = 0) -> dict[str, Callable[[], Any]]:
+    """name -> a function returning a fresh, unfitted model for one fold.
+
+    Built-in names make their model; an estimator object is cloned (sklearn.base.clone);
+    a class or other callable without ``fit`` is called. Named by the pair's name, else
+    the built-in name or the class name. Raises ValueError for an unknown name, an object
+    without fit/predict, or two models with one name."""
+    out: dict[str, Callable[[], Any]] = {}
+    for spec in models:
+        name, obj = spec if isinstance(spec, tuple) and len(spec) == 2 else (None, spec)
+        if isinstance(obj, str):
+            _make_model(obj, seed)  # unknown names fail before any fitting
+            make = partial(_make_model, obj, seed)
+            label = obj
+        elif isinstance(obj, type) or (callable(obj) and not hasattr(obj, "fit")):
+            made = obj()
+            make, label = obj, type(made).__name__
+        else:
+            made = obj
+            make = partial(clone, obj, safe=False)
+            label = type(obj).__name__
+        if not isinstance(obj, str) and not (
+            callable(getattr(made, "fit", None)) and callable(getattr(made, "predict", None))
+        ):
+            raise ValueError(f"model {label}: needs fit(X, y) and predict(X) methods")
+        name = str(name or label)
+        if name == "market":
+            raise ValueError('"market" names the buy-and-hold row: give the model another name')
+        if name in out:
+            raise ValueError(f"two models named {name!r}: give each its own name")
+        out[name] = make
+    if not out:
+        raise ValueError("no model given")
+    return out
+
+
 def walk_forward_predict(
     features: pd.DataFrame,
     target: np.ndarray,
     splits: Sequence[Split],
     *,
-    models: Sequence[str] = MODELS,
+    models: Sequence[ModelSpec] = MODELS,
     seed: int = 0,
     target_columns: Sequence[str] = DEFAULT_TARGETS,
 ) -> OOSPredictions:
@@ -167,28 +217,29 @@ def walk_forward_predict(
 
     features: (T, F) frame of feature columns only (a target column raises LeakageError).
     target: (T,) raw target; train rows with a NaN target are skipped.
+    models: see resolve_models; the prediction columns carry their names.
     """
     check_no_targets(features.columns, target_columns)
-    for name in models:
-        _make_model(name, seed)  # unknown names fail before any fitting
+    makers = resolve_models(models, seed)  # bad models fail before any fitting
     x = features.to_numpy(dtype=np.float64)
     y = np.asarray(target, dtype=np.float64)
     if y.shape != (len(x),):
         raise ValueError(f"target has shape {y.shape}, expected ({len(x)},)")
-    preds = pd.DataFrame(np.nan, index=features.index, columns=list(models))
+    preds = pd.DataFrame(np.nan, index=features.index, columns=list(makers))
     fold = np.full(len(x), -1)
     for k, split in enumerate(splits):
         train = split.train[np.isfinite(y[split.train])]
         fold[split.test] = k
-        for name in models:
-            model = _make_model(name, seed)
-            if name == "ridge":
-                xtr, xte = _ridge_design(x[train], x[split.test])
-            else:
+        for name, make in makers.items():
+            model = make()
+            if isinstance(model, HistGradientBoostingRegressor):  # native NaN handling
                 keep = np.isfinite(x[train]).any(axis=0)
                 xtr, xte = x[train][:, keep], x[split.test][:, keep]
+            else:
+                xtr, xte = _ridge_design(x[train], x[split.test])
             model.fit(xtr, y[train])
-            preds.iloc[split.test, preds.columns.get_loc(name)] = model.predict(xte)
+            pred = np.asarray(model.predict(xte), dtype=np.float64).reshape(-1)
+            preds.iloc[split.test, preds.columns.get_loc(name)] = pred
     return OOSPredictions(predictions=preds, fold=fold)
 
 
@@ -286,7 +337,7 @@ def run_downstream(
     n_splits: int = 5,
     embargo: int = 60,
     horizon: int = 1,
-    models: Sequence[str] = MODELS,
+    models: Sequence[ModelSpec] = MODELS,
     k: float = 0.5,
     seed: int = 0,
     target_columns: Sequence[str] = DEFAULT_TARGETS,

@@ -44,9 +44,15 @@ class ClusterModel:
         return self.heads in (head, "both")
 
 
+def _first_line(err: BaseException) -> str:
+    return next((s.strip() for s in str(err).splitlines() if s.strip()), type(err).__name__)
+
+
 def load_cluster_model(path: str | Path, device: str = "cpu") -> ClusterModel:
     """Build the module from the checkpoint's hyper-parameters and load its (EMA) weights,
     reading the file with weights_only=True (a shared checkpoint cannot run code)."""
+    import torch
+
     from mamba_denoiser.training import DenoiserModule
 
     ck = load_checkpoint(path, map_location=device)
@@ -55,20 +61,36 @@ def load_cluster_model(path: str | Path, device: str = "cpu") -> ClusterModel:
     try:
         module = DenoiserModule(**hp)
         module.load_state_dict(ck["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as e:
+    except torch.OutOfMemoryError:
+        raise
+    except (TypeError, RuntimeError, KeyError, ValueError, AttributeError) as e:
         raise CheckpointError(
             f"{path}: its weights do not fit the model its hyper-parameters describe "
-            f"({str(e).splitlines()[0]}); was it written by another version of train.py?"
+            f"({_first_line(e)}); was it written by another version of train.py?"
         ) from None
     module.eval().to(device)
     sc = hp["scaler"]
-    n_f = len(hp["cluster"]["features"])
-    if "window_scale" not in sc:
+    try:
+        n_f = len(hp["cluster"]["features"])
+        has_scale = "window_scale" in sc
+    except (TypeError, KeyError) as e:
+        raise CheckpointError(
+            f"{path}: malformed cluster or scaler in its hyper-parameters ({_first_line(e)}); "
+            "use a .ckpt written by train.py"
+        ) from None
+    if not has_scale:
         raise CheckpointError(
             f"{path}: no window scale in its scaler (a checkpoint from before scale-free "
             "windows); retrain this cluster with the current train.py"
         )
-    arrays = {k: np.asarray(sc[k], dtype=np.float64) for k in ("mean", "std", "window_scale")}
+    try:
+        keys = ("mean", "std", "window_scale")
+        arrays = {k: np.asarray(sc[k], dtype=np.float64) for k in keys}
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: unreadable scaler in its hyper-parameters ({_first_line(e)}); "
+            "use a .ckpt written by train.py"
+        ) from None
     if any(a.shape != (n_f,) for a in arrays.values()):
         raise CheckpointError(f"{path}: scaler sizes do not match its {n_f} features")
     return ClusterModel(
