@@ -154,6 +154,7 @@ def load_trained(cfg: DictConfig) -> tuple[Any, dict[int, Any], Any, Path]:
             f"no checkpoint under {ck_dir} for clusters {missing}; train them, or pass "
             "allow_partial=true to leave them raw"
         )
+    other_data: dict[str, list[str]] = {}
     for c in clusters.clusters:
         m = models.get(c.id)
         if m is None:
@@ -175,11 +176,13 @@ def load_trained(cfg: DictConfig) -> tuple[Any, dict[int, Any], Any, Path]:
             )
         sha = m.source.get("sha256")
         if sha and panel.sha256 and sha != panel.sha256:
-            warnings.warn(
-                f"{m.path} was trained on data with sha256 {sha[:12]}…, this data "
-                f"({panel.source}) has {panel.sha256[:12]}…: denoising other data",
-                stacklevel=1,
-            )
+            other_data.setdefault(sha, []).append(m.name)
+    for sha, names in other_data.items():  # one line per training data, not per cluster
+        warnings.warn(
+            f"{', '.join(names)} trained on data with sha256 {sha[:12]}…, this data "
+            f"({panel.source}) has {panel.sha256[:12]}…: denoising other data",
+            stacklevel=1,
+        )
     extra = sorted(set(models) - {c.id for c in clusters.clusters})
     if extra:
         raise ConfigError(f"checkpoints for clusters {extra} are not in {clusters.path}")
