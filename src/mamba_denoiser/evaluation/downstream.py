@@ -346,8 +346,9 @@ def run_downstream(
     """Splits, out-of-sample predictions of the raw forward return, and their metrics.
 
     ``test_size``: rows per test block (default: purged_walk_forward_splits' choice). To
-    score only rows whose features no fitted denoiser or baseline has seen, pass
-    (rows after the train split) // n_splits."""
+    score only rows no fit, checkpoint selection or SURE gate has seen (the validation rows
+    are seen by the gate), pass (rows from the test split's start) // n_splits, as
+    evaluate.py does."""
     splits = purged_walk_forward_splits(
         len(features), n_splits=n_splits, embargo=embargo, horizon=horizon, test_size=test_size
     )
