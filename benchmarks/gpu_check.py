@@ -80,25 +80,10 @@ class Report:
 
 
 def make_inputs(batch, dim, L, N, device, groups=1, seed=0):
-    """Scan inputs as the Mamba layer gives them (Δ before softplus, S4D-real A)."""
-    import torch
+    """benchmarks/scan.py's inputs, with a per-channel Δ bias (richer gradients)."""
+    from scan import make_inputs as scan_inputs  # benchmarks/ is on sys.path as a script
 
-    g = torch.Generator().manual_seed(seed)
-    bc = (batch, N, L) if groups == 1 else (batch, groups, N, L)
-
-    def leaf(x):
-        return x.to(device).requires_grad_()
-
-    return {
-        "u": leaf(torch.randn(batch, dim, L, generator=g)),
-        "delta": leaf(0.5 * torch.randn(batch, dim, L, generator=g)),
-        "A": leaf(-torch.arange(1, N + 1, dtype=torch.float32).repeat(dim, 1)),
-        "B": leaf(torch.randn(*bc, generator=g)),
-        "C": leaf(torch.randn(*bc, generator=g)),
-        "D": leaf(torch.ones(dim)),
-        "z": leaf(torch.randn(batch, dim, L, generator=g)),
-        "delta_bias": leaf(torch.full((dim,), -3.0) + 0.5 * torch.randn(dim, generator=g)),
-    }
+    return scan_inputs(batch, dim, L, N, device, groups=groups, seed=seed, bias_jitter=0.5)
 
 
 def run_scan(backend, inputs):

@@ -29,21 +29,37 @@ import torch
 from mamba_denoiser.models import available_backends, selective_scan
 
 
-def make_inputs(batch: int, dim: int, L: int, N: int, device: str) -> dict:
-    g = torch.Generator().manual_seed(0)
+def make_inputs(
+    batch: int,
+    dim: int,
+    L: int,
+    N: int,
+    device: str,
+    *,
+    groups: int = 1,
+    seed: int = 0,
+    bias_jitter: float = 0.0,
+) -> dict:
+    """Scan inputs as the Mamba layer gives them (Δ before softplus, S4D-real A); also
+    used by gpu_check.py (groups > 1: grouped B/C; bias_jitter: per-channel Δ bias)."""
+    g = torch.Generator().manual_seed(seed)
+    bc = (batch, N, L) if groups == 1 else (batch, groups, N, L)
 
     def leaf(x):
         return x.to(device).requires_grad_()
 
+    bias = torch.full((dim,), -3.0)  # softplus(-3) ~ 0.05: typical Δ
     return {
         "u": leaf(torch.randn(batch, dim, L, generator=g)),
         "delta": leaf(0.5 * torch.randn(batch, dim, L, generator=g)),
         "A": leaf(-torch.arange(1, N + 1, dtype=torch.float32).repeat(dim, 1)),
-        "B": leaf(torch.randn(batch, N, L, generator=g)),
-        "C": leaf(torch.randn(batch, N, L, generator=g)),
+        "B": leaf(torch.randn(*bc, generator=g)),
+        "C": leaf(torch.randn(*bc, generator=g)),
         "D": leaf(torch.ones(dim)),
         "z": leaf(torch.randn(batch, dim, L, generator=g)),
-        "delta_bias": leaf(torch.full((dim,), -3.0)),  # softplus(-3) ~ 0.05: typical Δ
+        "delta_bias": leaf(
+            bias + bias_jitter * torch.randn(dim, generator=g) if bias_jitter else bias
+        ),
     }
 
 

@@ -319,6 +319,17 @@ def _prefit_column(args: tuple[np.ndarray, tuple[int, int]]) -> None:
         pass  # the serial caller meets (and reports) the same error
 
 
+def _cached_on_disk(y: np.ndarray, train: tuple[int, int]) -> bool:
+    """Whether every model's fit of this column's train rows is in the disk cache (a
+    column that cannot be fitted counts as done: its error is the serial caller's)."""
+    try:
+        z, observed, _, _ = train_segment(y, train, label="prefit")
+    except ValueError:
+        return True
+    digest = _digest(np.where(observed, z, np.nan))
+    return all(_disk_get((m, digest)) is not None for m in STATE_SPACE_MODELS)
+
+
 def prefit_state_space(panel: np.ndarray, train: tuple[int, int], *, n_jobs: int = 1) -> None:
     """Fit every column's state-space models (``fit_state_space``) in ``n_jobs`` worker
     processes, filling the on-disk cache, so the serial code after it only reads. Without
@@ -330,7 +341,11 @@ def prefit_state_space(panel: np.ndarray, train: tuple[int, int], *, n_jobs: int
     panel = np.asarray(panel, dtype=np.float64)
     if n_jobs <= 1 or panel.ndim != 2 or panel.shape[1] < 2 or not os.environ.get(FIT_CACHE_ENV):
         return
-    cols = [(panel[:, j].copy(), (int(train[0]), int(train[1]))) for j in range(panel.shape[1])]
+    train = (int(train[0]), int(train[1]))
+    cols = [(panel[:, j].copy(), train) for j in range(panel.shape[1])]
+    cols = [c for c in cols if not _cached_on_disk(*c)]  # later stages: usually none left
+    if not cols:
+        return
     with ProcessPoolExecutor(max_workers=n_jobs, initializer=_one_thread) as pool:
         list(pool.map(_prefit_column, cols, chunksize=max(1, len(cols) // (4 * n_jobs))))
 

@@ -312,10 +312,7 @@ def _add_diagnostics(results: dict, bounds: dict) -> None:
     for m, raw, r in results.values():
         for i, f in enumerate(m.features):
             v = r.info["features"][f]
-            d = removed_part(raw[:, i], r.mean[:, i], rows, sigma=v["sigma"], train=train)
-            if not v["denoised"]:
-                d = {**d, "removed_share": 0.0, "removed_ljung_box_p": None, "lag_vs_raw": None}
-            v.update(d)
+            v.update(removed_part(raw[:, i], r.mean[:, i], rows, sigma=v["sigma"], train=train))
 
 
 _COLS = ("cluster", "type", "model", "mode", "sampler", "t", "changed / features", "seconds")

@@ -51,9 +51,10 @@ def removed_part(
         return res
     d = y[ok] - s[ok]
     res["removed_share"] = float(np.var(d) / np.var(y[ok]))
-    if np.var(d) > 0:
-        lb = acorr_ljungbox(d, lags=[LJUNG_BOX_LAGS])
-        res["removed_ljung_box_p"] = float(lb["lb_pvalue"].iloc[0])
+    if not np.any(d):  # left as observed: nothing removed, no whiteness or lag to tell
+        return res
+    lb = acorr_ljungbox(d, lags=[LJUNG_BOX_LAGS])
+    res["removed_ljung_box_p"] = float(lb["lb_pvalue"].iloc[0])
     # observed cells in order (a feature's gaps are its leading history, rarely interior)
     try:
         res["lag_vs_raw"] = lag(s[ok], y[ok], max_lag=min(20, int(ok.sum()) - 3))
