@@ -32,7 +32,7 @@ test: install
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not e2e"
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -49,6 +49,12 @@ results: install
 	$(PY) evaluate.py results_md=docs/results/default_noise.md
 	$(PY) cluster.py data.noise_scale=5 && $(PY) train.py experiment=cpu_all_clusters data.noise_scale=5
 	$(PY) evaluate.py data.noise_scale=5 results_md=docs/results/noise_x5.md
+	for d in jumps outliers; do \
+	  $(PY) cluster.py data.noise_scale=5 data.noise_dist=$$d && \
+	  $(PY) train.py experiment=cpu_all_clusters data.noise_scale=5 data.noise_dist=$$d && \
+	  $(PY) evaluate.py data.noise_scale=5 data.noise_dist=$$d \
+	    results_md=docs/results/noise_x5_$$d.md || exit 1; \
+	done
 
 clean:
 	rm -rf outputs multirun lightning_logs .pytest_cache

@@ -8,7 +8,8 @@ python cluster.py clustering.k=7                    # fixed K
 import hydra
 from omegaconf import DictConfig
 
-from mamba_denoiser.cli import run_cluster, set_project_root
+from mamba_denoiser.cli import set_project_root
+from mamba_denoiser.cluster_job import run_cluster
 from mamba_denoiser.entry import run
 
 set_project_root()

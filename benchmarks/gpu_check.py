@@ -90,7 +90,7 @@ def run_scan(backend, inputs):
     """Output and every input's gradient for a fixed random cotangent."""
     import torch
 
-    from mamba_denoiser.models import selective_scan
+    from mamba_denoiser.models.scan import selective_scan
 
     for x in inputs.values():
         x.grad = None
@@ -164,7 +164,7 @@ def time_scan(inputs: dict, backend: str, device: str, reps: int) -> tuple[float
     """Median ms of the forward (no grad) and of forward + backward."""
     import torch
 
-    from mamba_denoiser.models import selective_scan
+    from mamba_denoiser.models.scan import selective_scan
 
     def fwd():
         with torch.no_grad():
@@ -214,7 +214,7 @@ def check_train_step(
     import torch
     from omegaconf import OmegaConf
 
-    from mamba_denoiser.models import resolve_backend
+    from mamba_denoiser.models.scan import resolve_backend
     from mamba_denoiser.training import DenoiserModule
 
     model_kw = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / model_cfg))
@@ -410,7 +410,7 @@ def main() -> int:
         print(f"gpu_check needs a CUDA GPU ({why}; torch {torch.__version__}); nothing to check")
         return 0
 
-    from mamba_denoiser.models import available_backends
+    from mamba_denoiser.models.scan import available_backends
 
     device = "cpu" if args.dry_run_cpu else "cuda"
     torch.backends.cuda.matmul.allow_tf32 = False  # parity in true float32

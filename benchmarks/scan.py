@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from mamba_denoiser.models import available_backends, selective_scan
+from mamba_denoiser.models.scan import available_backends, selective_scan
 
 
 def make_inputs(

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from mamba_denoiser.checkpoint import resolve_checkpoint
-from mamba_denoiser.cli import ConfigError
 from mamba_denoiser.denoise_job import _sigma_overrides
+from mamba_denoiser.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -206,6 +206,7 @@ def test_ljung_box_uses_the_longest_observed_stretch():
     assert not is_white and np.isnan(p)
 
 
+@pytest.mark.e2e
 def test_module_imports_neither_torch_nor_evaluation():
     import subprocess
     import sys
@@ -226,6 +227,7 @@ def _sv_returns(rng, n=2000):
     return x + 0.3 * x.std() * rng.standard_normal(n)
 
 
+@pytest.mark.slow
 def test_robust_whiteness_test_keeps_its_level_under_volatility_clustering():
     rng = np.random.default_rng(13)
     iid = [rng.standard_normal(2000) for _ in range(400)]
@@ -240,6 +242,7 @@ def test_robust_whiteness_test_keeps_its_level_under_volatility_clustering():
     assert rejection_rate(sv, robust=False) >= 0.5  # the plain test calls them non-white
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["trend", "ou_slow", "ou_fast", "random_walk"])
 def test_noise_sigma_on_the_builtin_panels_planted_families(family):
     # The built-in data's own features against the generator's true noise std, trend

@@ -41,6 +41,7 @@ def small_panel(n=900, seed=0):
     return f
 
 
+@pytest.mark.e2e
 def test_cluster_cli_end_to_end_and_deterministic(tmp_path):
     csv = tmp_path / "train.csv"
     small_panel().to_csv(csv, index=False)
@@ -86,6 +87,7 @@ def test_cluster_cli_end_to_end_and_deterministic(tmp_path):
         assert t not in doc["statistics"]["features"] and t not in doc["excluded"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["missing", "dupes"])
 def test_cluster_cli_bad_input_writes_nothing(tmp_path, case):
     csv = tmp_path / "train.csv"
@@ -101,6 +103,7 @@ def test_cluster_cli_bad_input_writes_nothing(tmp_path, case):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.e2e
 def test_cluster_cli_noise_knobs_on_the_command_line(tmp_path):
     """data.noise_scale / data.noise_dist reach the generator and name the cached file."""
     r = run_cli(

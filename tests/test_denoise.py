@@ -13,91 +13,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from mamba_denoiser.denoise_job import run_denoise
 from mamba_denoiser.inference import serving_plan
-from mamba_denoiser.train_job import register_cluster_options, run_train
-from tests.conftest import make_small_frame
-
-ROOT = Path(__file__).resolve().parents[1]
-WINDOW = 16
-CLUSTERS = [("mean_reverting", "tv", ["E1", "E2"]), ("random_walk", "balanced", ["M1", "M2"])]
-
-
-def _compose(config: str, overrides: list[str], out: Path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
-
-
-def _data(csv: Path) -> list[str]:
-    return ["data=csv", f"data.path={csv}", f"data.window_size={WINDOW}", "data.anchor_len=4"]
-
-
-def write_clusters(csv: Path, root: Path) -> Path:
-    """clusters.json over `csv` with the hand-assigned CLUSTERS (one per type we test)."""
-    from mamba_denoiser.clustering.run import run_clustering
-    from mamba_denoiser.data.panel import load_panel
-
-    doc = run_clustering(load_panel(csv, window_size=WINDOW), root / "cluster", k=2, plots=False)
-    doc["clusters"] = [
-        {
-            "id": i,
-            "name": f"c{i}",
-            "type": t,
-            "strategy": s,
-            "strategy_description": "",
-            "n_features": len(f),
-            "features": f,
-        }
-        for i, (t, s, f) in enumerate(CLUSTERS)
-    ]
-    clusters = root / "cluster" / "clusters.json"
-    clusters.write_text(json.dumps(doc))
-    return clusters
+from tests.helpers import CLUSTERS, WINDOW, denoise, train_sweep
+from tests.helpers import compose_config as _compose
+from tests.helpers import data_overrides as _data
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small CSV, its clusters.json and causal + bidirectional checkpoints of 2 clusters."""
-    root = tmp_path_factory.mktemp("denoise")
-    csv = root / "train.csv"
-    make_small_frame(n_rows=600).to_csv(csv, index=False)
-    clusters = write_clusters(csv, root)
-    for direction in ("causal", "bidirectional"):
-        for cid in range(len(CLUSTERS)):
-            ov = [
-                *_data(csv),
-                f"clusters={clusters}",
-                f"cluster=c{cid}",
-                "experiment=smoke",
-                f"model.direction={direction}",
-                "trainer.accelerator=cpu",
-                "logger=csv",
-                "trainer.max_epochs=1",
-                "validate_at_init=false",
-            ]
-            register_cluster_options(ov)
-            run_train(_compose("train", ov, root / direction / f"{cid}_c{cid}"))
-    return {"root": root, "csv": csv, "clusters": clusters}
-
-
-def denoise(trained, out: Path, *overrides, csv: Path | None = None, direction="causal"):
-    ov = [
-        *_data(csv or trained["csv"]),
-        f"clusters={trained['clusters']}",
-        f"checkpoints={trained['root'] / direction}",
-        "plots=false",
-        "gate=false",  # the tiny test models would be gated off; the gate has its own test
-        *overrides,
-    ]
-    return run_denoise(_compose("denoise", ov, out))
+    return train_sweep(tmp_path_factory.mktemp("denoise"))
 
 
 def _text(path: Path) -> pd.DataFrame:

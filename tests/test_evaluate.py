@@ -11,10 +11,12 @@ import pytest
 
 from mamba_denoiser.evaluate_job import run_evaluate
 from mamba_denoiser.train_job import register_cluster_options, run_train
-from tests.conftest import make_small_panel
-from tests.test_denoise import CLUSTERS, _compose, _data, write_clusters
+from tests.helpers import CLUSTERS, make_small_panel, write_clusters
+from tests.helpers import compose_config as _compose
+from tests.helpers import data_overrides as _data
 
 N_ROWS = 1500
+pytestmark = pytest.mark.slow  # trains a sweep and runs the whole evaluation
 
 
 @pytest.fixture(scope="module")

@@ -19,52 +19,27 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from mamba_denoiser.clustering.run import run_clustering
 from mamba_denoiser.data.panel import load_panel
 from mamba_denoiser.train_job import register_cluster_options, run_train
+from tests.helpers import write_clusters
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 16
 TYPES = {0: "mean_reverting", 1: "trending", 2: "random_walk"}
 
 
+# one cluster of each type, hand-assigned (the panel's real statistics underneath)
+TRAIN_CLUSTERS = [
+    ("mean_reverting", "tv", ["E1", "E2"]),
+    ("trending", "fourier", ["M1"]),
+    ("random_walk", "balanced", ["M2"]),
+]
+
+
 @pytest.fixture
 def clusters_json(tmp_path, small_csv):
-    """clusters.json over the small panel with one cluster of each type (hand-assigned)."""
-    panel = load_panel(small_csv, window_size=WINDOW)
-    doc = run_clustering(panel, tmp_path / "cluster", k=2, plots=False)
-    doc["clusters"] = [
-        {
-            "id": 0,
-            "name": "c0",
-            "type": "mean_reverting",
-            "strategy": "tv",
-            "strategy_description": "",
-            "n_features": 2,
-            "features": ["E1", "E2"],
-        },
-        {
-            "id": 1,
-            "name": "c1",
-            "type": "trending",
-            "strategy": "fourier",
-            "strategy_description": "",
-            "n_features": 1,
-            "features": ["M1"],
-        },
-        {
-            "id": 2,
-            "name": "c2",
-            "type": "random_walk",
-            "strategy": "balanced",
-            "strategy_description": "",
-            "n_features": 1,
-            "features": ["M2"],
-        },
-    ]
-    path = tmp_path / "cluster" / "clusters.json"
-    path.write_text(json.dumps(doc, indent=2))
-    return path
+    """clusters.json over the small panel with one cluster of each type."""
+    return write_clusters(small_csv, tmp_path, TRAIN_CLUSTERS)
 
 
 def base_overrides(tmp_path, csv, clusters):
@@ -95,6 +70,7 @@ def make_cfg(tmp_path, csv, clusters, *overrides, run="run"):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cluster", ["c0", "c1", "c2"])
 def test_fast_dev_run_each_cluster_type(tmp_path, small_csv, clusters_json, cluster):
     cfg = make_cfg(
@@ -106,6 +82,7 @@ def test_fast_dev_run_each_cluster_type(tmp_path, small_csv, clusters_json, clus
     assert summary["type"] == TYPES[int(cluster[1])] and summary["global_step"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["auto", "tv", "fourier", "balanced", "none"])
 def test_fast_dev_run_each_loss(tmp_path, small_csv, clusters_json, loss):
     cfg = make_cfg(
@@ -120,6 +97,7 @@ def test_fast_dev_run_each_loss(tmp_path, small_csv, clusters_json, loss):
     assert (tmp_path / "run" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_epochs_and_scaler_is_train_only(tmp_path, small_csv, clusters_json):
     cfg = make_cfg(tmp_path, small_csv, clusters_json, "trainer.max_epochs=1")
     run_train(cfg)
@@ -133,7 +111,8 @@ def test_resume_continues_epochs_and_scaler_is_train_only(tmp_path, small_csv, c
     hp = ck["hyper_parameters"]
     np.testing.assert_allclose(hp["scaler"]["mean"], np.nanmean(train, axis=0), rtol=1e-12)
     np.testing.assert_allclose(hp["scaler"]["std"], np.nanstd(train, axis=0), rtol=1e-12)
-    assert len(hp["scaler"]["window_scale"]) == 2 and hp["scaler"]["anchor_len"] == 4
+    # c0 is mean-reverting: a constant anchor (stationary_anchor=constant) -> anchor_len 0
+    assert len(hp["scaler"]["window_scale"]) == 2 and hp["scaler"]["anchor_len"] == 0
     assert hp["model"]["direction"] == "causal"
     full = panel.frame[["E1", "E2"]].to_numpy()
     assert not np.allclose(hp["scaler"]["mean"], np.nanmean(full, axis=0))
@@ -190,6 +169,7 @@ def test_failure_after_a_checkpoint_keeps_it_and_records_the_failure(
     assert s["cluster_id"] == 0 and s["features"] == ["E1", "E2"]
 
 
+@pytest.mark.e2e
 def test_missing_clusters_file_is_a_clear_error(tmp_path, small_csv):
     r = subprocess.run(
         [
@@ -225,6 +205,7 @@ def cli(tmp_path, csv, clusters, *args, flags=()):
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_ddp_cpu_two_processes_one_run_dir(tmp_path, small_csv, clusters_json):
     runs = tmp_path / "runs"
@@ -242,9 +223,12 @@ def test_ddp_cpu_two_processes_one_run_dir(tmp_path, small_csv, clusters_json):
     assert (runs / "ddp" / "checkpoints" / "last.ckpt").exists()
     s = json.loads((runs / "ddp" / "summary.json").read_text())
     assert s["global_step"] == 4  # batches split over 2 ranks, limit 4 per epoch
-    assert not (tmp_path / "outputs").exists()  # children made no run directories
+    # children made no run directories (the statsmodels fit cache, outputs/cache, is shared)
+    made = sorted(p.name for p in (tmp_path / "outputs").glob("*"))
+    assert made in ([], ["cache"]), made
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_multirun_two_clusters_writes_checkpoints_and_summary(tmp_path, small_csv, clusters_json):
     sweep = tmp_path / "sweep"
@@ -365,6 +349,7 @@ def test_hparams_and_final_metrics_reach_tensorboard(tmp_path, small_csv, cluste
     assert session.hparams["lr"].number_value == pytest.approx(1e-4)
 
 
+@pytest.mark.e2e
 def test_trainer_gpu_without_a_gpu_is_a_clean_error(tmp_path, small_csv, clusters_json):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
@@ -381,6 +366,7 @@ def test_trainer_gpu_without_a_gpu_is_a_clean_error(tmp_path, small_csv, cluster
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_resume_needs_only_the_checkpoint(tmp_path, small_csv, clusters_json):
     cfg = make_cfg(tmp_path, small_csv, clusters_json, "cluster=c2", "trainer.max_epochs=1")
@@ -411,6 +397,7 @@ def test_resume_needs_only_the_checkpoint(tmp_path, small_csv, clusters_json):
     assert s["cluster_id"] == 2 and s["features"] == ["M2"] and s["epochs"] == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_multirun_from_a_fresh_directory_without_overrides(tmp_path):
     """The README's commands as a new user types them: no path or sweep-dir override."""
@@ -483,8 +470,11 @@ def test_head_checkpoint_carries_sigma_and_loads_back(
     s_hat, div, _ = predictive.predict_windows(
         module, w, mask, sigma=module.noise_sigma_w, anchor_len=hp["scaler"]["anchor_len"]
     )
-    assert torch.isfinite(s_hat[:, 4:]).all() and torch.isnan(s_hat[:, :4]).all()
-    assert ((div[:, 4:] > 0) & (div[:, 4:] < 1.5)).all()
+    # c0 is mean-reverting: a constant anchor (stationary_anchor=constant), so every
+    # position after the first has a one-step prediction (a window anchor would need 4 rows)
+    assert hp["scaler"]["anchor_len"] == 0
+    assert torch.isfinite(s_hat[:, 1:]).all() and torch.isnan(s_hat[:, :1]).all()
+    assert ((div[:, 1:] > 0) & (div[:, 1:] < 1.5)).all()
     if head == "predictive":
         with pytest.raises(ValueError, match="no ε-prediction head"):
             module(w, torch.tensor([1, 2]), mask)
@@ -493,7 +483,8 @@ def test_head_checkpoint_carries_sigma_and_loads_back(
 
 
 def test_checkpoint_without_head_hparams_loads_as_diffusion(tmp_path, small_csv, clusters_json):
-    """A checkpoint written before heads existed: no heads/predictive/noise_sigma keys."""
+    """A checkpoint written before heads existed: no heads/predictive/noise_sigma keys (nor
+    t_sampling, which came later)."""
     from mamba_denoiser.training import DenoiserModule
 
     cfg = make_cfg(tmp_path, small_csv, clusters_json, "trainer.max_epochs=1")
@@ -504,7 +495,7 @@ def test_checkpoint_without_head_hparams_loads_as_diffusion(tmp_path, small_csv,
     hp = {
         k: v
         for k, v in ck["hyper_parameters"].items()
-        if k not in ("heads", "predictive", "noise_sigma")
+        if k not in ("heads", "predictive", "noise_sigma", "t_sampling")  # all newer keys
     }
     assert not any(k.startswith("model.pred_") for k in ck["state_dict"])
     module = DenoiserModule(**{**hp, "compile": False})
@@ -572,6 +563,52 @@ def test_both_heads_split_one_batch_in_one_pass():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def _tiny_module(**kw):
+    from mamba_denoiser.training import DenoiserModule
+
+    return DenoiserModule(
+        cluster={"id": 0, "type": "mean_reverting", "strategy": "tv", "features": ["a", "b"]},
+        window_size=WINDOW,
+        scaler={"anchor_len": 4},
+        model={"d_model": 16, "n_layers": 1, "d_state": 4, "dropout": 0.0},
+        **kw,
+    )
+
+
+def test_lognormal_t_centres_the_noise_level_where_the_posterior_mean_works():
+    """t_sampling=lognormal: τ_t of the draws has its median at c · geomean σ, and the
+    uniform share is uniform; uniform keeps DDPM's draws (same t as torch.randint)."""
+    from mamba_denoiser.diffusion.sampling import diffusion_noise
+
+    sigma = [0.2, 0.8]
+    ts = {"kind": "lognormal", "c": 0.5, "spread": 0.3, "uniform_share": 0.0}
+    module = _tiny_module(noise_sigma=sigma, t_sampling=ts)
+    T = module.sde.num_timesteps
+    tau_grid = diffusion_noise(module.sde)
+    tau = tau_grid[module.sample_t(20000, generator=torch.Generator().manual_seed(0))]
+    centre = 0.5 * float(np.exp(np.mean(np.log(sigma))))
+    assert float(tau.median()) == pytest.approx(centre, rel=0.05)
+    spread = np.hypot(0.3, np.std(np.log(sigma), ddof=1))  # beyond the features' own spread
+    assert float(tau.log().std()) == pytest.approx(spread, rel=0.1)
+
+    module = _tiny_module(noise_sigma=sigma, t_sampling={**ts, "uniform_share": 0.2})
+    t = module.sample_t(20000, generator=torch.Generator().manual_seed(0))
+    tau = tau_grid[t]
+    near = ((tau > centre / 8) & (tau < centre * 8)).float().mean()
+    assert 0.75 < float(near) < 0.85  # 80 % log-normal, the rest uniform (mostly far above)
+    assert int(t.max()) > 0.9 * T  # the uniform share reaches large t
+    again = module.sample_t(20000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, again)  # validation's fixed generator gives fixed draws
+
+    plain = _tiny_module(noise_sigma=sigma)  # no t_sampling: uniform, as old checkpoints
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(plain.sample_t(64, generator=g1), torch.randint(0, T, (64,), generator=g2))
+    with pytest.raises(ValueError, match="needs noise_sigma"):
+        _tiny_module(t_sampling={"kind": "lognormal"})
+    with pytest.raises(ValueError, match="uniform or lognormal"):
+        _tiny_module(noise_sigma=sigma, t_sampling={"kind": "edm"})
+
+
 # ---- how a run went: reference, last epoch, failures in a sweep, Ctrl-C, threads -------
 
 
@@ -590,6 +627,7 @@ def _scripted_val_noise_mse(monkeypatch, factor):
     monkeypatch.setattr(DenoiserModule, "_diffusion_terms", scripted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "factor, status, best_epoch",
     [
@@ -635,6 +673,7 @@ def _poison_cluster(monkeypatch, cluster_id, from_step=0):
     monkeypatch.setattr(DenoiserModule, "diffusion_loss", poisoned)
 
 
+@pytest.mark.slow
 def test_failed_job_of_a_multirun_records_itself_and_returns(
     tmp_path, small_csv, clusters_json, monkeypatch, capsys
 ):
@@ -679,6 +718,7 @@ def test_failed_job_of_a_multirun_records_itself_and_returns(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("at_step, kept", [(1, False), (6, True)])  # 4 steps an epoch
 def test_ctrl_c_is_recorded_as_interrupted(
     tmp_path, small_csv, clusters_json, monkeypatch, capsys, at_step, kept
@@ -748,6 +788,7 @@ def test_joblib_cpu_jobs_share_the_cores(tmp_path, small_csv, clusters_json, mon
     assert train_job.share_cpu_threads({"accelerator": "cpu"}) is None
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_multirun_goes_on_past_a_failed_job_and_exits_nonzero(tmp_path, small_csv, clusters_json):
     """The real command line: c1's NaN loss must not abort the sweep (Hydra does not catch
@@ -791,3 +832,22 @@ def test_multirun_goes_on_past_a_failed_job_and_exits_nonzero(tmp_path, small_cs
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 1 of 2 training job(s) failed: c1 (training loss is nan")
     assert "Traceback" not in r.stderr
+
+
+def test_only_mean_reverting_clusters_take_the_constant_anchor():
+    from omegaconf import OmegaConf
+
+    from mamba_denoiser.errors import ConfigError
+    from mamba_denoiser.train_job import _anchor_len
+
+    data = {"anchor_len": 7}
+    for mode, typ, want in [
+        ("constant", "mean_reverting", 0),
+        ("constant", "random_walk", 7),
+        ("constant", "trending", 7),
+        ("window", "mean_reverting", 7),
+    ]:
+        cfg = OmegaConf.create({"stationary_anchor": mode})
+        assert _anchor_len(cfg, {"type": typ}, data) == want, (mode, typ)
+    with pytest.raises(ConfigError, match="stationary_anchor='both'"):
+        _anchor_len(OmegaConf.create({"stationary_anchor": "both"}), {"type": "trending"}, data)

@@ -9,11 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mamba_denoiser.errors import CheckpointError
+
 REQUIRED_HPARAMS = ("cluster", "window_size", "scaler", "model", "sde")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or not a mamba-denoiser checkpoint."""
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:

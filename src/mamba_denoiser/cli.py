@@ -1,9 +1,10 @@
-"""Glue between Hydra configs and the library, shared by every entry script.
+"""The failure policy every entry script shares, and where a run's outputs go.
 
-Library modules take plain arguments; only the *_job modules and this one read DictConfig
-nodes (passed in, never Hydra globals), so everything below them stays importable without
-Hydra. This module owns what all entry points share: the project root, and how a run
-fails (one clear message, no traceback, nothing half-written left behind).
+How a run fails: one clear message for user errors (``user_errors``), no traceback, and
+nothing half-written left behind (``fail_cleanly``); Lightning's log lines routed through
+Hydra's handlers once. And the project root the outputs/ folder hangs off. What the jobs
+read from their configs in common is stage.py's; finding and checking the artifacts of
+earlier stages is artifacts.py's.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from mamba_denoiser.errors import (
+    CheckpointError,
+    ClustersError,
+    ConfigError,
+    LeakageError,
+    NonFiniteLossError,
+    PanelError,
+)
 
 log = logging.getLogger("mamba_denoiser")
 
@@ -33,39 +40,32 @@ def set_project_root() -> None:
     os.environ.setdefault(ROOT_ENV, os.getcwd())
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot work here (e.g. trainer=gpu on a machine without one)."""
-
-
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Failures with a message written for the user: no traceback is shown for these."""
+    """Failures with a message written for the user: no traceback is shown for these.
+
+    Lightning's MisconfigurationException is among them only when Lightning is already
+    imported (train.py): it cannot be raised otherwise, and denoise.py must not import it."""
     import torch
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from mamba_denoiser.checkpoint import CheckpointError
-    from mamba_denoiser.clustering.artifact import ClustersError
-    from mamba_denoiser.data.panel import PanelError
-    from mamba_denoiser.evaluation.leakage import LeakageError
-    from mamba_denoiser.training import NonFiniteLossError
-
-    return (
+    errors: tuple[type[BaseException], ...] = (
         PanelError,
         ClustersError,
         CheckpointError,
         ConfigError,
         NonFiniteLossError,
         LeakageError,
-        MisconfigurationException,
-        torch.OutOfMemoryError,
     )
+    if "lightning" in sys.modules:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        errors += (MisconfigurationException,)
+    return (*errors, torch.OutOfMemoryError)
 
 
 def describe(err: BaseException) -> str:
     """One line for the user (a message of several lines is joined); OOM gets the fix
     appended."""
     import torch
-
-    from mamba_denoiser.evaluation.leakage import LeakageError
 
     msg = str(err).strip() or type(err).__name__
     if isinstance(err, LeakageError):
@@ -160,14 +160,6 @@ def _interrupted(err: BaseException) -> bool:
     )
 
 
-def to_dict(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.output_dir)
-
-
 class _DropVendorTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "Tip:" not in str(record.msg)
@@ -190,84 +182,3 @@ def route_lightning_logs() -> None:
         lg = logging.getLogger(name)
         if not any(isinstance(f, _DropVendorTips) for f in lg.filters):
             lg.addFilter(_DropVendorTips())
-
-
-# ---- data options remembered from the upstream stage -----------------------------------
-
-
-def command_line_overrides() -> list[str]:
-    """This run's Hydra overrides (empty when not under Hydra, e.g. a plain library call)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return list(HydraConfig.get().overrides.task)
-
-
-def remembered_data(cfg: DictConfig, recorded: dict | None, recorded_by: str) -> dict:
-    """cfg.data, or where no data option was given, the options `recorded_by` (a
-    clusters.json or checkpoint) recorded; a given option that changes how the data are
-    read and disagrees with the record is a ConfigError naming both (data/remembered.py)."""
-    from mamba_denoiser.data.remembered import (
-        DataOptionsError,
-        given_data_keys,
-        merge_data_options,
-    )
-
-    given = given_data_keys(command_line_overrides())
-    try:
-        data, used = merge_data_options(to_dict(cfg.data), recorded, given, recorded_by=recorded_by)
-    except DataOptionsError as e:
-        raise ConfigError(str(e)) from None
-    if used and not given:
-        log.info("Data options as recorded in %s (data.path=%s)", recorded_by, data.get("path"))
-    return data
-
-
-# ---- the statsmodels fits, shared by every stage --------------------------------------
-
-
-def use_fit_cache(cfg: DictConfig) -> None:
-    """Keep statsmodels fits on disk under paths.cache_dir (null: memory only); a pure memo
-    keyed by the exact train rows fitted (classical.set_fit_cache)."""
-    from mamba_denoiser.classical import set_fit_cache
-
-    cache = cfg.paths.get("cache_dir")
-    set_fit_cache(Path(cache) / "fits" if cache else None)
-
-
-def prefit_fits(cfg: DictConfig, panel, features: list[str]) -> None:
-    """Every feature's state-space fits (σ, the Kalman candidate) on the train rows, over
-    `n_jobs` processes, into the disk cache: cluster.py makes them while the cores are
-    free, train.py, denoise.py and evaluate.py read them. Outputs are the same without."""
-    import time
-
-    from mamba_denoiser.classical import prefit_state_space
-
-    use_fit_cache(cfg)
-    t0 = time.perf_counter()
-    prefit_state_space(
-        panel.frame[list(features)].to_numpy(float),
-        panel.bounds["train"],
-        n_jobs=int(cfg.get("n_jobs", 1)),
-    )
-    log.info("State-space fits of %d features: %.1fs", len(features), time.perf_counter() - t0)
-
-
-# ---- cluster.py -----------------------------------------------------------------------
-
-
-def run_cluster(cfg: DictConfig) -> dict:
-    from mamba_denoiser.clustering.run import cluster_table, run_clustering
-    from mamba_denoiser.data.source import panel_from_config
-    from mamba_denoiser.io import console
-
-    out = output_dir(cfg)
-    with fail_cleanly(out):
-        panel = panel_from_config(to_dict(cfg.data))
-        # every clustering.* key is a keyword of run_clustering (conf/cluster.yaml)
-        doc = run_clustering(panel, out, plots=cfg.plots, **to_dict(cfg.clustering))
-        prefit_fits(cfg, panel, panel.continuous)
-    console().print(cluster_table(doc))
-    log.info("Wrote %s", out / "clusters.json")
-    return doc

@@ -8,78 +8,18 @@ and only after every cluster has been computed, so a failure leaves no output.
 
 from __future__ import annotations
 
-import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 
-from mamba_denoiser.cli import (
-    ConfigError,
-    fail_cleanly,
-    output_dir,
-    prefit_fits,
-    remembered_data,
-    to_dict,
-)
+from mamba_denoiser.cli import fail_cleanly
+from mamba_denoiser.errors import ConfigError
+from mamba_denoiser.stage import load_trained, output_dir, prefit, to_dict
 
 log = logging.getLogger("mamba_denoiser")
-# summary.json statuses whose best checkpoint is served ("worse_than_reference" trained to
-# the end; the SURE gate still decides per feature whether it helps)
-USABLE_STATUS = ("ok", "worse_than_reference")
-
-
-# ---- finding the checkpoints ----------------------------------------------------------
-
-
-def find_latest_sweep(log_dir: str | Path) -> Path:
-    """The newest training sweep (outputs/train_multirun/<time>) holding a summary.json."""
-    root = Path(log_dir) / "train_multirun"
-    sweeps = sorted(p for p in root.glob("*") if any(p.glob("*/summary.json")))
-    if not sweeps:
-        raise ConfigError(
-            f"no training sweep under {root}/. Train first (python train.py "
-            "experiment=all_clusters), or pass checkpoints=DIR"
-        )
-    return sweeps[-1]
-
-
-def load_models(folder: str | Path) -> dict[int, Any]:
-    """cluster id -> ClusterModel, each checkpoint read once: each job's best checkpoint
-    (by validation) from its summary.json; folders without summaries: every best*.ckpt
-    (else last.ckpt) below. Two checkpoints of one cluster: the newer file wins."""
-    from mamba_denoiser.checkpoint import resolve_checkpoint
-    from mamba_denoiser.inference import load_cluster_model
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"checkpoints={folder}: not a folder")
-    candidates: list[Path] = []
-    for s in sorted(folder.rglob("summary.json")):
-        try:
-            doc = json.loads(s.read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{s}: not readable JSON ({e}); re-run train.py for it") from None
-        ck = doc.get("best_checkpoint") or doc.get("last_checkpoint")
-        if doc.get("status", "ok") in USABLE_STATUS and ck:
-            path = resolve_checkpoint(s, ck)  # beside the summary, if the sweep was copied
-            if path.is_file():
-                candidates.append(path)
-    if not candidates:
-        candidates = sorted(folder.rglob("best*.ckpt")) or sorted(folder.rglob("last.ckpt"))
-    if not candidates:
-        raise ConfigError(f"checkpoints={folder}: no checkpoint (*.ckpt) found below it")
-    found: dict[int, Any] = {}
-    for path in sorted(candidates, key=lambda p: p.stat().st_mtime):  # newest last, wins
-        m = load_cluster_model(path)
-        cid = int(m.cluster["id"])
-        if cid in found:
-            log.warning("two checkpoints for c%d; using the newer: %s", cid, path)
-        found[cid] = m
-    return dict(sorted(found.items()))
 
 
 # ---- writing the panel as text ----------------------------------------------------------
@@ -116,77 +56,6 @@ def write_like_input(
 
 
 # ---- the run ----------------------------------------------------------------------------
-
-
-def data_options(cfg: DictConfig, clusters, models: dict) -> dict[str, Any]:
-    """The data options recorded by cluster.py (clusters.json, copied into each checkpoint)
-    unless given on the command line (cli.remembered_data)."""
-    first = next(iter(models.values()))
-    recorded = clusters.source.get("data_config") or first.source.get("data_config")
-    return remembered_data(cfg, recorded, str(clusters.path))
-
-
-def prefit(cfg: DictConfig, panel, models: dict) -> None:
-    """The statsmodels fits of every denoised feature (usually read from the disk cache
-    cluster.py filled; cli.prefit_fits)."""
-    prefit_fits(cfg, panel, [f for m in models.values() for f in m.features])
-
-
-def load_trained(cfg: DictConfig) -> tuple[Any, dict[int, Any], Any, Path]:
-    """(panel, cluster id -> ClusterModel, clusters, checkpoint folder), all checked to
-    belong together: the models' features, window and split against the data."""
-    from mamba_denoiser.clustering.artifact import load_clusters
-    from mamba_denoiser.clustering.validate import check_clusters_against_panel
-    from mamba_denoiser.data.source import panel_from_config
-
-    ck_dir = Path(cfg.checkpoints) if cfg.checkpoints else find_latest_sweep(cfg.paths.log_dir)
-    models = load_models(ck_dir)
-    first = next(iter(models.values()))
-    clusters_path = cfg.clusters or first.source.get("clusters")
-    if not clusters_path:
-        raise ConfigError("which clusters.json? pass clusters=PATH")
-    clusters = load_clusters(clusters_path)
-    panel = panel_from_config(data_options(cfg, clusters, models))
-    check_clusters_against_panel(clusters, panel)
-    missing = [c.name for c in clusters.clusters if c.id not in models]
-    if missing and not cfg.allow_partial:
-        raise ConfigError(
-            f"no checkpoint under {ck_dir} for clusters {missing}; train them, or pass "
-            "allow_partial=true to leave them raw"
-        )
-    other_data: dict[str, list[str]] = {}
-    for c in clusters.clusters:
-        m = models.get(c.id)
-        if m is None:
-            continue
-        if list(c.features) != m.features:
-            raise ConfigError(
-                f"{m.path} was trained on {m.features[:5]}… but {clusters.path} lists "
-                f"{list(c.features)[:5]}… for {c.name}; pass the clusters.json it was trained "
-                "with (clusters=...)"
-            )
-        if m.window > panel.n_rows:
-            raise ConfigError(f"{m.path}: window {m.window} is longer than the data")
-        bounds = (m.source.get("split") or {}).get("bounds")
-        if bounds and bounds != {k: list(v) for k, v in panel.bounds.items()}:
-            raise ConfigError(
-                f"{m.path} was trained with split bounds {bounds}, the data now gives "
-                f"{ {k: list(v) for k, v in panel.bounds.items()} }; use the same data.split "
-                "and data.window_size as in training"
-            )
-        sha = m.source.get("sha256")
-        if sha and panel.sha256 and sha != panel.sha256:
-            other_data.setdefault(sha, []).append(m.name)
-    for sha, names in other_data.items():  # one line per training data, not per cluster
-        warnings.warn(
-            f"{', '.join(names)} trained on data with sha256 {sha[:12]}…, this data "
-            f"({panel.source}) has {panel.sha256[:12]}…: denoising other data",
-            stacklevel=1,
-        )
-    extra = sorted(set(models) - {c.id for c in clusters.clusters})
-    if extra:
-        raise ConfigError(f"checkpoints for clusters {extra} are not in {clusters.path}")
-    return panel, models, clusters, ck_dir
 
 
 def _sigma_overrides(given: Any, models: dict) -> dict[str, float]:
@@ -359,7 +228,44 @@ def _reason_counts(info: dict) -> str:
     return "; ".join(f"{n} feature{'s' * (n != 1)}: {k}" for k, n in counts.items())
 
 
+_FEATURE_COLS = (
+    "feature",
+    "cluster",
+    "σ",
+    "σ source",
+    "noise share",
+    "Ljung-Box p (y)",
+    "chosen",
+    "SURE gain (val)",
+    "removed share",
+    "removed Ljung-Box p",
+    "lag",
+    "why not changed",
+)
+
+
+def _feature_cells(c: dict, f: str, v: dict) -> list[str]:
+    return [
+        f,
+        c["cluster"],
+        _num(v["sigma"]),
+        v["sigma_source"],
+        _num(v.get("noise_share"), 2),
+        _num(v["ljung_box_p"], 2),
+        v["chosen"],
+        _num(v["gain_db_val"]),
+        _num(v.get("removed_share"), 2),
+        _num(v.get("removed_ljung_box_p"), 2),
+        "-" if v.get("lag_vs_raw") is None else str(v["lag_vs_raw"]),
+        v["reason"] or "-",
+    ]
+
+
 def _table_md(info: dict) -> str:
+    """denoise_summary.md: what changed, why the rest stayed raw, a row per cluster and
+    per feature (report.markdown_table; the report module pulls in pandas: imported here)."""
+    from mamba_denoiser.evaluation.report import markdown_table
+
     n, m = info["n_changed"], info["n_features"]
     lines = [
         f"**{n} of {m} features changed** ({info['mode']}"
@@ -372,8 +278,7 @@ def _table_md(info: dict) -> str:
         lines += [f"Nothing was changed: {why or 'no cluster was denoised'}.", ""]
     elif why:
         lines += [f"Left raw: {why}.", ""]
-    lines += ["| " + " | ".join(_COLS) + " |", "|" + "---|" * len(_COLS)]
-    lines += ["| " + " | ".join(_cells(c)) + " |" for c in info["clusters"]]
+    lines.append(markdown_table(_COLS, [_cells(c) for c in info["clusters"]]))
     lines += [
         "",
         "Per feature: σ in native units and its source; the noise share σ²/Var(y) and the "
@@ -383,20 +288,11 @@ def _table_md(info: dict) -> str:
         "noise went), its Ljung-Box p (large if it is white, as noise is) and the output's "
         "lag behind y in rows.",
         "",
-        "| feature | cluster | σ | σ source | noise share | Ljung-Box p (y) | chosen | "
-        "SURE gain (val) | removed share | removed Ljung-Box p | lag | why not changed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(
+            _FEATURE_COLS,
+            [_feature_cells(c, f, v) for c in info["clusters"] for f, v in c["features"].items()],
+        ),
     ]
-    for c in info["clusters"]:
-        for f, v in c["features"].items():
-            lag = "-" if v.get("lag_vs_raw") is None else str(v["lag_vs_raw"])
-            lines.append(
-                f"| {f} | {c['cluster']} | {_num(v['sigma'])} | {v['sigma_source']} | "
-                f"{_num(v.get('noise_share'), 2)} | {_num(v['ljung_box_p'], 2)} | "
-                f"{v['chosen']} | {_num(v['gain_db_val'])} | "
-                f"{_num(v.get('removed_share'), 2)} | {_num(v.get('removed_ljung_box_p'), 2)} "
-                f"| {lag} | {v['reason'] or '-'} |"
-            )
     if info["left_raw"]:
         lines += ["", f"Clusters left raw (no checkpoint): {', '.join(info['left_raw'])}"]
     return "\n".join(lines) + "\n"

@@ -150,12 +150,10 @@ def failure_line(rows: list[dict[str, Any]]) -> str:
 
 
 def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Path:
+    from mamba_denoiser.evaluation.report import markdown_table  # pulls in pandas
     from mamba_denoiser.io import atomic_write_text
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        lines.append("| " + " | ".join(_row(r, Path(sweep_dir))) + " |")
-    lines.append("")
+    lines = [markdown_table(COLUMNS, [_row(r, Path(sweep_dir)) for r in rows]), ""]
     if failure_line(rows):
         lines.append(f"Failed: {failure_line(rows)}")
     for status, text in (

@@ -16,20 +16,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from mamba_denoiser.cli import (
-    ROOT_ENV,
-    ConfigError,
-    fail_cleanly,
-    output_dir,
-    route_lightning_logs,
-    to_dict,
-    use_fit_cache,
-)
+from mamba_denoiser.artifacts import check_fit_data, check_split
+from mamba_denoiser.cli import ROOT_ENV, fail_cleanly, route_lightning_logs
+from mamba_denoiser.errors import ClustersError, ConfigError
+from mamba_denoiser.stage import output_dir, remembered_data, to_dict, use_fit_cache
+from mamba_denoiser.vocabulary import ANCHOR_LEN
 
 log = logging.getLogger("mamba_denoiser")
 
@@ -148,20 +145,16 @@ def _cluster_from_clusters_file(cfg: DictConfig, panel) -> tuple[dict[str, Any],
     spec = clusters.get(int(cfg.cluster.id))
     if spec.type != cfg.cluster.type or len(spec.features) != cfg.cluster.n_features:
         raise ClustersError(f"{clusters.path} changed since start-up; run again")
-    src = clusters.source
-    if src.get("sha256") and panel.sha256 and src["sha256"] != panel.sha256:
-        raise ClustersError(
-            f"{clusters.path} was made from {src.get('path')} (sha256 {src['sha256'][:12]}…), "
-            f"but data is {panel.source} (sha256 {panel.sha256[:12]}…). Re-run cluster.py on "
-            "this data or pass the matching clusters=PATH."
-        )
-    if src.get("split", {}).get("bounds") and src["split"]["bounds"] != {
-        k: list(v) for k, v in panel.bounds.items()
-    }:
-        raise ClustersError(
-            f"{clusters.path} used another train/val/test split than "
-            "data.split now; use the same split for every stage"
-        )
+    src, where = clusters.source, str(clusters.path)
+    fix = "Re-run cluster.py on this data or pass the matching clusters=PATH."
+    check_fit_data(src, panel, artifact=where, error=ClustersError, fix=fix)
+    check_split(
+        (src.get("split") or {}).get("bounds"),
+        panel,
+        artifact=where,
+        error=ClustersError,
+        fix="use the same data.split and data.window_size for every stage",
+    )
     check_clusters_against_panel(clusters, panel)
     cluster = {
         "id": spec.id,
@@ -174,8 +167,7 @@ def _cluster_from_clusters_file(cfg: DictConfig, panel) -> tuple[dict[str, Any],
 
 def _data_options(cfg: DictConfig) -> dict[str, Any]:
     """The data options cluster.py recorded in clusters.json (or, resuming, those in the
-    checkpoint) unless given on the command line (cli.remembered_data)."""
-    from mamba_denoiser.cli import remembered_data
+    checkpoint) unless given on the command line (stage.remembered_data)."""
 
     if cfg.ckpt_path:
         from mamba_denoiser.checkpoint import load_checkpoint
@@ -203,13 +195,13 @@ def _cluster_from_checkpoint(cfg: DictConfig, panel) -> dict[str, Any]:
             f"cluster={cfg.cluster.name} was given. Drop cluster=... when resuming: the "
             "checkpoint decides the cluster."
         )
-    sha = (hp.get("source") or {}).get("sha256")
-    if sha and panel.sha256 and sha != panel.sha256:
-        raise CheckpointError(
-            f"{cfg.ckpt_path} was trained on {(hp.get('source') or {}).get('path')} "
-            f"(sha256 {sha[:12]}…), but data is {panel.source} (sha256 "
-            f"{panel.sha256[:12]}…). Resume with the same data (data=... data.path=...)."
-        )
+    check_fit_data(
+        hp.get("source"),
+        panel,
+        artifact=str(cfg.ckpt_path),
+        error=CheckpointError,
+        fix="Resume with the same data (data=... data.path=...).",
+    )
     missing = [f for f in c["features"] if f not in panel.continuous]
     if missing:
         raise CheckpointError(
@@ -278,7 +270,7 @@ def noise_sigma_window_units(panel, features: list[str], dm) -> list[float]:
     raw = panel.frame[list(features)].to_numpy(dtype=np.float64)  # (T, F) native units
     train = tuple(int(b) for b in dm.bounds["train"])
     native = np.array([noise_sigma(raw[:, j], train).sigma for j in range(raw.shape[1])])
-    return sigma_to_window_units(native, np.asarray(dm.std) * np.asarray(dm.window_scale)).tolist()
+    return sigma_to_window_units(native, dm.fitted.unit).tolist()
 
 
 def _clean(summary: dict[str, Any]) -> dict[str, Any]:
@@ -410,17 +402,279 @@ def _restore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def run_train(cfg: DictConfig) -> float:
-    """Train one cluster's denoiser; write checkpoints, TensorBoard logs and summary.json."""
+@dataclass
+class _Setup:
+    """What one training run trains: from clusters.json + config, or from a checkpoint."""
+
+    cluster: dict[str, Any]
+    clusters_path: str | None
+    window: int
+    anchor_len: int
+    model_kw: dict[str, Any]
+    sde_kw: dict[str, Any]
+    loss_kw: dict[str, Any] | None
+    heads: str
+    pred_kw: dict[str, Any] | None
+    hp: dict[str, Any] | None = None  # the resumed checkpoint's hyper-parameters
+
+
+def _setup(cfg: DictConfig, panel, data: dict[str, Any]) -> _Setup:
+    if not cfg.ckpt_path:
+        cluster, clusters_path = _cluster_from_clusters_file(cfg, panel)
+        heads, pred_kw = _head_kwargs(cfg)
+        return _Setup(
+            cluster=cluster,
+            clusters_path=clusters_path,
+            window=int(data["window_size"]),
+            anchor_len=_anchor_len(cfg, cluster, data),
+            model_kw=to_dict(cfg.model),
+            sde_kw=to_dict(cfg.sde),
+            loss_kw=to_dict(cfg.loss),
+            heads=heads,
+            pred_kw=pred_kw,
+        )
+    hp = _cluster_from_checkpoint(cfg, panel)
+    heads = str(hp.get("heads", "diffusion"))
+    asked, _ = _head_kwargs(cfg)
+    if asked != heads:  # the monitored metric (conf/head) must exist in this run
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} was trained with head={heads}, but head={asked} "
+            f"is configured; resume with head={heads}"
+        )
+    return _Setup(
+        cluster=hp["cluster"],
+        clusters_path=(hp.get("source") or {}).get("clusters"),
+        window=int(hp["window_size"]),
+        anchor_len=int(hp["scaler"].get("anchor_len", ANCHOR_LEN)),
+        model_kw=hp["model"],
+        sde_kw=hp["sde"],
+        loss_kw=hp.get("loss"),
+        heads=heads,
+        pred_kw=hp.get("predictive"),
+        hp=hp,
+    )
+
+
+def _anchor_len(cfg: DictConfig, cluster: dict[str, Any], data: dict[str, Any]) -> int:
+    """data.anchor_len, or 0 (a constant anchor: the train mean) for a mean-reverting
+    cluster when stationary_anchor=constant: typed mean_reverting needs an ADF rejection
+    of a unit root (clustering/grouping.py), so its z-score stays in range, and its level
+    comes from the whole train split instead of a window's first noisy rows."""
+    mode = cfg.get("stationary_anchor", "window")
+    if mode not in ("window", "constant"):
+        raise ConfigError(f"stationary_anchor={mode!r}: choose window or constant")
+    if mode == "constant" and cluster["type"] == "mean_reverting":
+        return 0
+    return int(data.get("anchor_len", ANCHOR_LEN))
+
+
+def _datamodule(cfg: DictConfig, panel, setup: _Setup):
+    from mamba_denoiser.data.datamodule import ClusterDataModule
+
+    dm = ClusterDataModule(
+        panel,
+        setup.cluster["features"],
+        window_size=setup.window,
+        stride=cfg.stride,
+        val_stride=cfg.val_stride,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        min_observed_frac=cfg.min_observed_frac,
+        anchor_len=setup.anchor_len,
+    )
+    key = dm.fitted.differs_from(setup.hp["scaler"]) if setup.hp is not None else None
+    if key:
+        raise ConfigError(
+            f"{cfg.ckpt_path}: its train-split scaler ({key}) differs from this "
+            "data's; resume with the same data and data.split as the checkpoint"
+        )
+    return dm
+
+
+def _module(cfg: DictConfig, panel, setup: _Setup, dm):
+    from mamba_denoiser.training import DenoiserModule
+
+    noise_sigma = None
+    t_sampling = to_dict(cfg.get("t_sampling")) or None
+    # σ is needed by the predictive NLL and by log-normal t; a resumed run keeps its own
+    if setup.heads != "diffusion" or (t_sampling or {}).get("kind") == "lognormal":
+        noise_sigma = (setup.hp or {}).get("noise_sigma") or (
+            noise_sigma_window_units(panel, setup.cluster["features"], dm)
+        )
+    return DenoiserModule(
+        cluster=setup.cluster,
+        window_size=setup.window,
+        scaler=dm.scaler,
+        model=setup.model_kw,
+        sde=setup.sde_kw,
+        loss=setup.loss_kw,
+        compile=cfg.compile,
+        source={**panel.summary(), "clusters": setup.clusters_path},
+        heads=setup.heads,
+        predictive=setup.pred_kw,
+        noise_sigma=noise_sigma,
+        t_sampling=t_sampling,
+        **to_dict(cfg.optim),
+    )
+
+
+def _trainer(cfg: DictConfig, heads: str):
     import hydra
     import lightning as L
     from lightning.pytorch.callbacks import RichProgressBar
 
-    from mamba_denoiser.clustering.artifact import ClustersError
-    from mamba_denoiser.data.datamodule import ClusterDataModule
-    from mamba_denoiser.data.source import panel_from_config
+    callbacks = [
+        hydra.utils.instantiate(c)
+        for name, c in (cfg.callbacks or {}).items()
+        # the figure draws the diffusion head's x̂0, which a predictive-only model lacks
+        if not (name == "validation_figure" and heads == "predictive")
+    ]
+    interactive = sys.stdout.isatty()
+    if interactive:
+        callbacks.append(RichProgressBar())
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values()]
+    trainer_kw = to_dict(cfg.trainer)
+    trainer_kw.pop("_target_", None)
+    trainer_kw["devices"] = _gpu_for_parallel_job(cfg)
+    return L.Trainer(
+        **trainer_kw,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_progress_bar=interactive,
+    )
+
+
+def _log_start(cluster: dict[str, Any], dm, module, summary: dict[str, Any]) -> None:
+    n_params = sum(p.numel() for p in module.parameters())
+    gap = dm.distribution_gap()
+    summary["train_val_gap"] = gap
+    log.info(
+        "Training c%d (%s, %d features: %s) on %d train / %d val windows; %s model, "
+        "%.2fM parameters; train/val gap (median/p90/max, window scale) %.2f/%.2f/%.2f",
+        cluster["id"],
+        cluster["type"],
+        len(cluster["features"]),
+        ", ".join(cluster["features"][:8]),
+        len(dm.train_starts),
+        len(dm.val_starts),
+        summary["direction"],
+        n_params / 1e6,
+        gap["window"]["median"],
+        gap["window"]["p90"],
+        gap["window"]["max"],
+    )
+
+
+def _validate_at_init(cfg: DictConfig, trainer, module, dm, summary) -> dict[str, float]:
+    """The same fixed validation batches before training: the baseline that shows the model
+    learned something (reported in summary.json and the sweep table)."""
+    if not cfg.get("validate_at_init", True) or cfg.ckpt_path:
+        return {}
+    init = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    summary.update(  # known now, so a failed or interrupted run reports them too
+        init_val_noise_mse=_get(init, "val/noise_mse"),
+        val_noise_mse_iid_baseline=_get(init, "val/noise_mse_iid_baseline"),
+    )
+    return init
+
+
+def _best_score(trainer) -> float:
+    ckpt_cb = trainer.checkpoint_callback
+    if ckpt_cb and ckpt_cb.best_model_score is not None:
+        return float(ckpt_cb.best_model_score)
+    return float("nan")
+
+
+def _record_result(cfg, trainer, module, dm, cluster, init, summary, out: Path) -> None:
+    """Rank zero: summary.json, TensorBoard hparams and the closing log lines."""
     from mamba_denoiser.io import atomic_write_json
-    from mamba_denoiser.training import DenoiserModule
+
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    ckpt_cb = trainer.checkpoint_callback
+    monitor = ckpt_cb.monitor if ckpt_cb else None
+    best = _best_score(trainer)
+    best_mse = best if monitor == "val/noise_mse" else None
+    iid = final.get("val/noise_mse_iid_baseline", summary.get("val_noise_mse_iid_baseline"))
+    worse = best_mse is not None and iid is not None and best_mse > iid
+    best_epoch = _checkpoint_epoch(ckpt_cb.best_model_path if ckpt_cb else None)
+    best_is_last = best_epoch is not None and best_epoch == trainer.current_epoch - 1
+    summary.update(
+        status="worse_than_reference" if worse else "ok",
+        epochs=int(trainer.current_epoch),
+        global_step=int(trainer.global_step),
+        monitor=monitor,
+        best_score=best,
+        best_epoch=best_epoch,
+        best_is_last_epoch=best_is_last,
+        best_val_noise_mse=best_mse,
+        init_val_noise_mse=_get(init, "val/noise_mse"),
+        init_val_predictive_nll=_get(init, "val/predictive_nll"),
+        last_val_predictive_nll=final.get("val/predictive_nll"),
+        last_val_predictive_sure_ratio=final.get("val/predictive_sure_ratio"),
+        last_val_noise_mse=final.get("val/noise_mse"),
+        last_val_loss=final.get("val/loss"),
+        val_noise_mse_iid_baseline=iid,
+        best_checkpoint=str(ckpt_cb.best_model_path) if ckpt_cb else "",
+        last_checkpoint=str(Path(ckpt_cb.dirpath) / "last.ckpt") if ckpt_cb else "",
+        train_windows=int(len(dm.train_starts)),
+        val_windows=int(len(dm.val_starts)),
+    )
+    atomic_write_json(out / "summary.json", _clean(summary))
+    _log_hparams(trainer, _flat_hparams(cfg, cluster, module.hparams), summary)
+    if worse:
+        log.warning(
+            "c%d: best val noise MSE %.4f is above its i.i.d. reference %.4f (status "
+            "worse_than_reference): the model did no better than knowing the scale",
+            cluster["id"],
+            best_mse,
+            iid,
+        )
+    if best_is_last:
+        log.info(
+            "c%d: the best %s came in the last epoch (%d of %d): more epochs "
+            "(trainer.max_epochs=...) would likely help",
+            cluster["id"],
+            monitor,
+            best_epoch + 1,
+            trainer.current_epoch,
+        )
+    log.info(
+        "c%d done: best %s %.4f -> %s", cluster["id"], monitor, best, summary["best_checkpoint"]
+    )
+
+
+class _RunRecord:
+    """summary.json of a run that did not finish: failed, or interrupted (Ctrl-C)."""
+
+    def __init__(self, out: Path, summary: dict[str, Any], multirun: bool):
+        self.out, self.summary, self.multirun = out, summary, multirun
+        self.trainer = None  # set once it exists
+
+    def failure(self, message: str, exit_code: int = 1) -> None:
+        from mamba_denoiser.io import atomic_write_json
+
+        doc = {**self.summary, **_progress(self.trainer)}
+        doc.update(status="failed", error=message, exit_code=exit_code)
+        atomic_write_json(self.out / "summary.json", _clean(doc))
+
+    def interrupt(self) -> str:
+        from mamba_denoiser.io import atomic_write_json
+
+        _restore_sigint()
+        doc = {**self.summary, **_progress(self.trainer), "status": "interrupted"}
+        atomic_write_json(self.out / "summary.json", _clean(doc))
+        if self.multirun:
+            _write_sweep_table()
+        where = f"c{doc.get('cluster_id', '?')} stopped after {doc.get('epochs', 0)} epoch(s)"
+        kept = doc.get("best_checkpoint") or "no checkpoint yet"
+        return f"interrupted: {where}; best checkpoint so far: {kept} ({self.out / 'summary.json'})"
+
+
+def run_train(cfg: DictConfig) -> float:
+    """Train one cluster's denoiser; write checkpoints, TensorBoard logs and summary.json."""
+    import lightning as L
+
+    from mamba_denoiser.data.source import panel_from_config
 
     out = output_dir(cfg)
     rank_zero = (
@@ -433,31 +687,15 @@ def run_train(cfg: DictConfig) -> float:
         "cluster_id": cfg.cluster.get("id"),
         "type": cfg.cluster.get("type"),
     }
-    state: dict[str, Any] = {}  # the trainer, once it exists
+    record = _RunRecord(out, summary, multirun)
     best = float("nan")
-
-    def record_failure(message: str, exit_code: int = 1) -> None:
-        doc = {**summary, **_progress(state.get("trainer"))}
-        doc.update(status="failed", error=message, exit_code=exit_code)
-        atomic_write_json(out / "summary.json", _clean(doc))
-
-    def record_interrupt() -> str:
-        _restore_sigint()
-        doc = {**summary, **_progress(state.get("trainer")), "status": "interrupted"}
-        atomic_write_json(out / "summary.json", _clean(doc))
-        if multirun:
-            _write_sweep_table()
-        where = f"c{doc.get('cluster_id', '?')} stopped after {doc.get('epochs', 0)} epoch(s)"
-        kept = doc.get("best_checkpoint") or "no checkpoint yet"
-        return f"interrupted: {where}; best checkpoint so far: {kept} ({out / 'summary.json'})"
-
     # Only the launching process may delete the run directory (DDP children share it). In
     # a multirun a failed job records itself and returns, so the sweep goes on and its
     # table lists the failure (sweep.SweepSummary then exits non-zero).
     with fail_cleanly(
         out,
-        on_failure=record_failure,
-        on_interrupt=record_interrupt,
+        on_failure=record.failure,
+        on_interrupt=record.interrupt,
         delete=rank_zero,
         keep_going=multirun and rank_zero,
     ):
@@ -469,182 +707,27 @@ def run_train(cfg: DictConfig) -> float:
         use_fit_cache(cfg)  # σ fits: read from the cache cluster.py filled
         data = _data_options(cfg)
         panel = panel_from_config(data)
-        if cfg.ckpt_path:
-            hp = _cluster_from_checkpoint(cfg, panel)
-            cluster, clusters_path = hp["cluster"], (hp.get("source") or {}).get("clusters")
-            window, anchor_len = int(hp["window_size"]), int(hp["scaler"].get("anchor_len", 10))
-            model_kw, sde_kw, loss_kw = hp["model"], hp["sde"], hp.get("loss")
-            heads, pred_kw = str(hp.get("heads", "diffusion")), hp.get("predictive")
-            asked, _ = _head_kwargs(cfg)
-            if asked != heads:  # the monitored metric (conf/head) must exist in this run
-                raise ConfigError(
-                    f"ckpt_path={cfg.ckpt_path} was trained with head={heads}, but head={asked} "
-                    f"is configured; resume with head={heads}"
-                )
-        else:
-            cluster, clusters_path = _cluster_from_clusters_file(cfg, panel)
-            window, anchor_len = int(data["window_size"]), int(data.get("anchor_len", 10))
-            model_kw, sde_kw, loss_kw = to_dict(cfg.model), to_dict(cfg.sde), to_dict(cfg.loss)
-            heads, pred_kw = _head_kwargs(cfg)
+        setup = _setup(cfg, panel, data)
+        cluster = setup.cluster
         summary.update(
             cluster_id=cluster["id"],
             type=cluster["type"],
             strategy=cluster["strategy"],
             n_features=len(cluster["features"]),
             features=list(cluster["features"]),
-            direction=model_kw.get("direction", "causal"),
-            heads=heads,
+            direction=setup.model_kw.get("direction", "causal"),
+            heads=setup.heads,
         )
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        dm = ClusterDataModule(
-            panel,
-            cluster["features"],
-            window_size=window,
-            stride=cfg.stride,
-            val_stride=cfg.val_stride,
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            min_observed_frac=cfg.min_observed_frac,
-            anchor_len=anchor_len,
-        )
-        if cfg.ckpt_path:
-            import numpy as np
-
-            for key in ("mean", "std", "window_scale"):
-                if key in hp["scaler"] and not np.allclose(hp["scaler"][key], dm.scaler[key]):
-                    raise ConfigError(
-                        f"{cfg.ckpt_path}: its train-split scaler ({key}) differs from this "
-                        "data's; resume with the same data and data.split as the checkpoint"
-                    )
-        noise_sigma = None
-        if heads != "diffusion":  # the predictive NLL needs σ; a resumed run keeps its own
-            noise_sigma = (hp.get("noise_sigma") if cfg.ckpt_path else None) or (
-                noise_sigma_window_units(panel, cluster["features"], dm)
-            )
-        module = DenoiserModule(
-            cluster=cluster,
-            window_size=window,
-            scaler=dm.scaler,
-            model=model_kw,
-            sde=sde_kw,
-            loss=loss_kw,
-            compile=cfg.compile,
-            source={**panel.summary(), "clusters": clusters_path},
-            heads=heads,
-            predictive=pred_kw,
-            noise_sigma=noise_sigma,
-            **to_dict(cfg.optim),
-        )
-        callbacks = [
-            hydra.utils.instantiate(c)
-            for name, c in (cfg.callbacks or {}).items()
-            # the figure draws the diffusion head's x̂0, which a predictive-only model lacks
-            if not (name == "validation_figure" and heads == "predictive")
-        ]
-        interactive = sys.stdout.isatty()
-        if interactive:
-            callbacks.append(RichProgressBar())
-        loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values()]
-        trainer_kw = to_dict(cfg.trainer)
-        trainer_kw.pop("_target_", None)
-        trainer_kw["devices"] = _gpu_for_parallel_job(cfg)
-        trainer = L.Trainer(
-            **trainer_kw,
-            callbacks=callbacks,
-            logger=loggers or False,
-            enable_progress_bar=interactive,
-        )
-        state["trainer"] = trainer
-        n_params = sum(p.numel() for p in module.parameters())
-        gap = dm.distribution_gap()
-        summary["train_val_gap"] = gap
-        log.info(
-            "Training c%d (%s, %d features: %s) on %d train / %d val windows; %s model, "
-            "%.2fM parameters; train/val gap (median/p90/max, window scale) %.2f/%.2f/%.2f",
-            cluster["id"],
-            cluster["type"],
-            len(cluster["features"]),
-            ", ".join(cluster["features"][:8]),
-            len(dm.train_starts),
-            len(dm.val_starts),
-            summary["direction"],
-            n_params / 1e6,
-            gap["window"]["median"],
-            gap["window"]["p90"],
-            gap["window"]["max"],
-        )
-        init: dict[str, float] = {}
-        if cfg.get("validate_at_init", True) and not cfg.ckpt_path:
-            # The same fixed validation batches before training: the baseline that shows
-            # the model learned something (reported in summary.json and the sweep table).
-            init = trainer.validate(module, datamodule=dm, verbose=False)[0]
-            summary.update(  # known now, so a failed or interrupted run reports them too
-                init_val_noise_mse=_get(init, "val/noise_mse"),
-                val_noise_mse_iid_baseline=_get(init, "val/noise_mse_iid_baseline"),
-            )
+        dm = _datamodule(cfg, panel, setup)
+        module = _module(cfg, panel, setup, dm)
+        trainer = record.trainer = _trainer(cfg, setup.heads)
+        _log_start(cluster, dm, module, summary)
+        init = _validate_at_init(cfg, trainer, module, dm, summary)
         trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
-        final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-
-        ckpt_cb = trainer.checkpoint_callback
-        monitor = ckpt_cb.monitor if ckpt_cb else None
-        best = (
-            float(ckpt_cb.best_model_score)
-            if ckpt_cb and ckpt_cb.best_model_score is not None
-            else float("nan")
-        )
+        best = _best_score(trainer)
         if trainer.is_global_zero:
-            best_mse = best if monitor == "val/noise_mse" else None
-            iid = final.get("val/noise_mse_iid_baseline", summary.get("val_noise_mse_iid_baseline"))
-            worse = best_mse is not None and iid is not None and best_mse > iid
-            best_epoch = _checkpoint_epoch(ckpt_cb.best_model_path if ckpt_cb else None)
-            best_is_last = best_epoch is not None and best_epoch == trainer.current_epoch - 1
-            summary.update(
-                status="worse_than_reference" if worse else "ok",
-                epochs=int(trainer.current_epoch),
-                global_step=int(trainer.global_step),
-                monitor=monitor,
-                best_score=best,
-                best_epoch=best_epoch,
-                best_is_last_epoch=best_is_last,
-                best_val_noise_mse=best_mse,
-                init_val_noise_mse=_get(init, "val/noise_mse"),
-                init_val_predictive_nll=_get(init, "val/predictive_nll"),
-                last_val_predictive_nll=final.get("val/predictive_nll"),
-                last_val_predictive_sure_ratio=final.get("val/predictive_sure_ratio"),
-                last_val_noise_mse=final.get("val/noise_mse"),
-                last_val_loss=final.get("val/loss"),
-                val_noise_mse_iid_baseline=iid,
-                best_checkpoint=str(ckpt_cb.best_model_path) if ckpt_cb else "",
-                last_checkpoint=str(Path(ckpt_cb.dirpath) / "last.ckpt") if ckpt_cb else "",
-                train_windows=int(len(dm.train_starts)),
-                val_windows=int(len(dm.val_starts)),
-            )
-            atomic_write_json(out / "summary.json", _clean(summary))
-            _log_hparams(trainer, _flat_hparams(cfg, cluster, module.hparams), summary)
-            if worse:
-                log.warning(
-                    "c%d: best val noise MSE %.4f is above its i.i.d. reference %.4f (status "
-                    "worse_than_reference): the model did no better than knowing the scale",
-                    cluster["id"],
-                    best_mse,
-                    iid,
-                )
-            if best_is_last:
-                log.info(
-                    "c%d: the best %s came in the last epoch (%d of %d): more epochs "
-                    "(trainer.max_epochs=...) would likely help",
-                    cluster["id"],
-                    monitor,
-                    best_epoch + 1,
-                    trainer.current_epoch,
-                )
-            log.info(
-                "c%d done: best %s %.4f -> %s",
-                cluster["id"],
-                monitor,
-                best,
-                summary["best_checkpoint"],
-            )
+            _record_result(cfg, trainer, module, dm, cluster, init, summary, out)
     return best
 
 

@@ -33,24 +33,31 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
-from mamba_denoiser.diffusion import VPSDE, DenoisingLoss
 from mamba_denoiser.diffusion import predictive as pred
-from mamba_denoiser.models import MultivariateMambaDenoiser
+from mamba_denoiser.errors import NonFiniteLossError
+from mamba_denoiser.network import HEADS, PREDICTIVE_DEFAULTS, NetworkMixin  # noqa: F401
+from mamba_denoiser.vocabulary import WINDOW_SIZE
 
-HEADS = ("diffusion", "predictive", "both")
-PREDICTIVE_DEFAULTS = {"n_components": 3, "weight": 1.0, "var_floor": 1e-4}
+# t_sampling defaults: a checkpoint without the key was trained with uniform t; the
+# configs (conf/train.yaml) choose lognormal.
+T_SAMPLING_DEFAULTS: dict[str, Any] = {
+    "kind": "uniform",
+    "c": 0.5,
+    "spread": 0.5,
+    "uniform_share": 0.2,
+}
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training diverged; raised before the optimiser step so no broken weights are saved."""
+class DenoiserModule(NetworkMixin, L.LightningModule):
+    """The training side of one cluster's network: its losses, logging and optimiser.
+    forward and predict_mixture come from NetworkMixin (network.py), shared with the
+    Lightning-free ClusterNetwork that denoise.py loads checkpoints into."""
 
-
-class DenoiserModule(L.LightningModule):
     def __init__(
         self,
         *,
         cluster: dict[str, Any],  # {id, type, strategy, features}
-        window_size: int = 60,
+        window_size: int = WINDOW_SIZE,
         scaler: dict[str, Any] | None = None,  # train-split {mean, std, window_scale, anchor_len}
         model: dict[str, Any] | None = None,  # MultivariateMambaDenoiser kwargs
         sde: dict[str, Any] | None = None,  # VPSDE kwargs
@@ -65,49 +72,60 @@ class DenoiserModule(L.LightningModule):
         heads: str = "diffusion",  # diffusion | predictive | both
         predictive: dict[str, Any] | None = None,  # {n_components, weight, var_floor}
         noise_sigma: list[float] | None = None,  # (F,) window units; needed by the NLL
+        t_sampling: dict[str, Any] | None = None,  # how training draws t (sample_t)
     ):
         super().__init__()
         # Not sent to the loggers as-is (the scaler alone is hundreds of numbers): train.py
         # logs a flat, comparable summary with the final metrics to TensorBoard's HPARAMS.
         self.save_hyperparameters(logger=False)
-        n_features = len(cluster["features"])
-        if heads not in HEADS:
-            raise ValueError(f"heads={heads!r}: choose one of {HEADS}")
-        unknown = sorted(set(predictive or {}) - set(PREDICTIVE_DEFAULTS))
-        if unknown:
+        # model, noise_sigma_w, anchor_len, sde, heads, predictive, strategy, use_mask: built
+        # as ClusterNetwork builds them (network.py), so denoising needs no Lightning
+        self.loss_fn = self._build_network(
+            cluster=cluster,
+            window_size=window_size,
+            scaler=scaler,
+            model=model,
+            sde=sde,
+            loss=loss,
+            heads=heads,
+            predictive=predictive,
+            noise_sigma=noise_sigma,
+        )
+        self.t_sampling = {**T_SAMPLING_DEFAULTS, **(t_sampling or {})}
+        if self.t_sampling["kind"] not in ("uniform", "lognormal"):
             raise ValueError(
-                f"predictive: unknown keys {unknown}; known: {list(PREDICTIVE_DEFAULTS)}"
+                f"t_sampling.kind={self.t_sampling['kind']!r}: choose uniform or lognormal"
             )
-        self.heads = heads
-        self.predictive = {**PREDICTIVE_DEFAULTS, **(predictive or {})}
-        head_kw = {}
-        if heads != "diffusion":
-            head_kw = {
-                "heads": heads,
-                "n_components": int(self.predictive["n_components"]),
-                "var_floor": float(self.predictive["var_floor"]),
-            }
-            if noise_sigma is None or len(noise_sigma) != n_features:
-                raise ValueError(
-                    f"heads={heads!r} needs noise_sigma: one noise std per feature "
-                    f"({n_features}) in window units (train_job computes it on the train rows)"
-                )
-        self.model = MultivariateMambaDenoiser(
-            n_features=n_features, window_size=window_size, **(model or {}), **head_kw
-        )
-        # not persistent: it lives in the hyper-parameters, and old checkpoints lack it
-        sig = torch.as_tensor(
-            [float("nan")] * n_features if noise_sigma is None else noise_sigma,
-            dtype=torch.float32,
-        )
-        sig = torch.where(torch.isfinite(sig), sig.clamp(min=pred.SIGMA_FLOOR), pred.SIGMA_FLOOR)
-        self.register_buffer("noise_sigma_w", sig, persistent=False)  # (F,)
-        self.anchor_len = int((scaler or {}).get("anchor_len", 10))
-        self.sde = VPSDE(**(sde or {}))
-        loss = dict(loss or {})
-        strategy = loss.pop("strategy", "auto")
-        self.loss_fn = DenoisingLoss(cluster_type=cluster["type"], strategy=strategy, **loss)
-        self.use_mask = self.model.use_mask
+        if self.t_sampling["kind"] == "lognormal" and noise_sigma is None:
+            raise ValueError("t_sampling.kind=lognormal needs noise_sigma (window units)")
+
+    # ---- where training spends its steps -----------------------------------------------
+    def sample_t(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n,) diffusion timesteps for a batch (on the CPU when a generator is given).
+
+        "uniform": t ~ U{0..T-1} (DDPM). "lognormal" (EDM's log-normal noise levels, Karras
+        et al. 2022): the posterior mean works at τ_t = c·σ (conf/sampler/posterior_mean.yaml
+        ``c``), so log τ ~ N(log c + mean log σ_w, spread² + Var log σ_w) over the
+        cluster's features, mapped to the nearest t on the τ grid; a share
+        ``uniform_share`` of the draws stays uniform so every t keeps some training (the
+        SDEdit sampler and the re-noised form use larger t).
+        """
+        T = self.sde.num_timesteps
+        device = "cpu" if generator is not None else self.device
+        uniform = torch.randint(0, T, (n,), generator=generator, device=device)
+        ts = self.t_sampling
+        if ts["kind"] == "uniform":
+            return uniform
+        from mamba_denoiser.diffusion.sampling import diffusion_noise
+
+        log_s = self.noise_sigma_w.double().log().cpu()
+        centre = math.log(ts["c"]) + float(log_s.mean())
+        scale = math.hypot(ts["spread"], float(log_s.std()) if log_s.numel() > 1 else 0.0)
+        z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+        tau = diffusion_noise(self.sde).to(device)  # (T,) increasing in t
+        t = torch.searchsorted(tau, (centre + scale * z).exp()).clamp(0, T - 1)
+        keep = torch.rand(n, generator=generator, device=device) < ts["uniform_share"]
+        return torch.where(keep, uniform, t)
 
     # ---- the diffusion training objective -------------------------------------------
     def diffusion_loss(
@@ -119,7 +137,7 @@ class DenoiserModule(L.LightningModule):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ε-prediction loss on observed positions of x0 (B, L, F) at random or given t (B,)."""
         if t is None:
-            t = torch.randint(0, self.sde.num_timesteps, (x0.shape[0],), device=x0.device)
+            t = self.sample_t(x0.shape[0]).to(x0.device)
         eps = torch.randn_like(x0) if eps is None else eps
         x_t = self._diffuse(x0, mask, t, eps)
         return self._diffusion_terms(x_t, t, eps, self(x_t, t, mask), mask)
@@ -143,16 +161,7 @@ class DenoiserModule(L.LightningModule):
             terms["noise_mse_iid_baseline"] = (sq * mask).sum() / mask.sum().clamp(min=1)
         return loss, terms
 
-    # ---- the predictive objective ------------------------------------------------------
-    def predict_mixture(self, y: torch.Tensor, mask: torch.Tensor | None = None):
-        """(B, L, F) observed windows -> (mu, var, logit_pi), each (B, L, F, K), unshifted:
-        what ``predictive.predict_windows`` calls."""
-        if self.use_mask:
-            return self.model.predict_mixture(y, mask)
-        if mask is not None:  # a model without mask channels must not see NaN
-            y = torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
-        return self.model.predict_mixture(y)
-
+    # ---- the predictive objective (predict_mixture: NetworkMixin) -----------------------
     def predictive_loss(
         self, y: torch.Tensor, mask: torch.Tensor, mixture=None, *, with_sure: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -188,7 +197,7 @@ class DenoiserModule(L.LightningModule):
         n_d = (x0.shape[0] + 1) // 2
         xd, md, yp, mp = x0[:n_d], mask[:n_d], x0[n_d:], mask[n_d:]
         if t is None:
-            t = torch.randint(0, self.sde.num_timesteps, (n_d,), device=x0.device)
+            t = self.sample_t(n_d).to(x0.device)
         eps = torch.randn_like(xd) if eps is None else eps
         x_t = self._diffuse(xd, md, t, eps)
         is_pred = torch.arange(x0.shape[0], device=x0.device) >= n_d  # (B,)
@@ -209,9 +218,6 @@ class DenoiserModule(L.LightningModule):
         if self.heads == "predictive":
             return self.predictive_loss(x0, mask)
         return self.joint_loss(x0, mask)
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None):
-        return self.model(x_t, t, mask=mask) if self.use_mask else self.model(x_t, t)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, terms = self.objective(batch["x"], batch["mask"])
@@ -250,7 +256,7 @@ class DenoiserModule(L.LightningModule):
         if self.heads != "predictive":
             # every window, not half: val/noise_mse stays comparable with diffusion-only runs
             g = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)
-            t = torch.randint(0, self.sde.num_timesteps, (bs,), generator=g)
+            t = self.sample_t(bs, generator=g)  # the training distribution, fixed draws
             eps = torch.randn(x0.shape, generator=g)
             d_loss, terms = self.diffusion_loss(
                 x0, mask, t.to(x0.device), eps.to(x0.device, x0.dtype)

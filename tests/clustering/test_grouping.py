@@ -83,6 +83,7 @@ def test_labels_numbered_by_first_appearance():
     assert firsts == sorted(firsts) and labels[0] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion", ["silhouette", "stability"])
 def test_deterministic_including_json(criterion):
     stats, _ = blobs(order="shuffled", seed=1)
@@ -163,10 +164,11 @@ def _rows(**cols) -> pd.DataFrame:
 @pytest.mark.parametrize(
     "adf, hurst, vr, expected",
     [
-        # Variogram flattens within 60 rows: mean reverting, whatever the ADF says (it
-        # lacks power on short or very persistent series).
+        # Variogram flattens within 60 rows and the unit root is rejected: mean reverting.
         ([1e-20, 1e-9, 0.01], [0.0, 0.1, 0.3], [0.07, 0.2, 0.4], "mean_reverting"),
-        ([0.3, 0.5, 0.7], [0.2, 0.3, 0.38], [0.3, 0.4, 0.5], "mean_reverting"),
+        # A flat variogram without stationarity evidence is what heavy noise on a trend
+        # or walk looks like (test_a_noisy_integrated_walk_...): not mean reverting.
+        ([0.3, 0.5, 0.7], [0.2, 0.3, 0.38], [0.3, 0.4, 0.5], "random_walk"),
         # Hurst just above 0.40, but the unit root is clearly rejected and 60-row moves
         # are clearly damped: slow reversion.
         ([1e-5, 1e-4, 1e-3], [0.41, 0.43, 0.45], [0.5, 0.6, 0.7], "mean_reverting"),
@@ -235,6 +237,29 @@ def test_type_rule_on_clean_examples_under_noise(noise_ratio, dist):
     assert typed == expected
 
 
+def test_a_noisy_integrated_walk_is_not_typed_mean_reverting():
+    """An integrated random walk under noise 3x its 60-row moves: its variogram is flat over
+    5..60 rows (hurst ~0.1-0.2), which alone used to type it mean_reverting; the ADF cannot
+    reject its unit root, so it must not be. With less noise it is trending."""
+    rng = np.random.default_rng(3)
+    n = 4200
+    series, noise = {}, {}
+    for k in range(5):
+        x = np.cumsum(np.cumsum(rng.standard_normal(n)))
+        move60 = np.std(x[60:] - x[:-60])
+        for ratio in (0.3, 3.0):
+            series[f"irw{k}_{ratio}"] = x + ratio * move60 * rng.standard_normal(n)
+            noise[f"irw{k}_{ratio}"] = ratio
+    stats = compute_feature_stats(series)
+    heavy = [f for f in series if noise[f] == 3.0]
+    light = [f for f in series if noise[f] == 0.3]
+    assert stats.loc[heavy, "hurst"].median() < 0.40  # the trap the rule must not fall in
+    assert stats.loc[heavy, "adf_pvalue"].median() > 0.05
+    assert type_cluster(stats.loc[heavy]) == "random_walk"
+    assert type_cluster(stats.loc[light]) == "trending"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "noise_scale, noise_dist",
     [
@@ -243,6 +268,8 @@ def test_type_rule_on_clean_examples_under_noise(noise_ratio, dist):
         (3.0, "student_t"),
         (10.0, "gaussian"),
         (10.0, "student_t"),
+        (5.0, "outliers"),
+        (5.0, "jumps"),
     ],
 )
 def test_type_rule_on_the_built_in_families_at_every_noise_level(noise_scale, noise_dist):
@@ -272,6 +299,7 @@ def test_result_type():
     assert isinstance(cluster_features(stats), ClusteringResult)
 
 
+@pytest.mark.slow
 def test_recovers_planted_families_on_default_synthetic_panel():
     """The acceptance check: train-split statistics of the default panel give K = 7,
     the planted families (ARI >= 0.9) and the expected type per family."""

@@ -31,6 +31,7 @@ def run(frame, out, **kw):
     return run_clustering(panel_of(frame), out, plots=False, k_max=8, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*missing values after its first observation")
 def test_statistics_and_groups_ignore_validation_and_test_rows(frame, tmp_path):
     """Honesty rule 1: rewriting every row after the train split (other values, other
@@ -56,6 +57,7 @@ def test_statistics_and_groups_ignore_validation_and_test_rows(frame, tmp_path):
         assert a[key] == b[key], key
 
 
+@pytest.mark.slow
 def test_clusters_json_is_byte_identical_across_runs(frame, tmp_path):
     for name in ("a", "b"):
         run(frame, tmp_path / name, criterion="stability", seed=3)
@@ -74,10 +76,13 @@ def test_clusters_json_is_byte_identical_across_runs(frame, tmp_path):
 
 
 def test_every_config_key_is_a_keyword_of_run_clustering():
-    """cli.run_cluster passes clustering.* as keywords: a key without a matching keyword
+    """cluster_job.run_cluster passes clustering.* as keywords: a key without a matching keyword
     would be a TypeError at run time."""
+    from mamba_denoiser.clustering.run import grouping_defaults
+
     conf = OmegaConf.load(ROOT / "conf" / "cluster.yaml")
     keys = set(conf.clustering.keys())
-    params = set(inspect.signature(run_clustering).parameters) - {"panel", "out_dir"}
+    own = set(inspect.signature(run_clustering).parameters) - {"panel", "out_dir", "grouping"}
+    params = own | set(grouping_defaults())  # the rest go on to cluster_features
     assert keys <= params, keys - params
     assert {"min_size", "n_bootstrap", "stability_threshold", "criterion"} <= keys

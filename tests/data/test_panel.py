@@ -135,3 +135,13 @@ def test_interior_gaps(tmp_path, small_frame):
     assert "E2" in p.continuous and p.frame["E2"].isna().sum() == 5  # kept missing, not filled
     with pytest.raises(PanelError, match="interior_gaps=mask"):
         load_panel(path, window_size=20, interior_gaps="error")
+
+
+def test_warnings_point_at_the_caller(small_frame):
+    # The warnings are raised in helpers; their stacklevel must still name the caller.
+    f = small_frame.copy()
+    f.loc[300:304, "E2"] = np.nan
+    with pytest.warns(UserWarning) as record:
+        panel_from_frame(f.iloc[::-1], window_size=20)
+    assert [w.filename for w in record] == [__file__, __file__]
+    assert "not sorted" in str(record[0].message) and "'E2'" in str(record[1].message)

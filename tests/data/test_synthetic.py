@@ -183,6 +183,46 @@ def test_noise_dist_sets_the_tails(noisy):
     assert np.median(ks) > 1.0 and (ks > kg).mean() > 0.9
 
 
+def test_outliers_scenario_puts_large_outliers_in_five_percent_of_cells(panel):
+    out = make_synthetic_panel(N, seed=0, noise_dist="outliers")
+    gauss = make_synthetic_panel(N, seed=0, noise_dist="gaussian")
+    pd.testing.assert_frame_equal(out.clean, panel.clean, check_exact=True)  # signal untouched
+    shares = []
+    for c in out.continuous_columns:
+        z = ((out.frame[c] - out.clean[c]).dropna() / out.noise_std[c]).to_numpy()
+        assert z.std() == pytest.approx(1.0, rel=0.2), c  # noise_std is still the std
+        core = 1.0 / np.sqrt(6.0)  # the Gaussian core's sd in noise_std units
+        shares.append(np.mean(np.abs(z) > 5.0 * core))
+        assert out.noise_std[c] == gauss.noise_std[c]
+    # 5 % outliers at 10 core sds, plus a Gaussian core that almost never passes 5 sds
+    assert np.median(shares) == pytest.approx(0.05, abs=0.01)
+
+
+def test_jumps_scenario_adds_large_signal_jumps_only_to_the_jump_families():
+    jumps = make_synthetic_panel(N, seed=0, noise_dist="jumps")
+    gauss = make_synthetic_panel(N, seed=0, noise_dist="gaussian")
+    for c in jumps.continuous_columns:
+        proc = jumps.process[c]
+        # the noise draws are those of "gaussian"
+        np.testing.assert_allclose(
+            (jumps.frame[c] - jumps.clean[c]).dropna(),
+            (gauss.frame[c] - gauss.clean[c]).dropna(),
+            rtol=1e-6,
+            atol=1e-9 * jumps.noise_std[c],
+        )
+        extra = (jumps.clean[c] - gauss.clean[c]).dropna().to_numpy() / jumps.noise_std[c]
+        if proc not in ("ou_fast", "ou_slow", "random_walk", "trend"):
+            assert np.all(extra == 0.0), c
+            continue
+        if proc in ("random_walk", "trend"):
+            step = np.diff(extra)  # a persistent jump: a step in the level
+            hits = np.abs(step) > 1e-9
+            assert 0.01 < hits.mean() < 0.03, c  # rate 2 %
+            assert np.all((np.abs(step[hits]) >= 5.0 - 1e-9) & (np.abs(step[hits]) <= 10.0)), c
+        else:
+            assert np.abs(extra).max() >= 5.0, c  # an OU jump decays from at least 5 sds
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"noise_scale": -1.0}, "noise_scale"), ({"noise_dist": "cauchy"}, "noise_dist")],

@@ -284,6 +284,7 @@ def table():
     return gain_table()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_monte_carlo_gains_match_the_closed_form(table, name):
     for est, (mc, an) in table[name].items():

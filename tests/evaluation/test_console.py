@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from mamba_denoiser.evaluate_job import _cell, _print_key
+from mamba_denoiser.evaluate_job import _print_key
+from mamba_denoiser.evaluation.report import cell_text as _cell
 from mamba_denoiser.evaluation.report import console_tables
 
 FAMILIES = ["jump_regime", "ou_fast", "ou_slow", "random_walk", "sv_returns", "trend", "vol_pos"]

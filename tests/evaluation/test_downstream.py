@@ -232,7 +232,7 @@ def test_a_target_estimator_from_the_command_line_gives_rows_in_the_downstream_t
     ],
 )
 def test_a_bad_model_option_is_one_line_naming_it(override, match):
-    from mamba_denoiser.cli import ConfigError
+    from mamba_denoiser.errors import ConfigError
     from mamba_denoiser.evaluate_job import _downstream
 
     cfg = _evaluate_cfg(override)

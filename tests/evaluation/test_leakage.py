@@ -122,6 +122,7 @@ def builtin_panel():
     return raw, ema
 
 
+@pytest.mark.slow
 def test_null_calibrated_check_passes_honest_causal_outputs(builtin_panel):
     raw, ema = builtin_panel
     for out in (raw, ema):
@@ -133,6 +134,7 @@ def test_null_calibrated_check_passes_honest_causal_outputs(builtin_panel):
     assert 0.7 < table["null_rms"].median() < 1.3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["raw", "ema"])
 def test_a_two_percent_one_step_look_ahead_is_stopped_on_the_builtin_panel(builtin_panel, which):
     raw, ema = builtin_panel
@@ -168,3 +170,20 @@ def test_perturbation_check_reuses_a_given_base():
     assert len(calls) == 2  # the cuts only: the unperturbed output was given
     with pytest.raises(LeakageError):  # a wrong base is a failure, not silently ignored
         check_future_perturbation(fn, y, cuts=[100], base=_ema(y, 0.31))
+
+
+def test_evaluate_stops_on_look_ahead_unless_the_exact_test_passed(caplog):
+    """evaluate.py's policy: the linear statistic stops a run, except for an output whose
+    causal path passed the exact future-perturbation test; then it is reported and said
+    why (a nonlinear causal filter may predict linear innovations)."""
+    from mamba_denoiser.evaluate_job import _lookahead_check
+
+    rng = np.random.default_rng(0)
+    raw = np.cumsum(rng.standard_normal((3000, 4)), axis=0) + rng.standard_normal((3000, 4))
+    leaky = inject_lookahead(raw, raw, weight=0.3)
+    names = ["a", "b", "c", "d"]
+    with pytest.raises(LeakageError, match="^m: the output predicts future raw innovations"):
+        _lookahead_check(raw, leaky, names, "m", exact_passed=False)
+    text = _lookahead_check(raw, leaky, names, "m", exact_passed=True)
+    assert "ABOVE the threshold" in text and "exact future-perturbation test" in text
+    assert "ABOVE" not in _lookahead_check(raw, raw, names, "raw copy", exact_passed=False)

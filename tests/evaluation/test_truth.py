@@ -9,7 +9,7 @@ import pytest
 
 from mamba_denoiser.data.panel import PanelError, load_panel
 from mamba_denoiser.evaluation.truth import NO_FAMILY, load_truth_file
-from tests.conftest import make_small_panel
+from tests.helpers import make_small_panel
 
 NAMES = ["E1", "E2", "M1", "M2"]
 

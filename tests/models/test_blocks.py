@@ -7,7 +7,8 @@ import torch
 from einops import rearrange
 
 from mamba_denoiser.models import BiMambaBlock, MambaBlock
-from mamba_denoiser.models.ssm import causal_conv1d, selective_scan_reference
+from mamba_denoiser.models.scan import selective_scan_reference
+from mamba_denoiser.models.ssm import causal_conv1d
 
 
 def test_bimamba_standalone_shape():

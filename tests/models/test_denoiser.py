@@ -204,6 +204,7 @@ def test_low_precision_runs_scan_in_float32(dtype):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     sde = VPSDE(num_diffusion_timesteps=100)

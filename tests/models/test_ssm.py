@@ -102,7 +102,7 @@ def test_fused_no_grad_and_shapes_of_grads():
 def test_fused_trains_after_inference_mode():
     # Lightning validates under torch.inference_mode; the fused scan's reused scratch
     # buffers must still be writable by the next training step.
-    from mamba_denoiser.models.ssm import release_workspace
+    from mamba_denoiser.models.scan import release_workspace
 
     release_workspace()
     inputs = make_inputs(batch=2, dim=4, L=7, N=3)
@@ -388,12 +388,14 @@ def run_triton_interpreter(tmp_path, cases):
     assert "TRITON_INTERPRETER_PARITY_OK" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_triton_kernel_matches_reference_in_interpreter(tmp_path):
     cases = ["odd_L", "L1", "batch1", "groups", "no_optional", "partial_chunk", "masked_blocks"]
     cases += ["modules", "state"]
     run_triton_interpreter(tmp_path, cases)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_triton_kernel_matches_reference_long_sequence(tmp_path):
     run_triton_interpreter(tmp_path, ["long_L512"])

@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mamba_denoiser.errors import ClustersError
+from mamba_denoiser.vocabulary import CLUSTER_TYPES, STRATEGY_DESCRIPTION
+
 SCHEMA_VERSION = 1
-CLUSTER_TYPES = ("mean_reverting", "trending", "random_walk")
-
-
-class ClustersError(ValueError):
-    """A clusters.json that cannot be used; the message says which file and what to do."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,6 @@ def build_document(
     passthrough: dict[str, str],
     config: dict[str, Any],
 ) -> dict[str, Any]:
-    from mamba_denoiser.clustering.grouping import STRATEGY_DESCRIPTION
-
     features = list(stats.index)
     clusters = [
         {

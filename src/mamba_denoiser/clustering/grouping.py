@@ -54,25 +54,20 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from mamba_denoiser.clustering.stats import STAT_COLUMNS
+from mamba_denoiser.vocabulary import (  # noqa: F401  (re-exported: clustering.STRATEGY_...)
+    CLUSTER_TYPES,
+    STRATEGY,
+    STRATEGY_DESCRIPTION,
+)
 
 log = logging.getLogger(__name__)
 
-CLUSTER_TYPES = ("mean_reverting", "trending", "random_walk")
-STRATEGY: dict[str, str] = {
-    "mean_reverting": "tv",
-    "trending": "fourier",
-    "random_walk": "balanced",
-}
-STRATEGY_DESCRIPTION: dict[str, str] = {
-    "tv": "mean-reverting: total-variation guidance loss, weight 2x",
-    "fourier": "trending: Fourier high-frequency energy guidance loss, weight 2x",
-    "balanced": "random walk: TV and Fourier guidance, 1x each",
-}
 CRITERIA = ("silhouette", "stability", "gap", "elbow")
 
 # Type-rule thresholds (see type_cluster).
 HURST_MEAN_REVERTING = 0.40
 ADF_ALPHA = 0.01
+ADF_STATIONARY = 0.05  # mean_reverting needs at least this much evidence of stationarity
 VR_MEAN_REVERTING = 0.8
 HURST_TRENDING = 0.60
 VR_TRENDING = 1.5
@@ -344,7 +339,8 @@ def type_cluster(stats_rows: pd.DataFrame) -> str:
     ====  =========================================================  ===============
     1     hurst < 0.40 (HURST_MEAN_REVERTING): the signal's          mean_reverting
           variogram flattens within 60 rows, i.e. the level
-          reverts on the model's window
+          reverts on the model's window, and adf_pvalue < 0.05
+          (ADF_STATIONARY): the unit root is rejected
     1'    or adf_pvalue < 0.01 (ADF_ALPHA) and variance_ratio < 0.8  mean_reverting
           (VR_MEAN_REVERTING): unit root clearly rejected and
           60-row moves clearly smaller than 5-row moves predict
@@ -361,6 +357,11 @@ def type_cluster(stats_rows: pd.DataFrame) -> str:
     trends 0.77, VR ~4.2; AR(1) phi 0.9-0.97 0.24-0.29; VIX-like 0.31-0.33; white-noise
     levels (fast AR, stochastic-volatility returns) ~0. The ADF is not the primary test:
     it rejects for ~5 % of random walks by design, and its power fades on short series.
+    But a low hurst alone is no evidence of reversion: under observation noise as large
+    as its 60-row moves, an integrated random walk's noise-free variogram stays at its
+    floor over 5..60 rows (hurst ~0.1-0.2, VR ~0.2) while the ADF cannot reject a unit root
+    (p 0.2-1). Step 1 therefore also needs the ADF; such a group falls through to
+    random_walk (its trend shows only over hundreds of rows, beyond these statistics).
     """
     if len(stats_rows) == 0:
         raise ValueError("type_cluster: the group has no features")
@@ -368,7 +369,8 @@ def type_cluster(stats_rows: pd.DataFrame) -> str:
     if missing:
         raise ValueError(f"type_cluster: statistics table lacks columns {sorted(missing)}")
     med = stats_rows[["adf_pvalue", "hurst", "variance_ratio"]].median()
-    if med["hurst"] < HURST_MEAN_REVERTING or (
+    stationary = med["adf_pvalue"] < ADF_STATIONARY
+    if (med["hurst"] < HURST_MEAN_REVERTING and stationary) or (
         med["adf_pvalue"] < ADF_ALPHA and med["variance_ratio"] < VR_MEAN_REVERTING
     ):
         return "mean_reverting"

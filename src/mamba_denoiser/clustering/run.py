@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,21 +18,35 @@ from mamba_denoiser.io import atomic_write_csv, atomic_write_json
 log = logging.getLogger(__name__)
 
 
+# The clustering options clusters.json records, in its order: rolling_window is
+# compute_feature_stats' option, the others cluster_features' (defaults live there).
+CONFIG_KEYS = (
+    "k",
+    "k_min",
+    "k_max",
+    "criterion",
+    "n_init",
+    "seed",
+    "rolling_window",
+    "min_size",
+    "n_bootstrap",
+    "stability_threshold",
+)
+
+
+def grouping_defaults() -> dict[str, Any]:
+    """cluster_features' keyword defaults for the recorded options."""
+    params = inspect.signature(cluster_features).parameters
+    return {k: params[k].default for k in CONFIG_KEYS if k in params}
+
+
 def run_clustering(
     panel: Panel,
     out_dir: str | Path,
     *,
-    k: int | None = None,
-    k_min: int = 2,
-    k_max: int = 12,
-    criterion: str = "silhouette",
-    n_init: int = 20,
-    seed: int = 0,
     rolling_window: int = 20,
-    min_size: int = 3,
-    n_bootstrap: int = 20,
-    stability_threshold: float = 0.8,
     plots: bool = True,
+    **grouping: Any,  # cluster_features' options among CONFIG_KEYS (k, criterion, ...)
 ) -> dict[str, Any]:
     """Cluster `panel.continuous` on observed train-split values; write artifacts to out_dir.
 
@@ -42,6 +57,10 @@ def run_clustering(
     change the statistics, the groups or their types. The keyword arguments are the
     `clustering` config keys (conf/cluster.yaml); see `cluster_features` for their meaning.
     """
+    unknown = sorted(set(grouping) - set(grouping_defaults()))
+    if unknown:
+        raise TypeError(f"run_clustering() got unexpected keyword arguments {unknown}")
+    options = {**grouping_defaults(), **grouping}
     if len(panel.continuous) < 2:
         raise PanelError(
             f"{panel.source}: {len(panel.continuous)} continuous feature(s); clustering needs "
@@ -51,36 +70,14 @@ def run_clustering(
     series = {f: panel.observed(f, "train") for f in panel.continuous}
     log.info("Computing %d statistics for %d features", 11, len(series))
     stats = compute_feature_stats(series, rolling_window=rolling_window)
-    result = cluster_features(
-        stats,
-        k=k,
-        k_min=k_min,
-        k_max=k_max,
-        criterion=criterion,
-        n_init=n_init,
-        seed=seed,
-        min_size=min_size,
-        n_bootstrap=n_bootstrap,
-        stability_threshold=stability_threshold,
-    )
+    result = cluster_features(stats, **options)
     doc = build_document(
         source=panel.summary(),
         targets=panel.targets,
         stats=stats,
         result=result,
         passthrough=panel.passthrough,
-        config={
-            "k": k,
-            "k_min": k_min,
-            "k_max": k_max,
-            "criterion": criterion,
-            "n_init": n_init,
-            "seed": seed,
-            "rolling_window": rolling_window,
-            "min_size": min_size,
-            "n_bootstrap": n_bootstrap,
-            "stability_threshold": stability_threshold,
-        },
+        config={k: {**options, "rolling_window": rolling_window}[k] for k in CONFIG_KEYS},
     )
     # Everything is computed before anything is written: bad input leaves no partial output.
     atomic_write_csv(out_dir / "feature_stats.csv", stats.rename_axis("feature"), index=True)
@@ -112,22 +109,24 @@ def run_clustering(
 
 
 def cluster_table(doc: dict[str, Any]):
-    """rich Table: Cluster | Features (count and %) | Type | Strategy."""
-    from rich.table import Table
+    """(title, cells): Cluster | Features (count and %) | Type | Strategy, as text, for
+    evaluation.report.console_tables (cluster_job prints it)."""
+    import pandas as pd
 
     n = sum(c["n_features"] for c in doc["clusters"])
-    table = Table(
-        title=f"{len(doc['clusters'])} clusters of {n} continuous features "
+    title = (
+        f"{len(doc['clusters'])} clusters of {n} continuous features "
         f"(K by {doc['selection']['criterion']})"
     )
-    for col in ("Cluster", "Features", "Type", "Strategy"):
-        table.add_column(col)
+    rows = []
     for c in doc["clusters"]:
         head = ", ".join(c["features"][:6]) + (" ..." if c["n_features"] > 6 else "")
-        table.add_row(
-            c["name"],
-            f"{c['n_features']} ({100 * c['n_features'] / n:.0f}%): {head}",
-            c["type"],
-            c["strategy_description"],
+        rows.append(
+            {
+                "Cluster": c["name"],
+                "Features": f"{c['n_features']} ({100 * c['n_features'] / n:.0f}%): {head}",
+                "Type": c["type"],
+                "Strategy": c["strategy_description"],
+            }
         )
-    return table
+    return title, pd.DataFrame(rows, columns=["Cluster", "Features", "Type", "Strategy"])

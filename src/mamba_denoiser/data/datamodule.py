@@ -10,31 +10,16 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from mamba_denoiser.data.panel import Panel, PanelError
+from mamba_denoiser.data.scaler import Scaler
 from mamba_denoiser.data.windows import (
     WindowDataset,
     collate_batch,
-    fit_window_scale,
     gather_windows,
-    window_anchor,
     window_starts,
 )
+from mamba_denoiser.vocabulary import ANCHOR_LEN, WINDOW_SIZE
 
 log = logging.getLogger(__name__)
-
-
-def fit_scaler(values: np.ndarray, train: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std of the observed TRAIN rows only (honesty rule 1)."""
-    tr = values[train[0] : train[1]]
-    n_obs = np.sum(~np.isnan(tr), axis=0)
-    if (n_obs < 2).any():
-        raise PanelError(
-            f"features at positions {np.flatnonzero(n_obs < 2).tolist()} have "
-            "fewer than 2 observed train rows; they cannot be scaled"
-        )
-    mean = np.nanmean(tr, axis=0)
-    std = np.nanstd(tr, axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return mean, std
 
 
 class ClusterDataModule(L.LightningDataModule):
@@ -54,20 +39,20 @@ class ClusterDataModule(L.LightningDataModule):
         panel: Panel,
         features: Sequence[str],
         *,
-        window_size: int = 60,
+        window_size: int = WINDOW_SIZE,
         stride: int = 1,
         val_stride: int = 5,
         batch_size: int = 64,
         num_workers: int = 0,
         min_observed_frac: float = 0.5,
-        anchor_len: int = 10,
+        anchor_len: int = ANCHOR_LEN,
     ):
         super().__init__()
         # Causal denoising serves each row from the back half of a window, which must lie
         # after the rows that set the window's level (inference.serving_plan).
-        if not 1 <= anchor_len <= window_size - window_size // 2:
+        if not 0 <= anchor_len <= window_size - window_size // 2:  # 0: a constant anchor
             raise PanelError(
-                f"data.anchor_len={anchor_len} must be in [1, window_size - window_size // 2 = "
+                f"data.anchor_len={anchor_len} must be in [0, window_size - window_size // 2 = "
                 f"{window_size - window_size // 2}]; lower data.anchor_len"
             )
         missing = [f for f in features if f not in panel.frame.columns]
@@ -88,8 +73,8 @@ class ClusterDataModule(L.LightningDataModule):
         self.bounds = panel.bounds
 
         raw = panel.frame[self.features].to_numpy(dtype=np.float64)  # (T, F)
-        self.mean, self.std = fit_scaler(raw, self.bounds["train"])
-        self.values = ((raw - self.mean) / self.std).astype(np.float32)  # NaN stays NaN
+        zscore = Scaler.zscore(raw, self.bounds["train"], anchor_len)
+        self.values = zscore.to_z(raw)  # NaN stays NaN
         observed = ~np.isnan(self.values)
         kw = dict(window=window_size, min_observed_frac=min_observed_frac)
         self.train_starts = window_starts(
@@ -117,19 +102,15 @@ class ClusterDataModule(L.LightningDataModule):
                 f"{panel.source}: the val split {self.bounds['val']} holds no usable window of "
                 f"{window_size} rows; raise data.split.val or lower data.window_size"
             )
-        self.window_scale = fit_window_scale(
-            self.values, self.train_starts, window_size, anchor_len
-        )
+        self.fitted = zscore.with_window_scale(self.values, self.train_starts, window_size)
+        self.mean, self.std = self.fitted.mean, self.fitted.std
+        self.window_scale = self.fitted.window_scale
 
     @property
     def scaler(self) -> dict:
-        """Everything needed to map raw values to model windows and back (checkpointed)."""
-        return {
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "window_scale": self.window_scale.tolist(),
-            "anchor_len": self.anchor_len,
-        }
+        """Everything needed to map raw values to model windows and back (checkpointed):
+        ``Scaler.to_dict`` of the train-split fit."""
+        return self.fitted.to_dict()
 
     def distribution_gap(self) -> dict[str, dict[str, float]]:
         """How far validation windows sit from training windows, per feature:
@@ -145,9 +126,7 @@ class ClusterDataModule(L.LightningDataModule):
                 z = gather_windows(v, torch.as_tensor(starts), self.window_size)
                 mask = ~torch.isnan(z)
                 if name == "window":
-                    z = (z - window_anchor(z, mask, self.anchor_len)) / torch.as_tensor(
-                        self.window_scale
-                    )
+                    z, _ = self.fitted.to_windows(z, mask)
                 zz = torch.where(mask, z, torch.zeros((), dtype=z.dtype))
                 n = mask.sum((0, 1)).clamp(min=1)
                 mean = zz.sum((0, 1)) / n

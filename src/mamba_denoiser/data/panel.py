@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mamba_denoiser.errors import PanelError
+from mamba_denoiser.vocabulary import ID_COL, TARGETS, WINDOW_SIZE
+
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGETS = ("forward_returns", "risk_free_rate", "market_forward_excess_returns")
-
-
-class PanelError(ValueError):
-    """Bad input: the message names the file, column or row and what to do."""
+DEFAULT_TARGETS = TARGETS
 
 
 @dataclass(frozen=True)
@@ -178,11 +177,11 @@ def _rows_needed(split: SplitSpec, window: int, min_train_obs: int) -> int:
 def load_panel(
     path: str | Path,
     *,
-    id_col: str = "date_id",
+    id_col: str = ID_COL,
     targets: Sequence[str] = DEFAULT_TARGETS,
     exclude: Sequence[str] = (),
     split: SplitSpec | None = None,
-    window_size: int = 60,
+    window_size: int = WINDOW_SIZE,
     min_train_obs: int | None = None,
     max_discrete_values: int = 5,
     interior_gaps: str = "mask",
@@ -228,35 +227,8 @@ def load_panel(
     )
 
 
-def panel_from_frame(
-    frame: pd.DataFrame,
-    *,
-    source: str = "<dataframe>",
-    sha256: str | None = None,
-    id_col: str = "date_id",
-    targets: Sequence[str] = DEFAULT_TARGETS,
-    exclude: Sequence[str] = (),
-    split: SplitSpec | None = None,
-    window_size: int = 60,
-    min_train_obs: int | None = None,
-    max_discrete_values: int = 5,
-    interior_gaps: str = "mask",
-) -> Panel:
-    """Validate a wide frame and decide column roles.
-
-    Errors (PanelError, nothing written): no rows, missing id column, duplicate ids,
-    missing target columns, non-numeric feature values, ±inf, a train split shorter than
-    one window. Warnings: unsorted ids (rows sorted), interior NaN gaps (kept as NaN and
-    masked downstream; ``interior_gaps="error"`` refuses them instead).
-    Passthrough (with reason): user-excluded, all-NaN, unobserved in the train split,
-    fewer than `min_train_obs` observed train rows, constant, discrete
-    (<= `max_discrete_values` distinct values).
-    """
-    split = split or SplitSpec(embargo=window_size)
-    min_train_obs = 2 * window_size if min_train_obs is None else min_train_obs
-    if interior_gaps not in ("mask", "error"):
-        raise PanelError(f"data.interior_gaps={interior_gaps!r}: expected 'mask' or 'error'")
-    where = f"{source}"
+def _clean_columns(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """A copy of `frame` with stripped column names; no rows or duplicate names are errors."""
     if frame.shape[1] == 0 or len(frame) == 0:
         raise PanelError(f"{where}: no data rows (only a header?). The panel needs rows.")
     frame = frame.copy()
@@ -264,7 +236,11 @@ def panel_from_frame(
     dup_cols = frame.columns[frame.columns.duplicated()].tolist()
     if dup_cols:
         raise PanelError(f"{where}: duplicate column names {dup_cols}; rename them")
+    return frame
 
+
+def _sorted_by_id(frame: pd.DataFrame, id_col: str, where: str) -> pd.DataFrame:
+    """`frame` checked for a complete, unique id column and sorted by it, index 0..n-1."""
     if id_col not in frame.columns:
         raise PanelError(
             f"{where}: no id column '{id_col}' (columns start with {list(frame.columns[:5])}). "
@@ -284,12 +260,17 @@ def panel_from_frame(
     if not ids.is_monotonic_increasing:
         warnings.warn(
             f"{where}: rows are not sorted by '{id_col}'; sorting them (stable).",
-            stacklevel=2,
+            stacklevel=3,  # the caller of panel_from_frame
         )
         frame = frame.sort_values(id_col, kind="mergesort")
-    frame = frame.reset_index(drop=True)
+    return frame.reset_index(drop=True)
 
-    targets = list(targets)
+
+def _feature_columns(
+    frame: pd.DataFrame, id_col: str, targets: list[str], exclude: Sequence[str], where: str
+) -> list[str]:
+    """The feature columns (all but the id and the targets), after checking that every
+    target and every excluded column exists."""
     missing_t = [t for t in targets if t not in frame.columns]
     if missing_t:
         raise PanelError(
@@ -303,21 +284,26 @@ def panel_from_frame(
     features = [c for c in frame.columns if c != id_col and c not in targets]
     if not features:
         raise PanelError(f"{where}: no feature columns besides '{id_col}' and the targets")
+    return features
 
-    # Numeric check on everything except the id: a text cell is an error, not a silent NaN.
-    for col in features + targets:
+
+def _to_float(frame: pd.DataFrame, columns: list[str], id_col: str, where: str) -> None:
+    """Convert `columns` of `frame` to float64 in place; non-numeric or infinite values are
+    errors (the first one found, in column order)."""
+    for col in columns:
         s = frame[col]
-        if col in exclude:
-            continue
         if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
             coerced = pd.to_numeric(s, errors="coerce")
-            bad = coerced.isna() & s.notna()
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise PanelError(
-                f"{where}: column '{col}' is not numeric: {id_col}={frame[id_col].iloc[row]} "
-                f"holds {s.iloc[row]!r}. Fix the value, or drop the column with "
-                f"data.exclude=[{col}]."
-            )
+            bad = np.flatnonzero((coerced.isna() & s.notna()).to_numpy())
+            if bad.size == 0:  # object dtype holding numbers only: take them
+                s = coerced
+            else:
+                row = int(bad[0])
+                raise PanelError(
+                    f"{where}: column '{col}' is not numeric: {id_col}={frame[id_col].iloc[row]} "
+                    f"holds {s.iloc[row]!r}. Fix the value, or drop the column with "
+                    f"data.exclude=[{col}]."
+                )
         frame[col] = s.astype(np.float64)
         v = frame[col].to_numpy()
         inf = np.isinf(v)
@@ -329,61 +315,156 @@ def panel_from_frame(
                 "leave the cell empty (missing)."
             )
 
-    bounds = split.bounds(len(frame))
-    short = _short_parts(split, len(frame), window_size, min_train_obs)
+
+def _check_rows(
+    split: SplitSpec, n_rows: int, window_size: int, min_train_obs: int, where: str
+) -> None:
+    """Refuse a panel whose split parts are too short (`_short_parts`), saying how many
+    rows would do."""
+    short = _short_parts(split, n_rows, window_size, min_train_obs)
     if short:
         need = _rows_needed(split, window_size, min_train_obs)
         raise PanelError(
-            f"{where}: {len(frame)} rows are too few: {'; '.join(short)}. Provide at least "
+            f"{where}: {n_rows} rows are too few: {'; '.join(short)}. Provide at least "
             f"{need} rows, or lower data.window_size={window_size} or "
             f"data.split.embargo={split.embargo}."
         )
 
+
+def _passthrough_reason(
+    v_all: np.ndarray,
+    v_train: np.ndarray,
+    min_train_obs: int,
+    window_size: int,
+    max_discrete_values: int,
+) -> str | None:
+    """Why a (not excluded) feature with all values `v_all` and train values `v_train`
+    passes through, or None when it is continuous."""
+    if np.isnan(v_all).all():
+        return "all values missing"
+    obs = v_train[~np.isnan(v_train)]
+    if len(obs) == 0:
+        return "no observed values in the train split (cannot be fitted)"
+    if len(obs) < min_train_obs:
+        return (
+            f"only {len(obs)} observed train rows, fewer than {min_train_obs} "
+            f"(2 windows of {window_size})"
+        )
+    n_unique = len(np.unique(obs))
+    if n_unique == 1:
+        return "constant on the train split"
+    if n_unique <= max_discrete_values:
+        return f"discrete ({n_unique} distinct values)"
+    return None
+
+
+def _check_interior_gaps(
+    frame: pd.DataFrame, col: str, id_col: str, interior_gaps: str, where: str
+) -> None:
+    """Warn about (``interior_gaps="mask"``) or refuse (``"error"``) missing values of a
+    continuous column between its first and last observation."""
+    obs_all = ~np.isnan(frame[col].to_numpy())
+    first, last = np.flatnonzero(obs_all)[[0, -1]]
+    gaps = np.flatnonzero(~obs_all[first : last + 1])
+    if not len(gaps):
+        return
+    rows = frame[id_col].to_numpy()[first + gaps]
+    msg = (
+        f"{where}: column '{col}' has {len(gaps)} missing values after its first "
+        f"observation, e.g. at {id_col}={rows[:5].tolist()}"
+    )
+    if interior_gaps == "error":
+        raise PanelError(msg + ". Fill them upstream or pass data.interior_gaps=mask to mask them.")
+    # stacklevel: _check_interior_gaps <- _column_roles <- panel_from_frame <- its caller
+    warnings.warn(msg + "; they stay missing and are masked.", stacklevel=4)
+
+
+def _column_roles(
+    frame: pd.DataFrame,
+    features: list[str],
+    *,
+    exclude: Sequence[str],
+    train_rows: tuple[int, int],
+    id_col: str,
+    window_size: int,
+    min_train_obs: int,
+    max_discrete_values: int,
+    interior_gaps: str,
+    where: str,
+) -> tuple[list[str], dict[str, str]]:
+    """Split `features` into continuous columns and passthrough columns (with reason),
+    judged on the train rows `train_rows` = [start, stop)."""
     passthrough: dict[str, str] = {}
     continuous: list[str] = []
-    train = frame.iloc[bounds["train"][0] : bounds["train"][1]]
+    train = frame.iloc[train_rows[0] : train_rows[1]]
     for col in features:
         if col in exclude:
             passthrough[col] = "excluded by data.exclude"
             continue
-        v_all = frame[col].to_numpy()
-        obs_all = ~np.isnan(v_all)
-        if not obs_all.any():
-            passthrough[col] = "all values missing"
+        reason = _passthrough_reason(
+            frame[col].to_numpy(),
+            train[col].to_numpy(),
+            min_train_obs,
+            window_size,
+            max_discrete_values,
+        )
+        if reason is not None:
+            passthrough[col] = reason
             continue
-        v = train[col].to_numpy()
-        obs = v[~np.isnan(v)]
-        if len(obs) == 0:
-            passthrough[col] = "no observed values in the train split (cannot be fitted)"
-            continue
-        if len(obs) < min_train_obs:
-            passthrough[col] = (
-                f"only {len(obs)} observed train rows, fewer than {min_train_obs} "
-                f"(2 windows of {window_size})"
-            )
-            continue
-        n_unique = len(np.unique(obs))
-        if n_unique == 1:
-            passthrough[col] = "constant on the train split"
-            continue
-        if n_unique <= max_discrete_values:
-            passthrough[col] = f"discrete ({n_unique} distinct values)"
-            continue
-        first, last = np.flatnonzero(obs_all)[[0, -1]]
-        gaps = np.flatnonzero(~obs_all[first : last + 1])
-        if len(gaps):
-            rows = frame[id_col].to_numpy()[first + gaps]
-            msg = (
-                f"{where}: column '{col}' has {len(gaps)} missing values after its first "
-                f"observation, e.g. at {id_col}={rows[:5].tolist()}"
-            )
-            if interior_gaps == "error":
-                raise PanelError(
-                    msg + ". Fill them upstream or pass data.interior_gaps=mask to mask them."
-                )
-            warnings.warn(msg + "; they stay missing and are masked.", stacklevel=2)
+        _check_interior_gaps(frame, col, id_col, interior_gaps, where)
         continuous.append(col)
+    return continuous, passthrough
 
+
+def panel_from_frame(
+    frame: pd.DataFrame,
+    *,
+    source: str = "<dataframe>",
+    sha256: str | None = None,
+    id_col: str = ID_COL,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    exclude: Sequence[str] = (),
+    split: SplitSpec | None = None,
+    window_size: int = WINDOW_SIZE,
+    min_train_obs: int | None = None,
+    max_discrete_values: int = 5,
+    interior_gaps: str = "mask",
+) -> Panel:
+    """Validate a wide frame and decide column roles.
+
+    Errors (PanelError, nothing written): no rows, missing id column, duplicate ids,
+    missing target columns, non-numeric feature values, ±inf, a train split shorter than
+    one window. Warnings: unsorted ids (rows sorted), interior NaN gaps (kept as NaN and
+    masked downstream; ``interior_gaps="error"`` refuses them instead).
+    Passthrough (with reason): user-excluded, all-NaN, unobserved in the train split,
+    fewer than `min_train_obs` observed train rows, constant, discrete
+    (<= `max_discrete_values` distinct values).
+    """
+    split = split or SplitSpec(embargo=window_size)
+    min_train_obs = 2 * window_size if min_train_obs is None else min_train_obs
+    if interior_gaps not in ("mask", "error"):
+        raise PanelError(f"data.interior_gaps={interior_gaps!r}: expected 'mask' or 'error'")
+    where = f"{source}"
+    # The checks run in this order and the first problem found is the one reported.
+    frame = _sorted_by_id(_clean_columns(frame, where), id_col, where)
+    targets = list(targets)
+    features = _feature_columns(frame, id_col, targets, exclude, where)
+    # Numeric check on everything except the id (excluded columns are copied unchanged):
+    # a text cell is an error, not a silent NaN.
+    _to_float(frame, [c for c in features + targets if c not in exclude], id_col, where)
+    _check_rows(split, len(frame), window_size, min_train_obs, where)
+    continuous, passthrough = _column_roles(
+        frame,
+        features,
+        exclude=exclude,
+        train_rows=split.bounds(len(frame))["train"],
+        id_col=id_col,
+        window_size=window_size,
+        min_train_obs=min_train_obs,
+        max_discrete_values=max_discrete_values,
+        interior_gaps=interior_gaps,
+        where=where,
+    )
     if not continuous:
         log.warning(
             "%s: no continuous feature columns; nothing will be clustered or denoised", where

@@ -17,13 +17,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mamba_denoiser.errors import DataOptionsError
+
 # Keys that say WHICH data (may differ from the record) vs HOW they are read (may not).
 IDENTITY_KEYS = frozenset({"kind", "path", "n_rows", "seed", "noise_scale", "noise_dist"})
 SYNTHETIC_ONLY = frozenset({"n_rows", "seed", "noise_scale", "noise_dist"})
-
-
-class DataOptionsError(ValueError):
-    """A given data option contradicts the one the upstream stage recorded."""
 
 
 def given_data_keys(overrides: Sequence[str]) -> set[str]:

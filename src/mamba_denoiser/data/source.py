@@ -17,6 +17,7 @@ import numpy as np
 
 from mamba_denoiser.data.panel import Panel, PanelError, SplitSpec, load_panel
 from mamba_denoiser.io import atomic_write_csv, atomic_write_json
+from mamba_denoiser.vocabulary import ID_COL
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def panel_from_config(data: Mapping[str, Any]) -> Panel:
     window = int(data.get("window_size", 60))
     panel = load_panel(
         path,
-        id_col=data.get("id_col", "date_id"),
+        id_col=data.get("id_col", ID_COL),
         targets=list(data.get("targets") or []),
         exclude=list(data.get("exclude") or []),
         split=SplitSpec(

@@ -59,6 +59,18 @@ non-default distributions draw their noise from a separate stream), so panels th
 only in noise have the same clean panel; the default knobs reproduce the default panel
 bit for bit. vol_positive stays positive only at modest noise (the default does).
 
+Two non-Gaussian scenarios, where a learned filter can beat a Kalman filter (docs/design.md
+"Built-in data"), are values of the same knob:
+
+- ``"outliers"``: observation outliers. Gaussian noise, and 5 % of cells carry an extra
+  +-10 times the Gaussian core's sd (the sum rescaled so ``noise_std`` is still the
+  distribution's std: the core sd is noise_std / sqrt(6)). Clean signals as for "gaussian".
+- ``"jumps"``: jumps in the signal. Gaussian noise as for "gaussian", and the clean
+  ou_fast, ou_slow, random_walk and trend signals get extra innovations at 2 % of rows,
+  of 5-10 noise sds with a random sign (an OU jump then decays at the feature's phi, a
+  random-walk or trend jump persists). Drawn from a third stream; other families and every
+  other draw are as for "gaussian". The clean panel differs from the other settings here.
+
 Every feature is then put in its own units: ``scale * (clean + noise) + offset`` with the
 scale log-uniform in [1e-2, 1e3] (positive series get no offset), so raw units differ by
 orders of magnitude and cannot drive the clustering.
@@ -85,8 +97,9 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from mamba_denoiser.vocabulary import ID_COL, TARGETS  # noqa: F401  (TARGETS: re-exported)
+
 FEATURE_FAMILIES: dict[str, int] = {"D": 9, "E": 20, "I": 9, "M": 18, "P": 13, "S": 12, "V": 13}
-TARGETS: tuple[str, ...] = ("forward_returns", "risk_free_rate", "market_forward_excess_returns")
 
 EXPECTED_TYPE: dict[str, str] = {
     "ou_fast": "mean_reverting",
@@ -137,8 +150,15 @@ _RETURN_DRIVERS = {"M8": 1.0, "S1": -0.8, "E8": 0.6, "V1": -0.7}
 
 
 GENERATOR_VERSION = 1  # bump when the generator's output changes: cached CSVs are remade
-NOISE_DISTS: tuple[str, ...] = ("mixed", "gaussian", "student_t")
+NOISE_DISTS: tuple[str, ...] = ("mixed", "gaussian", "student_t", "outliers", "jumps")
 _STUDENT_DF = (4, 5, 6)
+# noise_dist="outliers": this share of cells carries an extra +-_OUTLIER_SIZE x the Gaussian
+# core's sd (the sum rescaled to unit variance, so noise_std keeps its meaning).
+_OUTLIER_PROB, _OUTLIER_SIZE = 0.05, 10.0
+# noise_dist="jumps": jump rate per row and size range (in noise sds, random sign) of the
+# jumps added to the innovations of these families (a jump in an OU level then decays).
+_JUMP_RATE, _JUMP_SIZE = 0.02, (5.0, 10.0)
+_JUMP_FAMILIES = ("ou_fast", "ou_slow", "random_walk", "trend")
 
 
 @dataclass
@@ -170,7 +190,7 @@ class SyntheticPanel:
 
     @property
     def feature_columns(self) -> list[str]:
-        return [c for c in self.clean.columns if c != "date_id"]
+        return [c for c in self.clean.columns if c != ID_COL]
 
     @property
     def continuous_columns(self) -> list[str]:
@@ -206,7 +226,8 @@ def make_synthetic_panel(
         noise_scale: multiplies every feature's noise-to-signal ratio (1.0 = the default
             panel; 0 gives noise-free features).
         noise_dist: ``"mixed"`` (default: Gaussian or Student-t per feature),
-            ``"gaussian"`` or ``"student_t"`` for every continuous feature.
+            ``"gaussian"`` or ``"student_t"`` for every continuous feature, or one of the
+            non-Gaussian scenarios ``"outliers"`` / ``"jumps"`` (module docstring).
 
     Deterministic: the same arguments give a bit-identical frame. Vectorised numpy
     (AR recursions via scipy.signal.lfilter); ~0.1 s for the default size.
@@ -231,7 +252,7 @@ def make_synthetic_panel(
             values = _dummy(rng, n_rows, ternary=int(name[1:]) >= 7)
             noisy_cols[name] = clean_cols[name] = values
             continue
-        clean, ref_scale = _GENERATORS[proc](rng, n_rows)
+        clean, ref_scale, propagate = _GENERATORS[proc](rng, n_rows)
         lo, hi = _NOISE_RATIO[proc]
         sd = noise_scale * rng.uniform(lo, hi) * ref_scale
         # The default draw always happens, so the main stream (and with it the units,
@@ -239,6 +260,8 @@ def make_synthetic_panel(
         unit, df = _unit_noise(rng, n_rows, heavy=proc not in _POSITIVE)
         if noise_dist != "mixed":
             unit, df = _unit_noise_of(np.random.default_rng((seed, i, 1)), n_rows, noise_dist)
+        if noise_dist == "jumps" and proc in _JUMP_FAMILIES:
+            clean = clean + propagate(_jumps(np.random.default_rng((seed, i, 2)), n_rows, sd))
         noise = sd * unit
         scale = 10.0 ** rng.uniform(-2.0, 3.0)
         offset = 0.0 if proc in _POSITIVE else scale * rng.uniform(-5.0, 5.0) * ref_scale
@@ -251,8 +274,8 @@ def make_synthetic_panel(
 
     targets = _targets(np.random.default_rng((seed, len(names))), n_rows, clean_cols)
     date_id = np.arange(n_rows, dtype=np.int64)
-    frame = pd.DataFrame({"date_id": date_id, **noisy_cols, **targets})
-    clean = pd.DataFrame({"date_id": date_id, **clean_cols})
+    frame = pd.DataFrame({ID_COL: date_id, **noisy_cols, **targets})
+    clean = pd.DataFrame({ID_COL: date_id, **clean_cols})
     expected = {p: EXPECTED_TYPE[p] for p in dict.fromkeys(process.values()) if p != "dummy"}
     return SyntheticPanel(
         frame=frame,
@@ -295,14 +318,22 @@ def _ar1(rng: np.random.Generator, n: int, phi: float, shocks: np.ndarray | None
     return lfilter([1.0], [1.0, -phi], e)
 
 
+# Each generator returns (clean, reference scale, propagate): propagate maps extra
+# innovations (noise_dist="jumps") to their effect on the level, or is None.
+
+
+def _ar1_filter(phi: float):
+    return lambda shocks: lfilter([1.0], [1.0, -phi], shocks)
+
+
 def _ou_fast(rng, n):
     phi = rng.uniform(0.3, 0.6)
-    return _ar1(rng, n, phi), 1.0 / np.sqrt(1 - phi * phi)
+    return _ar1(rng, n, phi), 1.0 / np.sqrt(1 - phi * phi), _ar1_filter(phi)
 
 
 def _ou_slow(rng, n):
     phi = rng.uniform(0.9, 0.97)
-    return _ar1(rng, n, phi), 1.0 / np.sqrt(1 - phi * phi)
+    return _ar1(rng, n, phi), 1.0 / np.sqrt(1 - phi * phi), _ar1_filter(phi)
 
 
 def _trend(rng, n):
@@ -311,11 +342,11 @@ def _trend(rng, n):
     v = _ar1(rng, n, phi)
     v_std = 1.0 / np.sqrt(1 - phi * phi)
     drift = rng.uniform(-0.05, 0.05) * v_std
-    return np.cumsum(v + drift), v_std
+    return np.cumsum(v + drift), v_std, np.cumsum
 
 
 def _random_walk(rng, n):
-    return np.cumsum(rng.standard_normal(n)), 1.0
+    return np.cumsum(rng.standard_normal(n)), 1.0, np.cumsum
 
 
 def _jump_regime(rng, n):
@@ -327,7 +358,7 @@ def _jump_regime(rng, n):
         regime = 1 - regime
     sigma = np.where(regime == 1, 3.0, 1.0)
     jumps = (rng.random(n) < rng.uniform(0.004, 0.01)) * rng.normal(0.0, 8.0, n)
-    return np.cumsum(sigma * rng.standard_normal(n) + jumps), 1.0
+    return np.cumsum(sigma * rng.standard_normal(n) + jumps), 1.0, None
 
 
 def _sv_returns(rng, n):
@@ -335,7 +366,7 @@ def _sv_returns(rng, n):
     h_std = rng.uniform(0.6, 0.8)
     h = h_std * np.sqrt(1 - phi * phi) * _ar1(rng, n, phi)
     x = np.exp(h - h_std**2) * rng.standard_normal(n)  # exp(-h_std^2): unit-ish variance
-    return x, float(x.std())
+    return x, float(x.std()), None
 
 
 def _vol_positive(rng, n):
@@ -349,7 +380,7 @@ def _vol_positive(rng, n):
     shocks /= np.sqrt(1.0 + p * 2 * size**2 - (p * size) ** 2)
     h = h_std * np.sqrt(1 - phi * phi) * _ar1(rng, n, phi, shocks)
     x = 1.0 + np.exp(h)
-    return x, float(x.std())
+    return x, float(x.std()), None
 
 
 _GENERATORS = {
@@ -373,11 +404,26 @@ def _unit_noise(rng: np.random.Generator, n: int, *, heavy: bool) -> tuple[np.nd
 
 
 def _unit_noise_of(rng: np.random.Generator, n: int, dist: str) -> tuple[np.ndarray, int | None]:
-    """Unit-variance noise of one named distribution ('gaussian' or 'student_t')."""
-    if dist == "gaussian":
+    """Unit-variance noise of one named distribution: 'gaussian' (also for 'jumps', whose
+    non-Gaussian part is in the signal), 'outliers' (Gaussian core plus rare large
+    outliers, rescaled to unit variance) or 'student_t'."""
+    if dist in ("gaussian", "jumps"):
         return rng.standard_normal(n), None
+    if dist == "outliers":
+        core = rng.standard_normal(n)
+        hit = rng.random(n) < _OUTLIER_PROB
+        sign = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+        unit = core + hit * sign * _OUTLIER_SIZE
+        return unit / np.sqrt(1.0 + _OUTLIER_PROB * _OUTLIER_SIZE**2), None
     df = int(rng.choice(list(_STUDENT_DF)))
     return rng.standard_t(df, n) * np.sqrt((df - 2) / df), df
+
+
+def _jumps(rng: np.random.Generator, n: int, sd: float) -> np.ndarray:
+    """Compound-Bernoulli jumps: rate _JUMP_RATE, size U(_JUMP_SIZE) noise sds, random sign."""
+    hit = rng.random(n) < _JUMP_RATE
+    size = rng.uniform(*_JUMP_SIZE, n) * np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    return hit * size * sd
 
 
 def _start_row(rng: np.random.Generator, n: int) -> int:

@@ -13,6 +13,7 @@ level taken from inside the window and a train-split constant:
 
     a  (B, 1, F): the anchor, the mean of the feature's observed values in the window's
                   first `anchor_len` rows; if it has none there, its first observed value.
+                  anchor_len = 0: a = 0, the train mean (stationary clusters, train.py).
     c  (F,):      the window scale, the RMS of (z - a) over observed cells of the train
                   split's windows (fit_window_scale), so training windows are ~unit scale.
 
@@ -27,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from mamba_denoiser.vocabulary import ANCHOR_LEN
 
 
 def window_starts(
@@ -56,13 +59,20 @@ def window_starts(
     return (s[keep] + start).astype(np.int64)
 
 
-def window_anchor(z: torch.Tensor, mask: torch.Tensor, anchor_len: int = 10) -> torch.Tensor:
+def window_anchor(
+    z: torch.Tensor, mask: torch.Tensor, anchor_len: int = ANCHOR_LEN
+) -> torch.Tensor:
     """(B, L, F) values (NaN where unobserved) -> anchor a (B, 1, F); 0 where never observed.
 
     Mean of the observed values in the first `anchor_len` rows; a feature with none there
     takes its first observed value (a late-starting history), which also lies at or before
     every observed position, so the causal reading of the module docstring holds.
+    ``anchor_len=0``: a constant anchor, 0 in z units (the train-split mean), for stationary
+    features whose level is better known from the whole train split than from a window's
+    first noisy rows (train.py ``stationary_anchor``).
     """
+    if anchor_len == 0:
+        return torch.zeros((z.shape[0], 1, z.shape[2]), dtype=z.dtype, device=z.device)
     zf = torch.where(mask, z, torch.zeros((), dtype=z.dtype))
     head_n = mask[:, :anchor_len].sum(1, keepdim=True)  # (B, 1, F)
     head_mean = zf[:, :anchor_len].sum(1, keepdim=True) / head_n.clamp(min=1)
@@ -72,7 +82,7 @@ def window_anchor(z: torch.Tensor, mask: torch.Tensor, anchor_len: int = 10) -> 
 
 
 def normalise_windows(
-    z: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor, anchor_len: int = 10
+    z: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor, anchor_len: int = ANCHOR_LEN
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """z (B, L, F) -> (w = (z - a) / c, a); NaN stays NaN. Inverse: `denormalise_windows`."""
     a = window_anchor(z, mask, anchor_len)
@@ -90,7 +100,7 @@ def gather_windows(values: torch.Tensor, starts: torch.Tensor, window: int) -> t
 
 
 def fit_window_scale(
-    values: np.ndarray, starts: np.ndarray, window: int, anchor_len: int = 10
+    values: np.ndarray, starts: np.ndarray, window: int, anchor_len: int = ANCHOR_LEN
 ) -> np.ndarray:
     """Per-feature RMS of (z - a) over observed cells of the given (train-split) windows.
 
@@ -121,7 +131,7 @@ class WindowDataset(Dataset):
         starts: np.ndarray,
         window: int,
         scale: np.ndarray | None = None,
-        anchor_len: int = 10,
+        anchor_len: int = ANCHOR_LEN,
     ):
         self.values = torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32)  # (T, F)
         self.starts = torch.as_tensor(starts, dtype=torch.long)  # (N,)

@@ -34,14 +34,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CLUSTER_TYPES = ("mean_reverting", "trending", "random_walk")
-STRATEGY_WEIGHTS = {  # strategy -> (w_tv, w_fourier)
-    "tv": (2.0, 0.0),
-    "fourier": (0.0, 2.0),
-    "balanced": (1.0, 1.0),
-    "none": (0.0, 0.0),
-}
-CLUSTER_STRATEGY = {"mean_reverting": "tv", "trending": "fourier", "random_walk": "balanced"}
+from mamba_denoiser.vocabulary import CLUSTER_TYPES, STRATEGY_WEIGHTS
+from mamba_denoiser.vocabulary import STRATEGY as CLUSTER_STRATEGY
+
 STRATEGIES = ("auto", *STRATEGY_WEIGHTS)
 
 

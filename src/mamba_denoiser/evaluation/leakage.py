@@ -45,9 +45,16 @@ Z_h = sum_f t_{f,h} are divided by the RMS of the null sums. A feature or the po
 is flagged beyond ``LOOKAHEAD_T`` (5) in these units. Pooling is what catches a small
 leak spread over every feature: an output mixing in 2 % of the next raw row (t ~ 1 per
 feature on the built-in panel's raw pass-through) gives a pooled z of 12.7 over its 85
-features (honest EMA and Kalman outputs: < 1). Limitation: a
+features (honest EMA and Kalman outputs: < 1). Limitations: a
 model that legitimately predicts a feature's innovations from OTHER features' rows <= t
-(cross-feature lead-lag) also scores here; the built-in features are independent.
+(cross-feature lead-lag) also scores here; the built-in features are independent. And the
+innovations are those of a *linear* AR: for a non-Gaussian signal a nonlinear causal
+filter can predict part of them (the true conditional mean is nonlinear). Measured on
+the built-in panel with ``data.noise_dist=jumps`` at noise x5, whose ou features the
+predictive mixture head serves: pooled z = 9.5 at h = 1 (ou_fast, ou_slow: mean t 3.1
+and 2.7 per feature), while the exact perturbation test (a) of the same causal path
+passes. evaluate.py therefore stops a run on this statistic only for outputs that test
+(a) did not cover, and reports the rest with this reading.
 
 Threshold (uncalibrated ``check_lookahead``): a feature is flagged when max_h |t_h| > 5
 (``LOOKAHEAD_T``). Under the null a single |t| > 5 has probability ~6e-7; over ~100
@@ -68,13 +75,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
+from mamba_denoiser.errors import LeakageError
+from mamba_denoiser.vocabulary import TARGETS
+
 LOOKAHEAD_T = 5.0
 NULL_HORIZONS = tuple(range(31, 91))  # "shifted innovations": the null of the t-stats
-DEFAULT_TARGETS = ("forward_returns", "risk_free_rate", "market_forward_excess_returns")
-
-
-class LeakageError(RuntimeError):
-    """Future information reached a place that must only see the past."""
+DEFAULT_TARGETS = TARGETS
 
 
 def check_no_targets(columns: Iterable[str], targets: Iterable[str] = DEFAULT_TARGETS) -> None:
@@ -256,6 +262,7 @@ def check_lookahead_panel(
     ar_order: int = 20,
     threshold: float = LOOKAHEAD_T,
     raise_on_fail: bool = True,
+    label: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """The look-ahead statistic calibrated on a null, per feature and pooled (module doc).
 
@@ -263,7 +270,7 @@ def check_lookahead_panel(
     (max over h = 1..horizons of |t_h| / null RMS), worst_h, null_rms, flagged. pooled:
     {"z": (horizons,) pooled z per horizon, "max_abs_z", "worst_h", "n_features",
     "threshold", "flagged"}. Raises LeakageError naming what is flagged when
-    ``raise_on_fail``.
+    ``raise_on_fail`` (its message starts with ``label``, the output's name, if given).
     """
     y, o, names = _columns(raw, output, names)
     hs = list(range(1, horizons + 1)) + [int(h) for h in null_horizons]
@@ -308,7 +315,8 @@ def check_lookahead_panel(
             f"{f} (|z|={r.max_abs_z:.1f} at h={r.worst_h})" for f, r in bad.iterrows()
         )
         raise LeakageError(
-            "the output predicts future raw innovations beyond what a causal output can "
+            (f"{label}: " if label else "")
+            + "the output predicts future raw innovations beyond what a causal output can "
             f"(null-calibrated |z| > {threshold}): {describe_pooled(pooled)}"
             + (f"; features: {listing}" if listing else "")
             + ". It looks ahead (two-sided smoothing, or a future row mixed in?)"

@@ -1,17 +1,31 @@
-"""Tables of evaluate.py: quality against known clean values, lags, downstream; markdown.
+"""Tables of evaluate.py and its report; the package's one table renderer per medium.
 
-Pure functions of arrays and frames (no models, no Hydra), so they are unit-testable.
+- The tables: quality against known clean values, lags, the σ plan, the choices, the
+  gate's predictions against the test rows (``quality_table`` ... ``choices_table``).
+- ``markdown_table``: THE GitHub markdown table (header, rule, one line per row of text
+  cells); ``to_markdown`` formats a frame's numbers for it. sweep.py and denoise_job.py
+  write their markdown tables with it too.
+- ``console_tables``: THE console table (rich), every cell in full at the console's width,
+  split, never cut; sweep.py, denoise_job.py and evaluate_job use it.
+- ``evaluation_report``: report.md from the tables and the run's facts.
+
+Pure functions of arrays, frames and plain values (no models, no Hydra), so they are
+unit-testable.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mamba_denoiser.evaluation.metrics import lag, snr_gain_db
+
+ANCHOR = "best classical (val SURE)"  # the anchor: per feature raw or the best classical filter
 
 
 def quality_table(
@@ -56,10 +70,22 @@ def best_column(table: pd.DataFrame, candidates: Sequence[str]) -> pd.Series:
     return table[cols].idxmax(axis=1)
 
 
+# ---- markdown tables -------------------------------------------------------------------
+
+
+def markdown_table(columns: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
+    """The package's one GitHub markdown table (no tabulate dependency): a header, the
+    rule, one line per row; cells are written as given (str), no trailing newline."""
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def to_markdown(frame: pd.DataFrame, digits: int = 2, index_name: str = "") -> str:
-    """A GitHub markdown table (no tabulate dependency)."""
+    """`frame` as a markdown table, its index the first column: floats with `digits`
+    decimals, counts (a "features" row or column) as integers, missing as '-'."""
     head = [index_name or (frame.index.name or "")] + [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for idx, row in frame.iterrows():
         cells = [str(idx)]
         for col, v in row.items():
@@ -70,8 +96,8 @@ def to_markdown(frame: pd.DataFrame, digits: int = 2, index_name: str = "") -> s
                 )
             else:
                 cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
 # ---- console tables ---------------------------------------------------------------------
@@ -155,3 +181,332 @@ def console_tables(cells: pd.DataFrame, *, width: int, title: str = "", keys: in
             t.add_row(*[text[j][i] for j in js])
         tables.append(t)
     return tables
+
+
+# ---- evaluate.py's tables of the run ----------------------------------------------------
+
+
+def noise_table(
+    noise: Mapping[str, tuple],  # feature -> (σ, source, white, Ljung-Box p)
+    names: Sequence[str],
+    ftype: Mapping[str, str],
+    family: Mapping[str, str] | None,  # planted family per feature; None: no clean values
+    true_sd: Mapping[str, float],  # the true noise std where known
+) -> pd.DataFrame:
+    """Per feature: the σ every method uses, its source, whiteness, and σ / the true std."""
+    rows = []
+    for f in names:
+        s, src, w, p = noise[f]
+        rows.append(
+            {
+                "feature": f,
+                "type": ftype[f],
+                "family": family.get(f, "") if family is not None else "",
+                "sigma": s,
+                "source": src,
+                "white": w,
+                "ljung_box_p": p,
+                "sigma / true": s / true_sd[f] if f in true_sd else np.nan,
+            }
+        )
+    return pd.DataFrame(rows).set_index("feature")
+
+
+def choices_table(den: Mapping[str, Any], anchor, names: Sequence[str], causal) -> pd.DataFrame:
+    """Per feature, what each causal method (a PanelResult in `den`) and the anchor chose."""
+    data = {}
+    for n in causal:
+        ch = {
+            f: v["chosen"] for r in den[n].clusters.values() for f, v in r.info["features"].items()
+        }
+        data[f"{n}: chosen"] = [ch[f] for f in names]
+    data[f"{ANCHOR}: chosen"] = list(anchor.choice)
+    return pd.DataFrame(data, index=names)
+
+
+def gate_table(res, test_gain: pd.Series, family: Mapping, noise: pd.DataFrame) -> pd.DataFrame:
+    """Per feature: what the gate predicted (SURE gain on the validation rows) next to what
+    happened (SNR gain on the test rows against the clean values), so a feature the gate
+    accepted that then lost is visible."""
+    rows = []
+    for r in res.clusters.values():
+        for f, v in r.info["features"].items():
+            rows.append(
+                {
+                    "feature": f,
+                    "family": family.get(f, ""),
+                    "cluster": r.info["cluster"],
+                    "sigma source": noise.loc[f, "source"] if f in noise.index else "",
+                    "chosen": v["chosen"],
+                    "predicted gain (val SURE, dB)": (
+                        v["gain_db_val"]
+                        if v["denoised"] and v["gain_db_val"] is not None
+                        else np.nan
+                    ),
+                    "test gain (dB)": float(test_gain.get(f, np.nan)),
+                }
+            )
+    return pd.DataFrame(rows).set_index("feature")
+
+
+# ---- evaluate.py's key tables on the console ----------------------------------------------
+
+
+def cell_text(v, *, count: bool = False, digits: int = 3) -> str:
+    """A table cell: integers (and counts) as integers, other numbers with `digits`
+    decimals (a value that rounds to zero as 0, never -0), missing as '-'."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "-"
+        if count and float(v).is_integer():
+            return str(int(v))
+        r = round(float(v), digits)
+        return f"{(r if r != 0 else 0.0):.{digits}f}"
+    return str(v)
+
+
+def key_tables(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
+    """(title, text cells) of the key tables for the console (console_tables): causal SNR
+    gain by family, methods as rows; one forecasting table per model, a row per metric and
+    a column per feature set (+ market)."""
+    shown = []
+    if "snr_causal_by_family" in tables:
+        tab = _transpose(tables["snr_causal_by_family"])  # methods as rows
+        cells = pd.DataFrame(
+            {
+                col: [cell_text(v, count=idx == "features") for idx, v in tab[col].items()]
+                for col in tab.columns
+            }
+        )
+        cells.insert(0, "method", [str(i) for i in tab.index])
+        shown.append(("Causal SNR gain (dB) on test rows, by family", cells))
+    if "downstream" in tables:
+        d = tables["downstream"]
+        market = d[d["model"] == "market"]
+        metrics = [c for c in d.columns if c not in ("features", "model")]
+        for model in dict.fromkeys(d.loc[d["model"] != "market", "model"]):
+            rows = pd.concat([d[d["model"] == model], market])
+            cells = pd.DataFrame(
+                {
+                    ("market" if r["model"] == "market" else r["features"]): [
+                        cell_text(r[c], count=c == "n_rows", digits=4) for c in metrics
+                    ]
+                    for _, r in rows.iterrows()
+                }
+            )
+            cells.insert(0, "metric", metrics)
+            shown.append((f"Out-of-sample forecasting: {model}", cells))
+    return shown
+
+
+# ---- report.md ----------------------------------------------------------------------------
+
+DOWNSTREAM_COLUMNS = (
+    "model",
+    "ic_mean",
+    "ic_t",
+    "rank_ic_mean",
+    "rank_ic_t",
+    "r2",
+    "hit_rate",
+    "sharpe",
+    "adjusted_sharpe",
+)
+
+
+def shown(path, root: str | Path) -> str:
+    """A path as the report shows it: relative to the project `root` when under it, so a
+    report copied into docs/results/ names no machine's directories."""
+    p = Path(str(path))
+    try:
+        return str(p.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(p)
+
+
+def evaluation_report(
+    panel,
+    *,
+    checkpoints: str | Path,
+    methods: Sequence[Mapping[str, Any]],  # name, sampler, mode
+    changed: Mapping[str, int],  # method -> features changed
+    checks: Sequence[str],  # the leakage checks passed
+    tables: Mapping[str, pd.DataFrame],
+    truth,  # evaluation.truth.Truth, or None without clean values
+    seconds: float,
+    downstream_enabled: bool,
+    n_splits: int,
+    root: str | Path,  # paths under it are shown relative to it
+) -> str:
+    """report.md: data and split, variants and features changed, passed checks, quality,
+    σ plan, forecasting."""
+    lines = _report_head(panel, checkpoints, methods, changed, len(tables["noise"]), seconds, root)
+    lines += ["## Leakage checks (run every time; a failure stops the run)", ""]
+    lines += [*[f"- passed: {c}" for c in checks], ""]
+    if truth is None:
+        lines += [
+            "No clean values are known for this data (pass truth=PATH to score against "
+            "your own): quality tables are skipped.",
+            "",
+        ]
+    else:
+        lines += _quality_section(tables, truth, root)
+    lines += [
+        "## Noise level σ per feature (train rows) and the estimators chosen",
+        "",
+        "Tables `tables/noise.csv` (σ, its source, Ljung-Box p of y, ratio to the true noise "
+        "std where known) and `tables/choices.csv` (per feature, what each causal method and "
+        "the anchor chose).",
+        "",
+        to_markdown(_source_counts(tables["noise"]), digits=2, index_name="σ source"),
+        "",
+    ]
+    lines += _downstream_section(panel, tables, downstream_enabled, n_splits)
+    return "\n".join(lines)
+
+
+def _report_head(panel, checkpoints, methods, changed, n_feat, seconds, root) -> list[str]:
+    b = panel.bounds
+    return [
+        "# Evaluation report",
+        "",
+        f"Data: `{shown(panel.source, root)}` (sha256 {str(panel.sha256)[:12]}…, "
+        f"{panel.n_rows} rows; train rows {list(b['train'])}, validation {list(b['val'])}, "
+        f"test {list(b['test'])}; quality scored on the test rows).",
+        f"Checkpoints: `{shown(checkpoints, root)}`. Wall time {seconds:.0f}s.",
+        "",
+        *[
+            f"**{changed[m['name']]} of {n_feat} features changed** by `{m['name']}` "
+            f"({m['sampler']}, {m['mode']}"
+            + (", uses FUTURE rows" if m["mode"] != "causal" else "")
+            + ")."
+            for m in methods
+        ],
+        "",
+    ]
+
+
+def _quality_section(tables, truth, root) -> list[str]:
+    lines = [
+        "## Quality against the known clean signal",
+        "",
+        f"Clean values: `{shown(truth.source, root)}` ({len(truth.known)} features). SNR gain "
+        "in dB on the test rows, 10·log10(MSE(raw)/MSE(output)) against the clean values, "
+        "mean over the features of each group; 0 = leaving the data alone, higher is "
+        "better. Every method uses the same σ per feature (table `noise`). "
+        f"`{ANCHOR}` is chosen per feature like the denoiser's mix: raw or a classical "
+        "causal filter, by SURE on the validation rows, white series left raw. "
+        "`<method>: <candidate> alone` applies one candidate to every feature it can serve.",
+        "",
+        "### Causal (row t uses rows <= t), by planted family",
+        "",
+        to_markdown(_transpose(tables["snr_causal_by_family"]), index_name="method"),
+        "",
+        "### Causal, by cluster type",
+        "",
+        to_markdown(_transpose(tables["snr_causal_by_type"]), index_name="method"),
+        "",
+    ]
+    if "snr_two_sided_by_family" in tables:
+        lines += [
+            "### Two-sided (uses future rows; analysis only), by planted family",
+            "",
+            to_markdown(_transpose(tables["snr_two_sided_by_family"]), index_name="method"),
+            "",
+        ]
+    if "gate_by_feature" in tables:
+        gate = tables["gate_by_feature"]
+        lines += [
+            f"### Per feature: the gate's prediction against the test rows "
+            f"(`{gate.attrs.get('method', '')}`)",
+            "",
+            _gate_summary(gate),
+            "",
+            "<details><summary>every feature (table `gate_by_feature`)</summary>",
+            "",
+            to_markdown(gate, digits=2, index_name="feature"),
+            "",
+            "</details>",
+            "",
+        ]
+    return lines + [
+        "### Lag of causal outputs behind the clean signal (rows; mean by type)",
+        "",
+        to_markdown(_transpose(tables["lag_causal_by_type"]), digits=1, index_name="method"),
+        "",
+    ]
+
+
+def _downstream_section(panel, tables, enabled: bool, n_splits: int) -> list[str]:
+    b = panel.bounds
+    if "downstream" in tables:
+        d = tables["downstream"].set_index("features")
+        keep = [c for c in DOWNSTREAM_COLUMNS if c in d.columns]
+        lo, hi = tables["downstream"].attrs.get("scored_rows", (b["test"][0], panel.n_rows))
+        return [
+            "## Forecasting the raw forward return (purged walk-forward, out of sample)",
+            "",
+            f"{n_splits} expanding folds whose scored blocks cover rows "
+            f"[{lo}, {hi}), inside the test split (from row {b['test'][0]}): no scored row was "
+            "seen by checkpoint selection, the SURE gate or any fit. Embargo "
+            f"{panel.split.embargo} rows; positions in [0, 2] from past predictions only; "
+            "targets never denoised, never features.",
+            "",
+            to_markdown(d[keep], digits=4, index_name="features"),
+            "",
+        ]
+    if enabled:
+        return [
+            "## Forecasting",
+            "",
+            "Skipped: it needs the targets forward_returns and risk_free_rate (data.targets="
+            f"{list(panel.targets)}).",
+            "",
+        ]
+    return []
+
+
+def _transpose(tab: pd.DataFrame) -> pd.DataFrame:
+    """Groups as columns, methods as rows (many methods, few groups: readable)."""
+    return tab.T
+
+
+def _source_counts(noise: pd.DataFrame) -> pd.DataFrame:
+    src = noise["source"].str.split(":").str[0]
+    return noise.groupby(src).agg(
+        features=("sigma", "size"), median_ratio_to_true=("sigma / true", "median")
+    )
+
+
+def _gate_summary(gate: pd.DataFrame) -> str:
+    """One paragraph: did the validation-SURE predictions hold on the test rows?"""
+    from scipy.stats import spearmanr
+
+    ch = gate[gate["chosen"] != "raw"].dropna(
+        subset=["predicted gain (val SURE, dB)", "test gain (dB)"]
+    )
+    if ch.empty:
+        return "No feature was changed, so no prediction to check."
+    pred, real = ch["predicted gain (val SURE, dB)"], ch["test gain (dB)"]
+    lost = ch[real < -0.1].sort_values("test gain (dB)")
+    text = (
+        f"On the {len(ch)} changed features the gate predicted a median gain of "
+        f"{pred.median():+.2f} dB (SURE, validation rows); the test rows gave a median of "
+        f"{real.median():+.2f} dB"
+    )
+    if len(ch) >= 3:
+        rho = spearmanr(pred, real).statistic
+        text += f" (Spearman ρ between the two: {rho:.2f})"
+    if lost.empty:
+        return text + "; none lost more than 0.1 dB on the test rows."
+    worst = ", ".join(
+        f"{f} {r['test gain (dB)']:+.2f} dB (predicted {r['predicted gain (val SURE, dB)']:+.2f})"
+        for f, r in lost.head(5).iterrows()
+    )
+    return text + f"; {len(lost)} lost more than 0.1 dB on the test rows: {worst}."

@@ -129,6 +129,10 @@ class PredictiveCandidate:
 
     def __init__(self, model, sigma_w: np.ndarray, *, batch_windows=256):
         self.model, self.batch = model, batch_windows
+        # The feature's own σ, not the training floor (predictive.SIGMA_FLOOR): the head
+        # learnt Var(y | past) − floor², but where σ is far below the floor, updating with
+        # the floor over-smooths (measured: trend features, default noise, −4.0 dB with the
+        # floor vs +0.1 dB without). SURE (gate.py) uses the same σ.
         self.sigma_w = torch.as_tensor(sigma_w, dtype=torch.float32)
 
     def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:

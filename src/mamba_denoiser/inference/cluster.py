@@ -137,6 +137,17 @@ def _family(name: str) -> str:
     return name.split("@")[0]
 
 
+@dataclass
+class _Plan:
+    """Step 1's output: σ and whiteness per feature, who may be denoised, the t grid."""
+
+    noise: NoisePlan
+    sigma_w: np.ndarray  # (F,) window units
+    usable: np.ndarray  # (F,) bool: finite positive σ and not white
+    t_list: list[int]
+    sig_run: np.ndarray  # (F,) σ_w where usable-ish, 1.0 as a placeholder elsewhere
+
+
 def denoise_cluster(
     model,
     raw: np.ndarray,  # (T, F) native units, NaN where unobserved
@@ -163,20 +174,62 @@ def denoise_cluster(
     whose τ_t is closest to c·σ). ``replay`` fixes σ, the t grid and each feature's
     choice to those of an earlier run (its ``info["decisions"]``).
     """
-    kw = dict(sampler_kw or {})
     t0 = time.perf_counter()
-    T, F = raw.shape
-    if F != len(model.features):
-        raise ValueError(f"{model.name}: expected {len(model.features)} columns, got {F}")
+    if raw.shape[1] != len(model.features):
+        raise ValueError(
+            f"{model.name}: expected {len(model.features)} columns, got {raw.shape[1]}"
+        )
+    kw, c, n_levels, candidates = _options(model, mode, sampler, sampler_kw, candidates)
+    plan = _plan(model, raw, train, sigma, replay, n_levels, c)  # 1. plan
+    cands = _build(  # 2. candidates
+        model,
+        candidates,
+        raw,
+        train,
+        plan.sig_run,
+        plan.usable,
+        mode,
+        sampler,
+        kw,
+        seed,
+        batch_windows,
+        plan.t_list,
+        kalman_fits=replay.get("kalman") if replay is not None else None,
+    )
+    names = [cd.name for cd in cands]
+    run_idx = (
+        [k for k, n in enumerate(names) if n in set(replay["choice"])]
+        if replay is not None
+        else list(range(len(cands)))
+    )
+    outs: dict[int, CandidateOutput] = {k: cands[k].run(raw, progress) for k in run_idx}
+    if replay is not None:  # 3. gate
+        choice = np.array([names.index(n) if n is not None else -1 for n in replay["choice"]])
+        gains, divs = np.full((len(cands), raw.shape[1]), np.nan), {}
+    else:
+        choice, gains, divs = _gate(
+            model, cands, outs, raw, plan, gate_rows, gate_margin_db, bands, seed, c
+        )
+    mean, lower, upper = _assemble(raw, choice, outs, divs, plan, gate_rows, bands)  # 4.
+    info = _info(model, mode, sampler, kw["guidance"], cands, plan, choice, gains, gate_rows)
+    info["features"] = _feature_info(model, names, plan, choice, gains, gate_rows, gate_margin_db)
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    alone_out = _alone(cands, outs, gains, raw, plan.usable) if alone else None
+    return ClusterResult(mean=mean, lower=lower, upper=upper, info=info, alone=alone_out)
+
+
+def _options(model, mode, sampler, sampler_kw, candidates):
+    """Checked options: (sampler kwargs with the resolved guidance, c, t levels, candidates)."""
+    from mamba_denoiser.diffusion import sampling
+
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose one of {MODES}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
+    kw = dict(sampler_kw or {})
     guidance = kw.pop("guidance", None)
     if guidance == "auto":
-        guidance = model.module.loss_fn.strategy if hasattr(model.module, "loss_fn") else None
-    from mamba_denoiser.diffusion import sampling
-
+        guidance = getattr(model.module, "strategy", None)  # the guidance it trained with
     if guidance in ("none", ""):
         guidance = None
     if mode == "causal" and not sampling.guidance_is_causal(guidance):
@@ -196,19 +249,21 @@ def denoise_cluster(
     unknown = sorted(set(candidates) - set(CANDIDATES))
     if unknown:
         raise ValueError(f"candidates {unknown} unknown; choose from {list(CANDIDATES)}")
+    return kw, c, n_levels, candidates
 
-    # 1. plan
+
+def _plan(model, raw, train, sigma, replay, n_levels: int, c: float) -> _Plan:
+    """1. σ, whiteness and the t grid from the train rows (or held from ``replay``)."""
     if replay is not None:
         noise = NoisePlan(
             np.asarray(replay["sigma"], float),
             list(replay["sigma_source"]),
             np.asarray(replay["white"], bool),
-            np.full(F, np.nan),
+            np.full(raw.shape[1], np.nan),
         )
     else:
         noise = plan_noise(raw, train, sigma)
-    sigma_raw = noise.sigma
-    sigma_w = sigma_raw / model.unit
+    sigma_w = noise.sigma / model.unit
     usable = np.isfinite(sigma_w) & (sigma_w > 0) & ~noise.white
     t_list = (
         list(replay["t_list"])
@@ -216,64 +271,41 @@ def denoise_cluster(
         else _t_grid(model, sigma_w, usable, n_levels, c)
     )
     sig_run = np.where(np.isfinite(sigma_w) & (sigma_w > 0), sigma_w, 1.0)  # placeholder
+    return _Plan(noise, sigma_w, usable, t_list, sig_run)
 
-    # 2. candidates
-    cands = _build(
-        model,
-        candidates,
-        raw,
-        train,
-        sig_run,
-        usable,
-        mode,
-        sampler,
-        kw,
-        seed,
-        batch_windows,
-        t_list,
-        kalman_fits=replay.get("kalman") if replay is not None else None,
-    )
-    names = [cd.name for cd in cands]
-    if replay is not None:
-        chosen = [n for n in replay["choice"] if n is not None]
-        run_idx = [k for k, n in enumerate(names) if n in set(chosen)]
-    else:
-        run_idx = list(range(len(cands)))
-    outs: dict[int, CandidateOutput] = {k: cands[k].run(raw, progress) for k in run_idx}
 
-    # 3. gate
-    gains = np.full((len(cands), F), np.nan)
+def _gate(model, cands, outs, raw, plan: _Plan, gate_rows, margin, bands, seed, c):
+    """3. Each candidate's divergence (exact, else probed) and SURE gain on the validation
+    rows; per feature the best above ``margin``, else raw. -> (choice, gains, divs)."""
+    gains = np.full((len(cands), raw.shape[1]), np.nan)
     divs: dict[int, np.ndarray] = {}
-    if replay is not None:
-        choice = np.array([names.index(n) if n is not None else -1 for n in replay["choice"]])
-    else:
-        need_div = gate_rows is not None or bands
-        if need_div:
-            rng = np.random.default_rng(int(seed) + 7919 * int(model.cluster["id"]))
-            probe = rng.choice([-1.0, 1.0], size=raw.shape)
-            delta = 0.05 * sig_run * model.unit
-        for k in run_idx:
-            out = outs[k]
-            if out.div is not None:
-                divs[k] = out.div
-            elif need_div:
-                d_probe = cands[k].run(raw + delta * probe).mean
-                divs[k] = gating.probe_divergence(out.mean, d_probe, probe, delta)
-            if gate_rows is not None:
-                g = slice(*gate_rows)
-                gains[k] = gating.sure_gain_db(raw[g], out.mean[g], divs[k][g], sigma_raw)
+    need_div = gate_rows is not None or bands
+    if need_div:
+        rng = np.random.default_rng(int(seed) + 7919 * int(model.cluster["id"]))
+        probe = rng.choice([-1.0, 1.0], size=raw.shape)
+        delta = 0.05 * plan.sig_run * model.unit
+    for k, out in outs.items():
+        if out.div is not None:
+            divs[k] = out.div
+        elif need_div:
+            d_probe = cands[k].run(raw + delta * probe).mean
+            divs[k] = gating.probe_divergence(out.mean, d_probe, probe, delta)
         if gate_rows is not None:
-            gains[:, ~usable] = np.nan
-            choice = gating.choose(gains, gate_margin_db)
-        else:  # no gate: the first available candidate, for diffusion the t nearest c·σ
-            choice = _ungated_choice(model, cands, usable, sigma_w, c)
+            g = slice(*gate_rows)
+            gains[k] = gating.sure_gain_db(raw[g], out.mean[g], divs[k][g], plan.noise.sigma)
+    if gate_rows is not None:
+        gains[:, ~plan.usable] = np.nan
+        return gating.choose(gains, margin), gains, divs
+    # no gate: the first available candidate, for diffusion the t nearest c·σ
+    return _ungated_choice(model, cands, plan.usable, plan.sigma_w, c), gains, divs
 
-    # 4. assemble
-    mean = raw.copy()  # pass-through features are exactly raw
+
+def _assemble(raw, choice, outs, divs, plan: _Plan, gate_rows, bands):
+    """4. Chosen features take their candidate's values; the rest are exactly raw."""
+    mean = raw.copy()
     lower = raw.copy() if bands else None
     upper = raw.copy() if bands else None
-    for j in range(F):
-        k = choice[j]
+    for j, k in enumerate(choice):
         if k < 0:
             continue
         o = outs[k]
@@ -281,16 +313,16 @@ def denoise_cluster(
         served = np.isfinite(col)
         mean[served, j] = col[served]
         if bands:
-            lo, hi = _bands(o, divs.get(k), j, sigma_raw[j], gate_rows)
+            lo, hi = _bands(o, divs.get(k), j, plan.noise.sigma[j], gate_rows)
             lower[served, j], upper[served, j] = lo[served], hi[served]
-    alone_out = _alone(cands, outs, gains, raw, usable) if alone else None
+    return mean, lower, upper
 
-    reasons = _reasons(choice, noise, usable, gains, gate_rows, gate_margin_db, names)
-    with np.errstate(invalid="ignore"):
-        best_gain = np.where(
-            np.isnan(gains).all(0), np.nan, np.nanmax(np.where(np.isnan(gains), -np.inf, gains), 0)
-        )
-    info = {
+
+def _info(model, mode, sampler, guidance, cands, plan: _Plan, choice, gains, gate_rows):
+    """The cluster's record in denoise_summary.json (features added by the caller)."""
+    names = [cd.name for cd in cands]
+    t_list = [int(t) for t in plan.t_list]
+    return {
         "cluster": model.name,
         "type": model.cluster["type"],
         "direction": model.direction,
@@ -300,35 +332,43 @@ def denoise_cluster(
         "sampler": sampler,
         "guidance": guidance,
         "candidates": names,
-        "t": [int(t) for t in t_list],
-        "seconds": round(time.perf_counter() - t0, 3),
+        "t": t_list,
+        "seconds": None,
         "checkpoint": str(model.path),
         "decisions": {
             # exact floats (the replay must reproduce them), None for NaN (strict JSON)
-            "sigma": [float(s) if np.isfinite(s) else None for s in sigma_raw],
-            "sigma_source": list(noise.source),
-            "white": [bool(w) for w in noise.white],
-            "t_list": [int(t) for t in t_list],
+            "sigma": [float(s) if np.isfinite(s) else None for s in plan.noise.sigma],
+            "sigma_source": list(plan.noise.source),
+            "white": [bool(w) for w in plan.noise.white],
+            "t_list": t_list,
             "choice": [names[k] if k >= 0 else None for k in choice],
             "kalman": next((cd.decisions() for cd in cands if cd.name == "kalman"), None),
         },
-        "features": {
-            f: {
-                "sigma": _f(sigma_raw[i]),
-                "sigma_source": noise.source[i],
-                "sigma_window_units": _f(sigma_w[i]),
-                "ljung_box_p": _f(noise.ljung_box_p[i]),
-                "white": bool(noise.white[i]),
-                "sure_gain_db_val": {n: _f(gains[k, i]) for k, n in enumerate(names)},
-                "chosen": names[choice[i]] if choice[i] >= 0 else "raw",
-                "gain_db_val": _f(gains[choice[i], i]) if choice[i] >= 0 else _f(best_gain[i]),
-                "denoised": bool(choice[i] >= 0),
-                "reason": reasons[i],
-            }
-            for i, f in enumerate(model.features)
-        },
     }
-    return ClusterResult(mean=mean, lower=lower, upper=upper, info=info, alone=alone_out)
+
+
+def _feature_info(model, names, plan: _Plan, choice, gains, gate_rows, margin) -> dict:
+    noise = plan.noise
+    reasons = _reasons(choice, noise, plan.usable, gains, gate_rows, margin, names)
+    with np.errstate(invalid="ignore"):
+        best_gain = np.where(
+            np.isnan(gains).all(0), np.nan, np.nanmax(np.where(np.isnan(gains), -np.inf, gains), 0)
+        )
+    return {
+        f: {
+            "sigma": _f(noise.sigma[i]),
+            "sigma_source": noise.source[i],
+            "sigma_window_units": _f(plan.sigma_w[i]),
+            "ljung_box_p": _f(noise.ljung_box_p[i]),
+            "white": bool(noise.white[i]),
+            "sure_gain_db_val": {n: _f(gains[k, i]) for k, n in enumerate(names)},
+            "chosen": names[choice[i]] if choice[i] >= 0 else "raw",
+            "gain_db_val": _f(gains[choice[i], i]) if choice[i] >= 0 else _f(best_gain[i]),
+            "denoised": bool(choice[i] >= 0),
+            "reason": reasons[i],
+        }
+        for i, f in enumerate(model.features)
+    }
 
 
 def _ungated_choice(model, cands, usable, sigma_w, c) -> np.ndarray:
@@ -392,8 +432,10 @@ def _reasons(choice, noise, usable, gains, gate_rows, margin, names) -> list[str
         if k >= 0:
             out.append("")
         elif noise.white[j]:
+            p = noise.ljung_box_p[j]  # NaN when the decision was held from a replayed run
+            test = f"Ljung-Box p = {p:.2g}" if np.isfinite(p) else "as decided by the run replayed"
             out.append(
-                f"y is white on the train split (Ljung-Box p = {noise.ljung_box_p[j]:.2g}): "
+                f"y is white on the train split ({test}): "
                 "white signal plus white noise cannot be told apart"
             )
         elif not usable[j]:

@@ -9,20 +9,19 @@ from typing import Any
 import numpy as np
 
 from mamba_denoiser.checkpoint import CheckpointError, load_checkpoint
+from mamba_denoiser.data.scaler import KEYS as SCALER_KEYS
+from mamba_denoiser.data.scaler import Scaler
 
 
 @dataclass
 class ClusterModel:
     """A trained cluster denoiser and everything needed to apply it (from its checkpoint)."""
 
-    module: Any  # DenoiserModule in eval mode
+    module: Any  # network.ClusterNetwork in eval mode
     path: Path
     cluster: dict[str, Any]
     window: int
-    mean: np.ndarray  # (F,) train-split z-score
-    std: np.ndarray
-    window_scale: np.ndarray  # (F,) in z units
-    anchor_len: int
+    scaler: Scaler  # the train-split fit: raw values <-> windows
     direction: str
     heads: str = "diffusion"  # which heads were trained: diffusion | predictive | both
     source: dict[str, Any] = field(default_factory=dict)
@@ -38,7 +37,11 @@ class ClusterModel:
     @property
     def unit(self) -> np.ndarray:
         """(F,) native units per window unit: w = (y - a·std - mean) / (std · window_scale)."""
-        return self.std * self.window_scale
+        return self.scaler.unit
+
+    @property
+    def anchor_len(self) -> int:
+        return self.scaler.anchor_len
 
     def has_head(self, head: str) -> bool:
         return self.heads in (head, "both")
@@ -49,17 +52,19 @@ def _first_line(err: BaseException) -> str:
 
 
 def load_cluster_model(path: str | Path, device: str = "cpu") -> ClusterModel:
-    """Build the module from the checkpoint's hyper-parameters and load its (EMA) weights,
-    reading the file with weights_only=True (a shared checkpoint cannot run code)."""
+    """Build the network from the checkpoint's hyper-parameters and load its (EMA) weights,
+    reading the file with weights_only=True (a shared checkpoint cannot run code).
+
+    The network is a ``network.ClusterNetwork`` (plain torch, the sub-modules and numbers
+    of training's DenoiserModule), so denoising never imports Lightning."""
     import torch
 
-    from mamba_denoiser.training import DenoiserModule
+    from mamba_denoiser.network import ClusterNetwork
 
     ck = load_checkpoint(path, map_location=device)
     hp = dict(ck["hyper_parameters"])
-    hp["compile"] = False
     try:
-        module = DenoiserModule(**hp)
+        module = ClusterNetwork.from_hparams(hp)
         module.load_state_dict(ck["state_dict"])
     except torch.OutOfMemoryError:
         raise
@@ -84,23 +89,21 @@ def load_cluster_model(path: str | Path, device: str = "cpu") -> ClusterModel:
             "windows); retrain this cluster with the current train.py"
         )
     try:
-        keys = ("mean", "std", "window_scale")
-        arrays = {k: np.asarray(sc[k], dtype=np.float64) for k in keys}
+        scaler = Scaler.from_dict(sc)
     except (TypeError, KeyError, ValueError) as e:
         raise CheckpointError(
             f"{path}: unreadable scaler in its hyper-parameters ({_first_line(e)}); "
             "use a .ckpt written by train.py"
         ) from None
-    if any(a.shape != (n_f,) for a in arrays.values()):
+    if any(getattr(scaler, k).shape != (n_f,) for k in SCALER_KEYS):
         raise CheckpointError(f"{path}: scaler sizes do not match its {n_f} features")
     return ClusterModel(
         module=module,
         path=Path(path),
         cluster=hp["cluster"],
         window=int(hp["window_size"]),
-        anchor_len=int(sc.get("anchor_len", 10)),
+        scaler=scaler,
         direction=str(hp["model"].get("direction", "causal")),  # the model's default
         heads=str(hp.get("heads", "diffusion")),
         source=dict(hp.get("source") or {}),
-        **arrays,
     )

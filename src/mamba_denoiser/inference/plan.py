@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mamba_denoiser.data.windows import gather_windows, normalise_windows
+from mamba_denoiser.data.windows import gather_windows
 
 MODES = ("causal", "offline")
 
@@ -91,8 +91,8 @@ def run_windows(
     starts, rows, pos, w_idx = serving_plan(
         T, model.window, model.anchor_len, mode, model.direction
     )
-    scale = torch.as_tensor(model.window_scale, dtype=torch.float32)
-    z = torch.as_tensor(((raw - model.mean) / model.std).astype(np.float32))  # (T, F)
+    sc = model.scaler
+    z = torch.as_tensor(sc.to_z(raw))  # (T, F) float32
     n_win = len(starts)
     wins: dict[str, np.ndarray] = {}
     with torch.no_grad():
@@ -100,12 +100,12 @@ def run_windows(
             s = torch.as_tensor(starts[b0 : b0 + batch_windows])
             zw = gather_windows(z, s, model.window)  # (B, L, F)
             mask = ~torch.isnan(zw)
-            w, anchor = normalise_windows(zw, mask, scale, model.anchor_len)
+            w, anchor = sc.to_windows(zw, mask)
             res = fn(w, mask)
             for key, v in res.items():
                 if key not in wins:
                     wins[key] = np.full((n_win, model.window, F), np.nan, np.float32)
-                v = v * scale + anchor if key.startswith("mean") else v
+                v = sc.from_windows(v, anchor) if key.startswith("mean") else v
                 wins[key][b0 : b0 + len(s)] = v.float().numpy()
             if progress is not None:
                 progress(min(b0 + batch_windows, n_win), n_win)
@@ -122,6 +122,6 @@ def run_windows(
             full = np.full((T, F), np.nan)
             full[rows] = vals
         if key.startswith("mean"):
-            full = full * model.std + model.mean
+            full = sc.to_native(full)
         out[key] = np.where(np.isnan(raw), np.nan, full)
     return out

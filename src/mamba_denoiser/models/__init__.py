@@ -2,14 +2,13 @@
 
 from mamba_denoiser.models.blocks import BiMambaBlock, MambaBlock
 from mamba_denoiser.models.denoiser import DIRECTIONS, MultivariateMambaDenoiser
-from mamba_denoiser.models.ssm import (
+from mamba_denoiser.models.scan import (
     BACKENDS,
-    SelectiveSSM,
-    SSMState,
     available_backends,
     resolve_backend,
     selective_scan,
 )
+from mamba_denoiser.models.ssm import SelectiveSSM, SSMState
 
 __all__ = [
     "BACKENDS",

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_denoiser.models.ssm import BACKENDS, SelectiveSSM, SSMDirection, SSMState, scan_bld
+from mamba_denoiser.models.scan import BACKENDS
+from mamba_denoiser.models.ssm import SelectiveSSM, SSMDirection, SSMState, scan_bld
 
 
 class AdaLNZero(nn.Module):

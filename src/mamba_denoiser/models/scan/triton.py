@@ -1,4 +1,4 @@
-"""Triton selective scan (GPU default backend); same conventions as ``ssm.selective_scan``.
+"""Triton selective scan (GPU default backend); same conventions as ``scan.selective_scan``.
 
 One program per (batch · group, block of BLOCK_D channels). The state h
 (BLOCK_D, BLOCK_N) lives in registers, in float32, and the program walks sequentially
@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from mamba_denoiser.models.scan.common import _check_shapes, _no_autocast
 
 try:
     import triton
@@ -121,6 +123,178 @@ if HAS_TRITON:
             tl.store(out_ptr + row + t * s_l, y, mask=mask_d)
 
     @triton.jit
+    def _bwd_load_params(
+        A_ptr,
+        D_ptr,
+        bias_ptr,
+        offs_d,
+        offs_n,
+        N,
+        mask_d,
+        mask_dn,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+    ):
+        # backward, setup: this program's A (also pre-scaled by log2 e), D and Δ-bias; an absent
+        # D / Δ-bias is a 0.0 placeholder that is never read (HAS_D / HAS_BIAS guard every use)
+        A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
+        A2 = A * 1.4426950408889634
+        if HAS_D:
+            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
+        else:
+            Dv = 0.0
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+        else:
+            bias = 0.0
+        return A, A2, Dv, bias
+
+    @triton.jit
+    def _bwd_recompute_chunk(
+        ins, at, states, params, c, t0, n_steps, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr
+    ):
+        # backward, first pass over chunk c: rerun the forward recursion from the chunk's
+        # checkpoint and keep every state in this program's scratch buffer
+        u_ptr, delta_ptr, B_ptr, _, _, _ = ins
+        row, brow, _, s_l, s_Bl, mask_d, mask_n = at
+        ckpt_ptr, ckpt_base, scratch_ptr, scratch_base, tile, tile_size = states
+        _, A2, _, bias = params
+        # recompute the chunk's states: scratch slot 0 = h_{t0-1}, slot i+1 = h_{t0+i}
+        h = tl.load(ckpt_ptr + ckpt_base + c * tile_size + tile)
+        tl.store(scratch_ptr + scratch_base + tile, h)
+        for i in range(n_steps):
+            t = t0 + i
+            u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
+            dt = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
+            if HAS_BIAS:
+                dt = dt + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+            tl.store(scratch_ptr + scratch_base + (i + 1) * tile_size + tile, h)
+
+    @triton.jit
+    def _bwd_step(
+        ins,
+        outs,
+        at,
+        states,
+        params,
+        t,
+        i,
+        carry,
+        gA_acc,
+        gD_acc,
+        gbias_acc,
+        HAS_D: tl.constexpr,
+        HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr,
+    ):
+        # backward, one reverse-time step t (slot i of the chunk's scratch): the adjoint
+        # recursion; writes the per-step gradients (u, Δ, z; B, C partials) and returns the
+        # new carry and the running A, D, Δ-bias sums
+        u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, gout_ptr = ins
+        gu_ptr, gdelta_ptr, gz_ptr, gB_ptr, gC_ptr = outs
+        row, brow, part, s_l, s_Bl, mask_d, mask_n = at
+        _, _, scratch_ptr, scratch_base, tile, tile_size = states
+        A, A2, Dv, bias = params
+        u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
+        dt_raw = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias
+        if SOFTPLUS:
+            dt = _softplus(dt_raw)
+        else:
+            dt = dt_raw
+        Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+        Ct = tl.load(C_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+        gout = tl.load(gout_ptr + row + t * s_l, mask=mask_d, other=0.0)
+        h_t = tl.load(scratch_ptr + scratch_base + (i + 1) * tile_size + tile)
+        h_prev = tl.load(scratch_ptr + scratch_base + i * tile_size + tile)
+        if HAS_Z:
+            zt = tl.load(z_ptr + row + t * s_l, mask=mask_d, other=0.0)
+            sz = tl.sigmoid(zt)
+            y = tl.sum(h_t * Ct[None, :], axis=1)
+            if HAS_D:
+                y = y + Dv * u
+            tl.store(gz_ptr + row + t * s_l, gout * y * sz * (1 + zt * (1 - sz)), mask=mask_d)
+            gy = gout * zt * sz
+        else:
+            gy = gout
+        gy = tl.where(mask_d, gy, 0.0)
+        gh = carry + gy[:, None] * Ct[None, :]
+        tl.store(gC_ptr + part + t, tl.sum(gy[:, None] * h_t, axis=0), mask=mask_n)
+        tl.store(gB_ptr + part + t, tl.sum((dt * u)[:, None] * gh, axis=0), mask=mask_n)
+        g_du = tl.sum(gh * Bt[None, :], axis=1)
+        carry = gh * tl.exp2(dt[:, None] * A2)
+        q = carry * h_prev  # ∂L/∂Ā_t ⊙ Ā_t
+        g_dt = tl.sum(q * A, axis=1) + g_du * u
+        gA_acc += q * dt[:, None]
+        gu = g_du * dt
+        if HAS_D:
+            gu = gu + gy * Dv
+            gD_acc += gy * u
+        if SOFTPLUS:
+            g_dt = g_dt * tl.sigmoid(dt_raw)
+        gbias_acc += g_dt
+        tl.store(gu_ptr + row + t * s_l, gu, mask=mask_d)
+        tl.store(gdelta_ptr + row + t * s_l, g_dt, mask=mask_d)
+        return carry, gA_acc, gD_acc, gbias_acc
+
+    @triton.jit
+    def _bwd_scan(
+        ins,
+        outs,
+        at,
+        states,
+        params,
+        seq,
+        HAS_D: tl.constexpr,
+        HAS_Z: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        # backward, main loop: the chunks in reverse, each recomputed then walked back step by
+        # step; returns this program's A, D and Δ-bias sums
+        L, n_chunks, CHUNK = seq
+        carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # Ā_{t+1} ⊙ ∂h_{t+1}
+        gA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        gD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        gbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for cc in range(n_chunks):
+            c = n_chunks - 1 - cc
+            t0 = c * CHUNK
+            n_steps = tl.minimum(L - t0, CHUNK)
+            _bwd_recompute_chunk(ins, at, states, params, c, t0, n_steps, HAS_BIAS, SOFTPLUS)
+            tl.debug_barrier()  # the states written above are read back by other threads
+            for ii in range(n_steps):
+                i = n_steps - 1 - ii
+                t = t0 + i
+                carry, gA_acc, gD_acc, gbias_acc = _bwd_step(
+                    ins,
+                    outs,
+                    at,
+                    states,
+                    params,
+                    t,
+                    i,
+                    carry,
+                    gA_acc,
+                    gD_acc,
+                    gbias_acc,
+                    HAS_D,
+                    HAS_Z,
+                    HAS_BIAS,
+                    SOFTPLUS,
+                )
+            tl.debug_barrier()  # scratch is overwritten by the next chunk
+        return gA_acc, gD_acc, gbias_acc
+
+    @triton.jit
     def _bwd_kernel(
         u_ptr,
         delta_ptr,
@@ -174,12 +348,9 @@ if HAS_TRITON:
         mask_n = offs_n < N
         mask_dn = mask_d[:, None] & mask_n[None, :]
 
-        A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
-        A2 = A * 1.4426950408889634
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+        params = _bwd_load_params(
+            A_ptr, D_ptr, bias_ptr, offs_d, offs_n, N, mask_d, mask_dn, HAS_D, HAS_BIAS
+        )
         row = b * s_b + offs_d * s_d
         brow = b * s_Bb + g * s_Bg + offs_n * s_Bn
         tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
@@ -190,76 +361,17 @@ if HAS_TRITON:
         # partial sums over this program's channels, for B and C: (n_dblocks, bG, N, L)
         part = (pid_d * (tl.num_programs(0)) + pid_bg) * N * L + offs_n * L
 
-        carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # Ā_{t+1} ⊙ ∂h_{t+1}
-        gA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-        gD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        gbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for cc in range(n_chunks):
-            c = n_chunks - 1 - cc
-            t0 = c * CHUNK
-            n_steps = tl.minimum(L - t0, CHUNK)
-            # recompute the chunk's states: scratch slot 0 = h_{t0-1}, slot i+1 = h_{t0+i}
-            h = tl.load(ckpt_ptr + ckpt_base + c * tile_size + tile)
-            tl.store(scratch_ptr + scratch_base + tile, h)
-            for i in range(n_steps):
-                t = t0 + i
-                u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
-                dt = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
-                if HAS_BIAS:
-                    dt = dt + bias
-                if SOFTPLUS:
-                    dt = _softplus(dt)
-                Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
-                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-                tl.store(scratch_ptr + scratch_base + (i + 1) * tile_size + tile, h)
-            tl.debug_barrier()  # the states written above are read back by other threads
-            for ii in range(n_steps):
-                i = n_steps - 1 - ii
-                t = t0 + i
-                u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
-                dt_raw = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
-                if HAS_BIAS:
-                    dt_raw = dt_raw + bias
-                if SOFTPLUS:
-                    dt = _softplus(dt_raw)
-                else:
-                    dt = dt_raw
-                Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
-                Ct = tl.load(C_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
-                gout = tl.load(gout_ptr + row + t * s_l, mask=mask_d, other=0.0)
-                h_t = tl.load(scratch_ptr + scratch_base + (i + 1) * tile_size + tile)
-                h_prev = tl.load(scratch_ptr + scratch_base + i * tile_size + tile)
-                if HAS_Z:
-                    zt = tl.load(z_ptr + row + t * s_l, mask=mask_d, other=0.0)
-                    sz = tl.sigmoid(zt)
-                    y = tl.sum(h_t * Ct[None, :], axis=1)
-                    if HAS_D:
-                        y = y + Dv * u
-                    tl.store(
-                        gz_ptr + row + t * s_l, gout * y * sz * (1 + zt * (1 - sz)), mask=mask_d
-                    )
-                    gy = gout * zt * sz
-                else:
-                    gy = gout
-                gy = tl.where(mask_d, gy, 0.0)
-                gh = carry + gy[:, None] * Ct[None, :]
-                tl.store(gC_ptr + part + t, tl.sum(gy[:, None] * h_t, axis=0), mask=mask_n)
-                tl.store(gB_ptr + part + t, tl.sum((dt * u)[:, None] * gh, axis=0), mask=mask_n)
-                g_du = tl.sum(gh * Bt[None, :], axis=1)
-                carry = gh * tl.exp2(dt[:, None] * A2)
-                q = carry * h_prev  # ∂L/∂Ā_t ⊙ Ā_t
-                g_dt = tl.sum(q * A, axis=1) + g_du * u
-                gA_acc += q * dt[:, None]
-                gu = g_du * dt
-                if HAS_D:
-                    gu = gu + gy * Dv
-                    gD_acc += gy * u
-                if SOFTPLUS:
-                    g_dt = g_dt * tl.sigmoid(dt_raw)
-                gbias_acc += g_dt
-                tl.store(gu_ptr + row + t * s_l, gu, mask=mask_d)
-                tl.store(gdelta_ptr + row + t * s_l, g_dt, mask=mask_d)
-            tl.debug_barrier()  # scratch is overwritten by the next chunk
+        # the helpers' arguments, bundled: per-step inputs, per-step gradient outputs, per-step
+        # addressing ((b, d, t) at row + t * s_l, (b, g, n, t) at brow + t * s_Bl, B/C
+        # partials at part + t), the state buffers, the sequence length and its chunking
+        ins = (u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, gout_ptr)
+        outs = (gu_ptr, gdelta_ptr, gz_ptr, gB_ptr, gC_ptr)
+        at = (row, brow, part, s_l, s_Bl, mask_d, mask_n)
+        states = (ckpt_ptr, ckpt_base, scratch_ptr, scratch_base, tile, tile_size)
+        seq = (L, n_chunks, CHUNK)
+        gA_acc, gD_acc, gbias_acc = _bwd_scan(
+            ins, outs, at, states, params, seq, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_D, BLOCK_N
+        )
         # per-batch partials over (dim, N) / (dim,); the host sums over batch
         tl.store(gA_ptr + b * dim * N + offs_d[:, None] * N + offs_n[None, :], gA_acc, mask=mask_dn)
         if HAS_D:
@@ -411,11 +523,9 @@ class _TritonSelectiveScan(torch.autograd.Function):
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False
 ) -> torch.Tensor:
-    """Triton backend of ``ssm.selective_scan``; float32 inside, output in u's dtype."""
+    """Triton backend of ``scan.selective_scan``; float32 inside, output in u's dtype."""
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed; `pip install triton` or use backend='fused'")
-    from mamba_denoiser.models.ssm import _check_shapes, _no_autocast
-
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     with _no_autocast(u.device.type):
         out = _TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

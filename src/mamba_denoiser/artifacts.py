@@ -1,0 +1,206 @@
+"""What the stages hand each other, found and checked in one place.
+
+Every stage reads what an earlier one wrote: train.py a clusters.json, denoise.py and
+evaluate.py a training sweep's checkpoints (and the clusters.json they were trained with).
+This module finds the newest of each, loads a sweep's cluster models, and holds the one
+policy for "was this artifact made from this data?":
+
+- **split**: an artifact made with other train/val/test bounds is always an error (its
+  statistics, scaler and checkpoint selection would straddle this data's split);
+- **sha256** of the data file: an error when a stage *fits* on the artifact (train.py
+  training from a clusters.json or resuming a checkpoint: the clustering statistics and
+  the scaler belong to the other file), a warning when it *applies* it (denoise.py and
+  evaluate.py running trained models on new data is what they are for).
+
+Plain arguments, no Hydra: the *_job modules call it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mamba_denoiser.clustering.artifact import find_latest_clusters  # noqa: F401
+from mamba_denoiser.errors import ConfigError
+
+log = logging.getLogger("mamba_denoiser")
+
+# summary.json statuses whose best checkpoint is served ("worse_than_reference" trained to
+# the end; the SURE gate still decides per feature whether it helps)
+USABLE_STATUS = ("ok", "worse_than_reference")
+
+
+# ---- finding -------------------------------------------------------------------------
+
+
+def find_latest_sweep(log_dir: str | Path) -> Path:
+    """The newest training sweep (outputs/train_multirun/<time>) holding a summary.json."""
+    root = Path(log_dir) / "train_multirun"
+    sweeps = sorted(p for p in root.glob("*") if any(p.glob("*/summary.json")))
+    if not sweeps:
+        raise ConfigError(
+            f"no training sweep under {root}/. Train first (python train.py "
+            "experiment=all_clusters), or pass checkpoints=DIR"
+        )
+    return sweeps[-1]
+
+
+def _checkpoint_candidates(folder: Path) -> list[Path]:
+    from mamba_denoiser.checkpoint import resolve_checkpoint
+
+    candidates: list[Path] = []
+    for s in sorted(folder.rglob("summary.json")):
+        try:
+            doc = json.loads(s.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{s}: not readable JSON ({e}); re-run train.py for it") from None
+        ck = doc.get("best_checkpoint") or doc.get("last_checkpoint")
+        if doc.get("status", "ok") in USABLE_STATUS and ck:
+            path = resolve_checkpoint(s, ck)  # beside the summary, if the sweep was copied
+            if path.is_file():
+                candidates.append(path)
+    if not candidates:
+        candidates = sorted(folder.rglob("best*.ckpt")) or sorted(folder.rglob("last.ckpt"))
+    return candidates
+
+
+def load_models(folder: str | Path) -> dict[int, Any]:
+    """cluster id -> ClusterModel, each checkpoint read once: each job's best checkpoint
+    (by validation) from its summary.json; folders without summaries: every best*.ckpt
+    (else last.ckpt) below. Two checkpoints of one cluster: the newer file wins."""
+    from mamba_denoiser.inference import load_cluster_model
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"checkpoints={folder}: not a folder")
+    candidates = _checkpoint_candidates(folder)
+    if not candidates:
+        raise ConfigError(f"checkpoints={folder}: no checkpoint (*.ckpt) found below it")
+    found: dict[int, Any] = {}
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime):  # newest last, wins
+        m = load_cluster_model(path)
+        cid = int(m.cluster["id"])
+        if cid in found:
+            log.warning("two checkpoints for c%d; using the newer: %s", cid, path)
+        found[cid] = m
+    return dict(sorted(found.items()))
+
+
+def recorded_data_config(clusters, models: dict) -> dict | None:
+    """The data options cluster.py recorded (clusters.json; checkpoints copy them)."""
+    first = next(iter(models.values()))
+    return clusters.source.get("data_config") or first.source.get("data_config")
+
+
+def load_trained(
+    *,
+    checkpoints: str | Path | None,
+    log_dir: str | Path,
+    clusters: str | Path | None,
+    allow_partial: bool,
+    data_options: Callable[[dict | None, str], dict],
+) -> tuple[Any, dict[int, Any], Any, Path]:
+    """(panel, cluster id -> ClusterModel, clusters, checkpoint folder), all checked to
+    belong together: the models' features, window and split against the data.
+
+    ``checkpoints``: a sweep or folder (None: the newest sweep under ``log_dir``);
+    ``clusters``: its clusters.json (None: the one the models were trained with);
+    ``data_options(recorded, recorded_by)``: the data options to read, given those
+    cluster.py recorded (stage.remembered_data)."""
+    from mamba_denoiser.clustering.artifact import load_clusters
+    from mamba_denoiser.clustering.validate import check_clusters_against_panel
+    from mamba_denoiser.data.source import panel_from_config
+
+    ck_dir = Path(checkpoints) if checkpoints else find_latest_sweep(log_dir)
+    models = load_models(ck_dir)
+    clusters_path = clusters or next(iter(models.values())).source.get("clusters")
+    if not clusters_path:
+        raise ConfigError("which clusters.json? pass clusters=PATH")
+    doc = load_clusters(clusters_path)
+    panel = panel_from_config(data_options(recorded_data_config(doc, models), str(doc.path)))
+    check_clusters_against_panel(doc, panel)
+    missing = [c.name for c in doc.clusters if c.id not in models]
+    if missing and not allow_partial:
+        raise ConfigError(
+            f"no checkpoint under {ck_dir} for clusters {missing}; train them, or pass "
+            "allow_partial=true to leave them raw"
+        )
+    _check_models(doc, models, panel)
+    return panel, models, doc, ck_dir
+
+
+def _check_models(clusters, models: dict, panel) -> None:
+    by_sha: dict[str, list[str]] = {}
+    for c in clusters.clusters:
+        m = models.get(c.id)
+        if m is None:
+            continue
+        if list(c.features) != m.features:
+            raise ConfigError(
+                f"{m.path} was trained on {m.features[:5]}… but {clusters.path} lists "
+                f"{list(c.features)[:5]}… for {c.name}; pass the clusters.json it was trained "
+                "with (clusters=...)"
+            )
+        if m.window > panel.n_rows:
+            raise ConfigError(f"{m.path}: window {m.window} is longer than the data")
+        check_split(
+            (m.source.get("split") or {}).get("bounds"),
+            panel,
+            artifact=str(m.path),
+            error=ConfigError,
+            fix="use the same data.split and data.window_size as in training",
+        )
+        sha = other_data(m.source, panel)
+        if sha:
+            by_sha.setdefault(sha, []).append(m.name)
+    warn_other_data(by_sha, panel)  # applying models to other data: a warning
+    extra = sorted(set(models) - {c.id for c in clusters.clusters})
+    if extra:
+        raise ConfigError(f"checkpoints for clusters {extra} are not in {clusters.path}")
+
+
+# ---- the data policy -----------------------------------------------------------------
+
+
+def split_bounds(panel) -> dict[str, list[int]]:
+    """The panel's split as an artifact records it ({part: [start, stop]})."""
+    return {k: list(v) for k, v in panel.bounds.items()}
+
+
+def check_split(recorded: dict | None, panel, *, artifact: str, error: type, fix: str) -> None:
+    """``recorded``: an artifact's split bounds (None: not recorded, nothing to check)."""
+    if recorded and recorded != split_bounds(panel):
+        raise error(
+            f"{artifact} was made with split bounds {recorded}, the data now gives "
+            f"{split_bounds(panel)}; {fix}"
+        )
+
+
+def other_data(source: dict | None, panel) -> str | None:
+    """The artifact's data sha256 when it differs from this panel's, else None."""
+    sha = (source or {}).get("sha256")
+    return sha if sha and panel.sha256 and sha != panel.sha256 else None
+
+
+def check_fit_data(source: dict | None, panel, *, artifact: str, error: type, fix: str) -> None:
+    """Fitting on an artifact: it must come from this very data file (module docstring)."""
+    sha = other_data(source, panel)
+    if sha:
+        raise error(
+            f"{artifact} was made from {(source or {}).get('path')} (sha256 {sha[:12]}…), "
+            f"but data is {panel.source} (sha256 {panel.sha256[:12]}…). {fix}"
+        )
+
+
+def warn_other_data(names_by_sha: dict[str, list[str]], panel) -> None:
+    """Applying artifacts to other data: one warning line per training data file."""
+    for sha, names in names_by_sha.items():
+        warnings.warn(
+            f"{', '.join(names)} trained on data with sha256 {sha[:12]}…, this data "
+            f"({panel.source}) has {panel.sha256[:12]}…: denoising other data",
+            stacklevel=3,
+        )
