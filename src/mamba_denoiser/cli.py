@@ -115,6 +115,7 @@ def fail_cleanly(
         full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
         keep = keep_going or _has_checkpoint(out_dir)
         if _interrupted(err):
+            restore_sigint()  # Lightning ignores SIGINT after a Ctrl-C; a second one must work
             line = None
             if delete and keep and on_interrupt is not None:
                 with contextlib.suppress(Exception):
@@ -150,6 +151,14 @@ def fail_cleanly(
         if keep_going:
             return
         raise SystemExit(code) from None
+
+
+def restore_sigint() -> None:
+    """Give SIGINT back its default handler (Lightning sets SIG_IGN after catching a Ctrl-C)."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _interrupted(err: BaseException) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mamba_denoiser.artifacts import check_fit_data, check_split
-from mamba_denoiser.cli import ROOT_ENV, fail_cleanly, route_lightning_logs
+from mamba_denoiser.cli import ROOT_ENV, fail_cleanly, restore_sigint, route_lightning_logs
 from mamba_denoiser.errors import ClustersError, ConfigError
 from mamba_denoiser.stage import output_dir, remembered_data, to_dict, use_fit_cache
 from mamba_denoiser.vocabulary import ANCHOR_LEN
@@ -393,15 +393,6 @@ def _write_sweep_table() -> None:
             write_summary_table(rows, sweep_dir)
 
 
-def _restore_sigint() -> None:
-    """Lightning ignores SIGINT after catching a Ctrl-C; give it back its default."""
-    import contextlib
-    import signal
-
-    with contextlib.suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 @dataclass
 class _Setup:
     """What one training run trains: from clusters.json + config, or from a checkpoint."""
@@ -660,7 +651,7 @@ class _RunRecord:
     def interrupt(self) -> str:
         from mamba_denoiser.io import atomic_write_json
 
-        _restore_sigint()
+        restore_sigint()
         doc = {**self.summary, **_progress(self.trainer), "status": "interrupted"}
         atomic_write_json(self.out / "summary.json", _clean(doc))
         if self.multirun:
