@@ -253,3 +253,20 @@ def test_a_copied_sweep_reads_its_own_checkpoints(trained, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_denoise(_compose("denoise", ov, tmp_path / "run"))
     assert exc.value.code == 2 and str(copy) in capsys.readouterr().err
+
+
+def test_no_candidate_leaves_every_feature_raw_and_says_why(trained):
+    from mamba_denoiser.artifacts import load_models
+    from mamba_denoiser.data.panel import load_panel
+    from mamba_denoiser.inference import denoise_cluster
+
+    m = load_models(trained["root"] / "causal")[0]
+    panel = load_panel(trained["csv"], window_size=WINDOW)
+    raw = panel.frame[m.features].to_numpy(float)
+    r = denoise_cluster(
+        m, raw, train=panel.bounds["train"], candidates=[], gate_rows=panel.bounds["val"]
+    )
+    np.testing.assert_array_equal(r.mean, raw)
+    for f in m.features:
+        info = r.info["features"][f]
+        assert info["chosen"] == "raw" and info["gain_db_val"] is None

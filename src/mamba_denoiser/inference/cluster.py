@@ -350,10 +350,10 @@ def _info(model, mode, sampler, guidance, cands, plan: _Plan, choice, gains, gat
 def _feature_info(model, names, plan: _Plan, choice, gains, gate_rows, margin) -> dict:
     noise = plan.noise
     reasons = _reasons(choice, noise, plan.usable, gains, gate_rows, margin, names)
-    with np.errstate(invalid="ignore"):
-        best_gain = np.where(
-            np.isnan(gains).all(0), np.nan, np.nanmax(np.where(np.isnan(gains), -np.inf, gains), 0)
-        )
+    g = np.where(np.isnan(gains), -np.inf, gains)
+    best_gain = np.full(gains.shape[1], np.nan)  # no candidate at all: NaN, not a crash
+    if len(g):
+        best_gain = np.where(np.isnan(gains).all(0), np.nan, g.max(0))
     return {
         f: {
             "sigma": _f(noise.sigma[i]),
