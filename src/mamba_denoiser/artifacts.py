@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mamba_denoiser.clustering.artifact import find_latest_clusters  # noqa: F401
 from mamba_denoiser.errors import ConfigError
 
 log = logging.getLogger("mamba_denoiser")

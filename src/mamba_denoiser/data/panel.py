@@ -30,8 +30,6 @@ from mamba_denoiser.vocabulary import ID_COL, TARGETS, WINDOW_SIZE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGETS = TARGETS
-
 
 @dataclass(frozen=True)
 class SplitSpec:
@@ -178,7 +176,7 @@ def load_panel(
     path: str | Path,
     *,
     id_col: str = ID_COL,
-    targets: Sequence[str] = DEFAULT_TARGETS,
+    targets: Sequence[str] = TARGETS,
     exclude: Sequence[str] = (),
     split: SplitSpec | None = None,
     window_size: int = WINDOW_SIZE,
@@ -422,7 +420,7 @@ def panel_from_frame(
     source: str = "<dataframe>",
     sha256: str | None = None,
     id_col: str = ID_COL,
-    targets: Sequence[str] = DEFAULT_TARGETS,
+    targets: Sequence[str] = TARGETS,
     exclude: Sequence[str] = (),
     split: SplitSpec | None = None,
     window_size: int = WINDOW_SIZE,

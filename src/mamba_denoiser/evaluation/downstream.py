@@ -55,7 +55,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
 
-from mamba_denoiser.evaluation.leakage import DEFAULT_TARGETS, check_no_targets
+from mamba_denoiser.evaluation.leakage import check_no_targets
 from mamba_denoiser.evaluation.metrics import (
     adjusted_sharpe,
     hit_rate,
@@ -63,6 +63,7 @@ from mamba_denoiser.evaluation.metrics import (
     r2,
     sharpe,
 )
+from mamba_denoiser.vocabulary import TARGETS
 
 MODELS = ("ridge", "hgb")
 RIDGE_ALPHAS = tuple(np.logspace(-1, 5, 13))  # chosen per fold by efficient LOO (GCV)
@@ -211,7 +212,7 @@ def walk_forward_predict(
     *,
     models: Sequence[ModelSpec] = MODELS,
     seed: int = 0,
-    target_columns: Sequence[str] = DEFAULT_TARGETS,
+    target_columns: Sequence[str] = TARGETS,
 ) -> OOSPredictions:
     """Fit each model on every fold's train rows; predict its test rows.
 
@@ -340,7 +341,7 @@ def run_downstream(
     models: Sequence[ModelSpec] = MODELS,
     k: float = 0.5,
     seed: int = 0,
-    target_columns: Sequence[str] = DEFAULT_TARGETS,
+    target_columns: Sequence[str] = TARGETS,
     test_size: int | None = None,
 ) -> DownstreamResult:
     """Splits, out-of-sample predictions of the raw forward return, and their metrics.

@@ -80,10 +80,9 @@ from mamba_denoiser.vocabulary import TARGETS
 
 LOOKAHEAD_T = 5.0
 NULL_HORIZONS = tuple(range(31, 91))  # "shifted innovations": the null of the t-stats
-DEFAULT_TARGETS = TARGETS
 
 
-def check_no_targets(columns: Iterable[str], targets: Iterable[str] = DEFAULT_TARGETS) -> None:
+def check_no_targets(columns: Iterable[str], targets: Iterable[str] = TARGETS) -> None:
     """Raise LeakageError if any target column is among the feature columns."""
     bad = sorted(set(columns) & set(targets))
     if bad:
