@@ -1,4 +1,5 @@
-"""Atomic writes: no reader sees a half-written artifact (docs/design.md "Failures and paths")."""
+"""Atomic writes: no reader sees a half-written artifact (docs/design.md "Failures and paths");
+and the one check every stage runs on a file it is told to read."""
 
 from __future__ import annotations
 
@@ -8,6 +9,19 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def existing_file(
+    path: str | Path, error: type[Exception], *, missing: str, directory: str
+) -> Path:
+    """``Path(path)`` if it is a file; else ``error`` naming the path, with ``missing`` (it
+    does not exist) or ``directory`` (it is a folder) saying what to pass instead."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: {missing}")
+    if path.is_dir():
+        raise error(f"{path}: {directory}")
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:

@@ -11,6 +11,7 @@ Lightning.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -23,8 +24,8 @@ from mamba_denoiser.vocabulary import ANCHOR_LEN, WINDOW_SIZE
 
 HEADS = ("diffusion", "predictive", "both")
 PREDICTIVE_DEFAULTS = {"n_components": 3, "weight": 1.0, "var_floor": 1e-4}
-# DenoiserModule's hyper-parameters that only training reads (optimiser, compile, how t is
-# drawn, provenance); tests/inference/test_network.py checks the two signatures agree
+# DenoiserModule's own arguments, which only training reads (optimiser, compile, how t is
+# drawn, provenance); the rest of its hyper-parameters are the network's. A test checks it.
 TRAINING_ONLY = (
     "lr",
     "weight_decay",
@@ -37,6 +38,12 @@ TRAINING_ONLY = (
 )
 
 
+def network_defaults() -> dict[str, Any]:
+    """``_build_network``'s defaults: what a checkpoint records for an argument not given."""
+    params = inspect.signature(NetworkMixin._build_network).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 class NetworkMixin:
     """The network part of an ``nn.Module`` subclass: ``_build_network`` in ``__init__``
     (after ``nn.Module.__init__``), then ``forward`` and ``predict_mixture``."""
@@ -44,17 +51,18 @@ class NetworkMixin:
     def _build_network(
         self,
         *,
-        cluster: dict[str, Any],
-        window_size: int,
-        scaler: dict[str, Any] | None,
-        model: dict[str, Any] | None,
-        sde: dict[str, Any] | None,
-        loss: dict[str, Any] | None,
-        heads: str,
-        predictive: dict[str, Any] | None,
-        noise_sigma: list[float] | None,
+        cluster: dict[str, Any],  # {id, type, strategy, features}
+        window_size: int = WINDOW_SIZE,
+        scaler: dict[str, Any] | None = None,  # train-split {mean, std, window_scale, anchor_len}
+        model: dict[str, Any] | None = None,  # MultivariateMambaDenoiser kwargs
+        sde: dict[str, Any] | None = None,  # VPSDE kwargs
+        loss: dict[str, Any] | None = None,  # DenoisingLoss kwargs (strategy, weights)
+        heads: str = "diffusion",  # diffusion | predictive | both
+        predictive: dict[str, Any] | None = None,  # {n_components, weight, var_floor}
+        noise_sigma: list[float] | None = None,  # (F,) window units; the NLL and lognormal t
     ) -> DenoisingLoss:
-        """Set model, noise_sigma_w, anchor_len, sde, heads, predictive, strategy and
+        """The network's hyper-parameters, here only (ClusterNetwork and DenoiserModule pass
+        theirs on). Set model, noise_sigma_w, anchor_len, sde, heads, predictive, strategy and
         use_mask; return the DenoisingLoss the ``loss`` settings describe (it also
         resolves the guidance strategy, stored as ``strategy``)."""
         n_features = len(cluster["features"])
@@ -115,31 +123,10 @@ class ClusterNetwork(NetworkMixin, nn.Module):
     """A trained cluster's network for denoising: DenoiserModule's forward and
     predict_mixture (same sub-modules, same state_dict keys) without Lightning."""
 
-    def __init__(
-        self,
-        *,
-        cluster: dict[str, Any],  # {id, type, strategy, features}
-        window_size: int = WINDOW_SIZE,
-        scaler: dict[str, Any] | None = None,  # train-split {mean, std, window_scale, anchor_len}
-        model: dict[str, Any] | None = None,  # MultivariateMambaDenoiser kwargs
-        sde: dict[str, Any] | None = None,  # VPSDE kwargs
-        loss: dict[str, Any] | None = None,  # DenoisingLoss kwargs (strategy, weights)
-        heads: str = "diffusion",  # diffusion | predictive | both
-        predictive: dict[str, Any] | None = None,  # {n_components, weight, var_floor}
-        noise_sigma: list[float] | None = None,  # (F,) window units
-    ):
+    def __init__(self, **network: Any):
+        """network: ``NetworkMixin._build_network``'s arguments (cluster, window_size, ...)."""
         super().__init__()
-        self._build_network(
-            cluster=cluster,
-            window_size=window_size,
-            scaler=scaler,
-            model=model,
-            sde=sde,
-            loss=loss,
-            heads=heads,
-            predictive=predictive,
-            noise_sigma=noise_sigma,
-        )
+        self._build_network(**network)
 
     @classmethod
     def from_hparams(cls, hparams: dict[str, Any]) -> ClusterNetwork:

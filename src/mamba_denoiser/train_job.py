@@ -393,57 +393,59 @@ def _write_sweep_table() -> None:
             write_summary_table(rows, sweep_dir)
 
 
+# what a run's network is, besides what the data decide (scaler, noise_sigma): the checkpoint
+# hyper-parameters a resumed run keeps (network.py, NetworkMixin._build_network)
+NETWORK_KEYS = ("cluster", "window_size", "model", "sde", "loss", "heads", "predictive")
+
+
 @dataclass
 class _Setup:
     """What one training run trains: from clusters.json + config, or from a checkpoint."""
 
-    cluster: dict[str, Any]
+    network: dict[str, Any]  # NETWORK_KEYS -> value
     clusters_path: str | None
-    window: int
     anchor_len: int
-    model_kw: dict[str, Any]
-    sde_kw: dict[str, Any]
-    loss_kw: dict[str, Any] | None
-    heads: str
-    pred_kw: dict[str, Any] | None
     hp: dict[str, Any] | None = None  # the resumed checkpoint's hyper-parameters
+
+    @property
+    def cluster(self) -> dict[str, Any]:
+        return self.network["cluster"]
+
+    @property
+    def heads(self) -> str:
+        return str(self.network["heads"])
+
+    @property
+    def window(self) -> int:
+        return int(self.network["window_size"])
 
 
 def _setup(cfg: DictConfig, panel, data: dict[str, Any]) -> _Setup:
     if not cfg.ckpt_path:
         cluster, clusters_path = _cluster_from_clusters_file(cfg, panel)
         heads, pred_kw = _head_kwargs(cfg)
-        return _Setup(
-            cluster=cluster,
-            clusters_path=clusters_path,
-            window=int(data["window_size"]),
-            anchor_len=_anchor_len(cfg, cluster, data),
-            model_kw=to_dict(cfg.model),
-            sde_kw=to_dict(cfg.sde),
-            loss_kw=to_dict(cfg.loss),
-            heads=heads,
-            pred_kw=pred_kw,
-        )
+        network = {
+            "cluster": cluster,
+            "window_size": int(data["window_size"]),
+            "model": to_dict(cfg.model),
+            "sde": to_dict(cfg.sde),
+            "loss": to_dict(cfg.loss),
+            "heads": heads,
+            "predictive": pred_kw,
+        }
+        return _Setup(network, clusters_path, _anchor_len(cfg, cluster, data))
+    from mamba_denoiser.network import network_defaults
+
     hp = _cluster_from_checkpoint(cfg, panel)
-    heads = str(hp.get("heads", "diffusion"))
+    network = {k: {**network_defaults(), **hp}[k] for k in NETWORK_KEYS}
     asked, _ = _head_kwargs(cfg)
-    if asked != heads:  # the monitored metric (conf/head) must exist in this run
+    if asked != network["heads"]:  # the monitored metric (conf/head) must exist in this run
         raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} was trained with head={heads}, but head={asked} "
-            f"is configured; resume with head={heads}"
+            f"ckpt_path={cfg.ckpt_path} was trained with head={network['heads']}, but "
+            f"head={asked} is configured; resume with head={network['heads']}"
         )
-    return _Setup(
-        cluster=hp["cluster"],
-        clusters_path=(hp.get("source") or {}).get("clusters"),
-        window=int(hp["window_size"]),
-        anchor_len=int(hp["scaler"].get("anchor_len", ANCHOR_LEN)),
-        model_kw=hp["model"],
-        sde_kw=hp["sde"],
-        loss_kw=hp.get("loss"),
-        heads=heads,
-        pred_kw=hp.get("predictive"),
-        hp=hp,
-    )
+    clusters_path = (hp.get("source") or {}).get("clusters")
+    return _Setup(network, clusters_path, int(hp["scaler"].get("anchor_len", ANCHOR_LEN)), hp)
 
 
 def _anchor_len(cfg: DictConfig, cluster: dict[str, Any], data: dict[str, Any]) -> int:
@@ -462,16 +464,13 @@ def _anchor_len(cfg: DictConfig, cluster: dict[str, Any], data: dict[str, Any]) 
 def _datamodule(cfg: DictConfig, panel, setup: _Setup):
     from mamba_denoiser.data.datamodule import ClusterDataModule
 
+    loader = ("stride", "val_stride", "batch_size", "num_workers", "min_observed_frac")
     dm = ClusterDataModule(
         panel,
         setup.cluster["features"],
         window_size=setup.window,
-        stride=cfg.stride,
-        val_stride=cfg.val_stride,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        min_observed_frac=cfg.min_observed_frac,
         anchor_len=setup.anchor_len,
+        **{k: cfg[k] for k in loader},
     )
     key = dm.fitted.differs_from(setup.hp["scaler"]) if setup.hp is not None else None
     if key:
@@ -493,17 +492,11 @@ def _module(cfg: DictConfig, panel, setup: _Setup, dm):
             noise_sigma_window_units(panel, setup.cluster["features"], dm)
         )
     return DenoiserModule(
-        cluster=setup.cluster,
-        window_size=setup.window,
+        **setup.network,
         scaler=dm.scaler,
-        model=setup.model_kw,
-        sde=setup.sde_kw,
-        loss=setup.loss_kw,
+        noise_sigma=noise_sigma,
         compile=cfg.compile,
         source={**panel.summary(), "clusters": setup.clusters_path},
-        heads=setup.heads,
-        predictive=setup.pred_kw,
-        noise_sigma=noise_sigma,
         t_sampling=t_sampling,
         **to_dict(cfg.optim),
     )
@@ -706,7 +699,7 @@ def run_train(cfg: DictConfig) -> float:
             strategy=cluster["strategy"],
             n_features=len(cluster["features"]),
             features=list(cluster["features"]),
-            direction=setup.model_kw.get("direction", "causal"),
+            direction=setup.network["model"].get("direction", "causal"),
             heads=setup.heads,
         )
         L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -32,11 +32,18 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+from torch import Tensor
 
 from mamba_denoiser.diffusion import predictive as pred
 from mamba_denoiser.errors import NonFiniteLossError
-from mamba_denoiser.network import HEADS, PREDICTIVE_DEFAULTS, NetworkMixin  # noqa: F401
-from mamba_denoiser.vocabulary import WINDOW_SIZE
+from mamba_denoiser.network import (  # noqa: F401
+    HEADS,
+    PREDICTIVE_DEFAULTS,
+    NetworkMixin,
+    network_defaults,
+)
+
+Loss = tuple[Tensor, dict[str, Tensor]]  # (the loss to minimise, the terms to log)
 
 # t_sampling defaults: a checkpoint without the key was trained with uniform t; the
 # configs (conf/train.yaml) choose lognormal.
@@ -56,12 +63,6 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
     def __init__(
         self,
         *,
-        cluster: dict[str, Any],  # {id, type, strategy, features}
-        window_size: int = WINDOW_SIZE,
-        scaler: dict[str, Any] | None = None,  # train-split {mean, std, window_scale, anchor_len}
-        model: dict[str, Any] | None = None,  # MultivariateMambaDenoiser kwargs
-        sde: dict[str, Any] | None = None,  # VPSDE kwargs
-        loss: dict[str, Any] | None = None,  # DenoisingLoss kwargs (strategy, weights)
         lr: float = 1e-4,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -69,34 +70,24 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
         min_lr_ratio: float = 0.05,
         compile: bool = False,
         source: dict[str, Any] | None = None,  # data provenance (path, sha256, split)
-        heads: str = "diffusion",  # diffusion | predictive | both
-        predictive: dict[str, Any] | None = None,  # {n_components, weight, var_floor}
-        noise_sigma: list[float] | None = None,  # (F,) window units; needed by the NLL
         t_sampling: dict[str, Any] | None = None,  # how training draws t (sample_t)
+        **network: Any,  # the network's: NetworkMixin._build_network (cluster, window_size, ...)
     ):
         super().__init__()
         # Not sent to the loggers as-is (the scaler alone is hundreds of numbers): train.py
         # logs a flat, comparable summary with the final metrics to TensorBoard's HPARAMS.
         self.save_hyperparameters(logger=False)
+        # every network argument in the checkpoint, defaults included: denoising reads them
+        self.hparams.update({k: v for k, v in network_defaults().items() if k not in network})
         # model, noise_sigma_w, anchor_len, sde, heads, predictive, strategy, use_mask: built
         # as ClusterNetwork builds them (network.py), so denoising needs no Lightning
-        self.loss_fn = self._build_network(
-            cluster=cluster,
-            window_size=window_size,
-            scaler=scaler,
-            model=model,
-            sde=sde,
-            loss=loss,
-            heads=heads,
-            predictive=predictive,
-            noise_sigma=noise_sigma,
-        )
+        self.loss_fn = self._build_network(**network)
         self.t_sampling = {**T_SAMPLING_DEFAULTS, **(t_sampling or {})}
         if self.t_sampling["kind"] not in ("uniform", "lognormal"):
             raise ValueError(
                 f"t_sampling.kind={self.t_sampling['kind']!r}: choose uniform or lognormal"
             )
-        if self.t_sampling["kind"] == "lognormal" and noise_sigma is None:
+        if self.t_sampling["kind"] == "lognormal" and network.get("noise_sigma") is None:
             raise ValueError("t_sampling.kind=lognormal needs noise_sigma (window units)")
 
     # ---- where training spends its steps -----------------------------------------------
@@ -129,12 +120,8 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
 
     # ---- the diffusion training objective -------------------------------------------
     def diffusion_loss(
-        self,
-        x0: torch.Tensor,
-        mask: torch.Tensor,
-        t: torch.Tensor | None = None,
-        eps: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, x0: Tensor, mask: Tensor, t: Tensor | None = None, eps: Tensor | None = None
+    ) -> Loss:
         """ε-prediction loss on observed positions of x0 (B, L, F) at random or given t (B,)."""
         if t is None:
             t = self.sample_t(x0.shape[0]).to(x0.device)
@@ -164,7 +151,7 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
     # ---- the predictive objective (predict_mixture: NetworkMixin) -----------------------
     def predictive_loss(
         self, y: torch.Tensor, mask: torch.Tensor, mixture=None, *, with_sure: bool = False
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> Loss:
         """Per-cell mean NLL of observed y (B, L, F) under the one-step mixture (computed
         here unless given); ``with_sure`` adds the SURE terms of the closed-form denoiser."""
         mixture = self.predict_mixture(y, mask) if mixture is None else mixture
@@ -186,12 +173,8 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
         return nll, terms
 
     def joint_loss(
-        self,
-        x0: torch.Tensor,
-        mask: torch.Tensor,
-        t: torch.Tensor | None = None,
-        eps: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, x0: Tensor, mask: Tensor, t: Tensor | None = None, eps: Tensor | None = None
+    ) -> Loss:
         """heads="both": the first ceil(B/2) windows get the diffusion loss at t (random if
         None; shape (ceil(B/2),)), the rest the predictive NLL, in one backbone pass."""
         n_d = (x0.shape[0] + 1) // 2

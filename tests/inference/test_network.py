@@ -106,14 +106,21 @@ def test_loaded_network_computes_the_training_modules_numbers(
 
 
 def test_network_takes_the_training_modules_arguments():
-    """ClusterNetwork's arguments + the training-only ones are DenoiserModule's, so every
-    checkpoint train.py writes loads (and an unknown key still fails)."""
+    """DenoiserModule's own arguments are the training-only ones; the rest are the
+    network's (NetworkMixin._build_network), so every checkpoint train.py writes loads into
+    ClusterNetwork, with every network argument recorded (an unknown key still fails)."""
+    from mamba_denoiser.network import NetworkMixin, network_defaults
     from mamba_denoiser.training import DenoiserModule
 
-    def params(cls):
-        return set(inspect.signature(cls.__init__).parameters) - {"self"}
-
-    assert params(DenoiserModule) == params(ClusterNetwork) | set(TRAINING_ONLY)
-    assert not params(ClusterNetwork) & set(TRAINING_ONLY)
+    own = inspect.signature(DenoiserModule.__init__).parameters
+    assert {k for k, p in own.items() if p.kind is p.KEYWORD_ONLY} == set(TRAINING_ONLY)
+    network = set(inspect.signature(NetworkMixin._build_network).parameters) - {"self"}
+    assert not network & set(TRAINING_ONLY)
+    module = _module("diffusion", "causal", use_mask=False, loss=None)
+    assert set(module.hparams) == network | set(TRAINING_ONLY)
+    assert module.hparams["predictive"] is None and module.hparams["noise_sigma"] is None
+    assert set(network_defaults()) == network - {"cluster"}
     with pytest.raises(TypeError):
         ClusterNetwork.from_hparams({"cluster": CLUSTER, "not_an_option": 1})
+    with pytest.raises(TypeError):
+        DenoiserModule(cluster=CLUSTER, not_an_option=1)

@@ -39,7 +39,7 @@ def test_bimamba_stacked_scan_equals_two_separate_scans():
     torch.manual_seed(0)
     block = BiMambaBlock(d_model=8, d_state=4, backend="fused")
     x = torch.randn(2, 9, 8)
-    xs, z = block.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner)
+    xs, z = block.mixer.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner)
 
     def direction(ssm, xs, z):  # one direction on its own, with the reference scan
         u, delta, B, C = ssm(xs)
@@ -57,9 +57,9 @@ def test_bimamba_stacked_scan_equals_two_separate_scans():
         )
         return rearrange(y, "b d l -> b l d")
 
-    y_f = direction(block.fwd, xs, z)
-    y_b = direction(block.bwd, xs.flip(1), z.flip(1)).flip(1)
-    expected = block.out_proj(0.5 * (y_f + y_b))
+    y_f = direction(block.mixer.ssm, xs, z)
+    y_b = direction(block.mixer.ssm_bwd, xs.flip(1), z.flip(1)).flip(1)
+    expected = block.mixer.out_proj(0.5 * (y_f + y_b))
     torch.testing.assert_close(block.mix(x), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -86,9 +86,28 @@ def test_directions_have_their_own_parameters():
     own |= {"A_log", "D"}
     names = {n for n, _ in block.named_parameters()}
     for name in own:
-        assert f"fwd.{name}" in names and f"bwd.{name}" in names
-    assert block.fwd.x_proj.weight is not block.bwd.x_proj.weight
-    assert "in_proj.weight" in names and "out_proj.weight" in names  # shared
+        assert f"mixer.ssm.{name}" in names and f"mixer.ssm_bwd.{name}" in names
+    assert block.mixer.ssm.x_proj.weight is not block.mixer.ssm_bwd.x_proj.weight
+    assert "mixer.in_proj.weight" in names and "mixer.out_proj.weight" in names  # shared
+
+
+def test_bimamba_loads_a_state_dict_of_the_old_layout():
+    """Checkpoints written when BiMambaBlock held in_proj / fwd / bwd / out_proj itself."""
+    torch.manual_seed(0)
+    block = BiMambaBlock(d_model=8, d_state=4, cond_dim=6)
+    torch.nn.init.normal_(block.adaLN.proj.weight)
+    old = {
+        k.replace("mixer.ssm_bwd.", "bwd.").replace("mixer.ssm.", "fwd.").replace("mixer.", ""): v
+        for k, v in block.state_dict().items()
+    }
+    assert "fwd.A_log" in old and "in_proj.weight" in old and "bwd.D" in old
+    torch.manual_seed(1)
+    fresh = BiMambaBlock(d_model=8, d_state=4, cond_dim=6)
+    fresh.load_state_dict(old)  # strict: every key lands
+    x, c = torch.randn(2, 7, 8), torch.randn(2, 6)
+    assert torch.equal(fresh(x, c), block(x, c))
+    with pytest.raises(ValueError, match="cannot stream"):
+        block.mixer(x, return_state=True)
 
 
 @pytest.mark.parametrize("cls", [BiMambaBlock, MambaBlock])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mamba_denoiser.errors import ClustersError
+from mamba_denoiser.io import existing_file
 from mamba_denoiser.vocabulary import CLUSTER_TYPES, STRATEGY_DESCRIPTION
 
 SCHEMA_VERSION = 1
@@ -103,16 +104,13 @@ def build_document(
 
 
 def load_clusters(path: str | Path) -> Clusters:
-    path = Path(path)
-    if not path.exists():
-        raise ClustersError(
-            f"{path}: clusters file not found. Run `python cluster.py` first, or pass "
-            "clusters=/path/to/clusters.json."
-        )
-    if path.is_dir():
-        raise ClustersError(
-            f"{path}: is a directory; pass the file, clusters={path / 'clusters.json'}"
-        )
+    path = existing_file(
+        path,
+        ClustersError,
+        missing="clusters file not found. Run `python cluster.py` first, or pass "
+        "clusters=/path/to/clusters.json.",
+        directory=f"is a directory; pass the file, clusters={Path(path) / 'clusters.json'}",
+    )
     try:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mamba_denoiser.errors import PanelError
+from mamba_denoiser.io import existing_file
 from mamba_denoiser.vocabulary import ID_COL, TARGETS, WINDOW_SIZE
 
 log = logging.getLogger(__name__)
@@ -172,27 +173,16 @@ def _rows_needed(split: SplitSpec, window: int, min_train_obs: int) -> int:
     return n
 
 
-def load_panel(
-    path: str | Path,
-    *,
-    id_col: str = ID_COL,
-    targets: Sequence[str] = TARGETS,
-    exclude: Sequence[str] = (),
-    split: SplitSpec | None = None,
-    window_size: int = WINDOW_SIZE,
-    min_train_obs: int | None = None,
-    max_discrete_values: int = 5,
-    interior_gaps: str = "mask",
-) -> Panel:
-    """Read a wide CSV and validate it (see `panel_from_frame` for the rules)."""
-    path = Path(path)
-    if not path.exists():
-        raise PanelError(
-            f"{path}: file not found. Pass an existing CSV with data.path=..., "
-            "or use the built-in default data (data=synthetic)."
-        )
-    if path.is_dir():
-        raise PanelError(f"{path}: is a directory, expected a CSV file (data.path=FILE.csv)")
+def load_panel(path: str | Path, **options) -> Panel:
+    """Read a wide CSV and validate it: ``options`` are `panel_from_frame`'s (id_col,
+    targets, exclude, split, window_size, ...), and so are the rules."""
+    path = existing_file(
+        path,
+        PanelError,
+        missing="file not found. Pass an existing CSV with data.path=..., "
+        "or use the built-in default data (data=synthetic).",
+        directory="is a directory, expected a CSV file (data.path=FILE.csv)",
+    )
     if path.stat().st_size == 0:
         raise PanelError(f"{path}: file is empty; expected a CSV with a header row and data rows")
     try:
@@ -210,19 +200,7 @@ def load_panel(
             f"{path}: could not parse as CSV ({why}); pass a comma-separated text file with "
             "a header row (data.path=FILE.csv)"
         ) from e
-    return panel_from_frame(
-        frame,
-        source=str(path),
-        sha256=file_sha256(path),
-        id_col=id_col,
-        targets=targets,
-        exclude=exclude,
-        split=split,
-        window_size=window_size,
-        min_train_obs=min_train_obs,
-        max_discrete_values=max_discrete_values,
-        interior_gaps=interior_gaps,
-    )
+    return panel_from_frame(frame, source=str(path), sha256=file_sha256(path), **options)
 
 
 def _clean_columns(frame: pd.DataFrame, where: str) -> pd.DataFrame:

@@ -289,21 +289,12 @@ def make_synthetic_panel(
     )
 
 
-def write_default_csv(
-    path: str | Path,
-    n_rows: int = 9000,
-    seed: int = 0,
-    *,
-    noise_scale: float = 1.0,
-    noise_dist: str = "mixed",
-) -> Path:
-    """Write ``make_synthetic_panel(...).frame`` to ``path`` (CSV, no index)."""
+def write_default_csv(path: str | Path, **knobs) -> Path:
+    """Write ``make_synthetic_panel(**knobs).frame`` to ``path`` (CSV, no index); knobs:
+    n_rows, seed, noise_scale, noise_dist."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sp = make_synthetic_panel(
-        n_rows=n_rows, seed=seed, noise_scale=noise_scale, noise_dist=noise_dist
-    )
-    sp.frame.to_csv(path, index=False)
+    make_synthetic_panel(**knobs).frame.to_csv(path, index=False)
     return path
 
 

@@ -280,6 +280,19 @@ def _prepare(y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return torch.where(mask, y, torch.zeros((), device=y.device)), mask
 
 
+def _prepare_with_sigma(y: torch.Tensor, mask: torch.Tensor, sigma):
+    """``_prepare``'s (y0, mask) and sigma as an (F,) float64 tensor, every entry finite
+    and >= 0 (the posterior means need a known noise level for every feature)."""
+    y0, mask = _prepare(y, mask)
+    sigma = _sigma_tensor(sigma, n_features=y0.shape[-1])
+    if not (torch.isfinite(sigma) & (sigma >= 0)).all():
+        raise ValueError(
+            "sigma must be finite and >= 0 for every feature; pass features with unknown "
+            "sigma through unchanged (see resolvable())"
+        )
+    return y0, mask, sigma
+
+
 def _eps(
     eps_fn: EpsFn, x: torch.Tensor, t: int, mask: torch.Tensor, max_batch: int | None
 ) -> torch.Tensor:
@@ -356,14 +369,8 @@ def posterior_mean(
     t = _check_t(sde, t, "t")
     if n_draws < 1 or (return_std and n_draws < 2):
         raise ValueError(f"n_draws must be >= 1 (>= 2 with return_std), got {n_draws}")
-    y0, mask = _prepare(y, mask)
+    y0, mask, sigma = _prepare_with_sigma(y, mask, sigma)
     B, L, F = y0.shape
-    sigma = _sigma_tensor(sigma, n_features=F)
-    if not (torch.isfinite(sigma) & (sigma >= 0)).all():
-        raise ValueError(
-            "sigma must be finite and >= 0 for every feature; pass features with unknown "
-            "sigma through unchanged (see resolvable())"
-        )
     a = float(sde.alpha_bar(t))
     # the Tweedie factor (ᾱσ² + 1 - ᾱ) / √(1-ᾱ), per feature; float64 for ᾱ near 1
     k = ((a * sigma**2 + 1 - a) / math.sqrt(1 - a)).to(device=y0.device, dtype=torch.float32)
@@ -418,14 +425,7 @@ def posterior_mean_n2s(
     t_ref = None if t_ref is None else _check_t(sde, t_ref, "t_ref")
     if constant not in N2S_CONSTANTS:
         raise ValueError(f"unknown constant {constant!r}; choose one of {N2S_CONSTANTS}")
-    y0, mask = _prepare(y, mask)
-    B, L, F = y0.shape
-    sigma = _sigma_tensor(sigma, n_features=F)
-    if not (torch.isfinite(sigma) & (sigma >= 0)).all():
-        raise ValueError(
-            "sigma must be finite and >= 0 for every feature; pass features with unknown "
-            "sigma through unchanged (see resolvable())"
-        )
+    y0, mask, sigma = _prepare_with_sigma(y, mask, sigma)
     var = sigma**2  # (F,) float64
     tau = diffusion_noise(sde).cpu()  # float64 from the float32 ᾱ the network was trained on
 

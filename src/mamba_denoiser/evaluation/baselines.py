@@ -565,53 +565,29 @@ def _fit_hp(z, observed, noise_var):
 
 # --- registry ---------------------------------------------------------------------------
 
+
+def _tuned_filter(fit, causal, two_sided, gain) -> BaselineSpec:
+    """A linear filter whose one knob is tuned by SURE on the train rows: it needs the
+    noise variance, and a gap-free series (its recursion or convolution cannot skip NaN)."""
+    return BaselineSpec(fit, causal, two_sided, fill_gaps=True, needs_noise_var=True, gain=gain)
+
+
+def _state_space(kind: str) -> BaselineSpec:
+    """A statsmodels state-space model fitted by MLE: it estimates its own noise variance
+    and runs through gaps (the Kalman recursion skips unobserved rows)."""
+    return BaselineSpec(
+        fit=_fit_kalman(kind),
+        causal=_kalman_run(kind, smooth=False),
+        two_sided=_kalman_run(kind, smooth=True),
+        fill_gaps=False,
+        needs_noise_var=False,
+        gain=_kalman_gain(kind),
+    )
+
+
 BASELINES: dict[str, BaselineSpec] = {
-    "ema": BaselineSpec(
-        fit=_fit_ema,
-        causal=lambda z, p: _ema(z, p["alpha"]),
-        two_sided=None,
-        fill_gaps=True,
-        needs_noise_var=True,
-        gain=_ema_gain,
-    ),
-    "kalman_level": BaselineSpec(
-        fit=_fit_kalman("kalman_level"),
-        causal=_kalman_run("kalman_level", smooth=False),
-        two_sided=_kalman_run("kalman_level", smooth=True),
-        fill_gaps=False,
-        needs_noise_var=False,
-        gain=_kalman_gain("kalman_level"),
-    ),
-    "kalman_ar1": BaselineSpec(
-        fit=_fit_kalman("kalman_ar1"),
-        causal=_kalman_run("kalman_ar1", smooth=False),
-        two_sided=_kalman_run("kalman_ar1", smooth=True),
-        fill_gaps=False,
-        needs_noise_var=False,
-        gain=_kalman_gain("kalman_ar1"),
-    ),
-    "kalman_ari1": BaselineSpec(
-        fit=_fit_kalman("kalman_ari1"),
-        causal=_kalman_run("kalman_ari1", smooth=False),
-        two_sided=_kalman_run("kalman_ari1", smooth=True),
-        fill_gaps=False,
-        needs_noise_var=False,
-        gain=_kalman_gain("kalman_ari1"),
-    ),
-    "savgol": BaselineSpec(
-        fit=_fit_savgol,
-        causal=_savgol_causal,
-        two_sided=_savgol_two_sided,
-        fill_gaps=True,
-        needs_noise_var=True,
-        gain=_savgol_gain,
-    ),
-    "hp": BaselineSpec(
-        fit=_fit_hp,
-        causal=_hp_causal,
-        two_sided=_hp_two_sided,
-        fill_gaps=True,
-        needs_noise_var=True,
-        gain=_hp_gain,
-    ),
+    "ema": _tuned_filter(_fit_ema, lambda z, p: _ema(z, p["alpha"]), None, _ema_gain),
+    **{kind: _state_space(kind) for kind in ("kalman_level", "kalman_ar1", "kalman_ari1")},
+    "savgol": _tuned_filter(_fit_savgol, _savgol_causal, _savgol_two_sided, _savgol_gain),
+    "hp": _tuned_filter(_fit_hp, _hp_causal, _hp_two_sided, _hp_gain),
 }

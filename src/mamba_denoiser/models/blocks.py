@@ -5,21 +5,19 @@ Both are pre-norm residual blocks, x + mixer(norm(x)). Given a conditioning vect
 parameters and c produces (shift, scale, gate), x + gate · mixer(norm(x) · (1 + scale) +
 shift), with the projection zero-initialised so every block starts as the identity.
 
-``MambaBlock`` is causal (row t sees rows <= t) and can stream: it returns and accepts the
-recurrent state of its mixer (an ``SSMState``), so a long sequence can be processed chunk by
-chunk. ``BiMambaBlock`` sees the whole sequence and cannot.
+Their mixer is a ``SelectiveSSM``: causal in ``MambaBlock``, bidirectional in
+``BiMambaBlock``. ``MambaBlock`` is causal (row t sees rows <= t) and can stream: it returns
+and accepts the recurrent state of its mixer (an ``SSMState``), so a long sequence can be
+processed chunk by chunk. ``BiMambaBlock`` sees the whole sequence and cannot.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_denoiser.models.scan import BACKENDS
-from mamba_denoiser.models.ssm import SelectiveSSM, SSMDirection, SSMState, scan_bld
+from mamba_denoiser.models.ssm import SelectiveSSM, SSMState
 
 
 class AdaLNZero(nn.Module):
@@ -41,7 +39,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class _ResidualBlock(nn.Module):
-    """Pre-norm residual wrapper; subclasses provide ``mix`` (B, L, D) -> (B, L, D)."""
+    """Pre-norm residual wrapper around a subclass's ``mixer`` (B, L, D) -> (B, L, D)."""
 
     def __init__(self, d_model: int, dropout: float = 0.0, cond_dim: int | None = None):
         super().__init__()
@@ -51,8 +49,16 @@ class _ResidualBlock(nn.Module):
         self.adaLN = AdaLNZero(cond_dim, d_model) if cond_dim is not None else None
         self.dropout = nn.Dropout(dropout)
 
+    @property
+    def backend(self) -> str:  # the scan lives in the mixer
+        return self.mixer.backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self.mixer.backend = name
+
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.mixer(x)
 
     def mixer_input(self, x: torch.Tensor, c: torch.Tensor | None):
         """(normalised, modulated input of the mixer (B, L, D), gate (B, 1, D) or None)."""
@@ -80,34 +86,15 @@ class _ResidualBlock(nn.Module):
 class MambaBlock(_ResidualBlock):
     """x + SelectiveSSM(norm(x)): causal, left-to-right only.
 
+    ``ssm``: SelectiveSSM's options (d_state, d_conv, expand, dt_rank, ..., backend).
     ``forward(x, c, state=None, return_state=False)``: with ``return_state`` it returns
     (out, SSMState), the state to pass with the next chunk of the same sequence (and the
     same c). See ``SelectiveSSM`` for the backends that state passing runs on.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dropout: float = 0.0,
-        cond_dim: int | None = None,
-        backend: str = "auto",
-    ):
+    def __init__(self, d_model: int, dropout: float = 0.0, cond_dim: int | None = None, **ssm):
         super().__init__(d_model, dropout, cond_dim)
-        self.mixer = SelectiveSSM(d_model, d_state, d_conv, expand, backend=backend)
-
-    @property
-    def backend(self) -> str:  # as BiMambaBlock.backend; the scan lives in the mixer
-        return self.mixer.backend
-
-    @backend.setter
-    def backend(self, name: str) -> None:
-        self.mixer.backend = name
-
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mixer(x)
+        self.mixer = SelectiveSSM(d_model, **ssm)
 
     def forward(
         self,
@@ -129,54 +116,29 @@ class MambaBlock(_ResidualBlock):
 
 
 class BiMambaBlock(_ResidualBlock):
-    """Bidirectional Mamba block (Vim-v2 / Caduceus style).
+    """x + SelectiveSSM(norm(x), bidirectional): sees the whole sequence (Vim-v2 / Caduceus).
 
-    One shared in_proj -> (x, z) and out_proj; the forward and backward directions each
-    have their own conv1d, x_proj, dt_proj, A_log and D. The backward direction scans the
-    time-reversed sequence. Both scans run as ONE selective_scan call: the directions are
-    stacked as channels (2 · d_inner) with one B/C group each. The two outputs, each gated
-    by SiLU(z) at its own time step, are averaged before out_proj.
+    ``ssm``: SelectiveSSM's options. The mixer's two directions share in_proj and out_proj
+    and run as one stacked scan; see ``SelectiveSSM``.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: int | str = "auto",
-        dropout: float = 0.0,
-        cond_dim: int | None = None,
-        bias: bool = False,
-        backend: str = "auto",
-    ):
-        super().__init__(d_model, dropout, cond_dim)
-        if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"unknown scan backend {backend!r}; choose one of {BACKENDS}")
-        self.backend = backend
-        self.d_inner = expand * d_model
-        dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self.fwd = SSMDirection(self.d_inner, d_state, d_conv, dt_rank)
-        self.bwd = SSMDirection(self.d_inner, d_state, d_conv, dt_rank)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+    # parameter names before the mixer moved into SelectiveSSM: old checkpoints still load
+    _RENAMED = {
+        "in_proj.": "mixer.in_proj.",
+        "fwd.": "mixer.ssm.",
+        "bwd.": "mixer.ssm_bwd.",
+        "out_proj.": "mixer.out_proj.",
+    }
 
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner) each
-        u_f, delta_f, B_f, C_f = self.fwd(x)
-        u_b, delta_b, B_b, C_b = self.bwd(x.flip(1))  # everything of bwd is in reversed time
-        y = scan_bld(
-            torch.cat([u_f, u_b], dim=-1),  # (b, l, 2 d_inner)
-            torch.cat([delta_f, delta_b], dim=-1),
-            torch.cat([self.fwd.A, self.bwd.A], dim=0),  # (2 d_inner, n)
-            torch.stack([B_f, B_b], dim=2),  # (b, l, 2, n): group g serves direction g
-            torch.stack([C_f, C_b], dim=2),
-            torch.cat([self.fwd.D, self.bwd.D]).float(),
-            z=torch.cat([z, z.flip(1)], dim=-1),
-            delta_bias=torch.cat([self.fwd.dt_proj.bias, self.bwd.dt_proj.bias]).float(),
-            delta_softplus=True,
-            backend=self.backend,
-        )
-        y_f, y_b = y.chunk(2, dim=-1)
-        y = 0.5 * (y_f + y_b.flip(1))  # back to forward time, then average  (b, l, d_inner)
-        return self.out_proj(y)
+    def __init__(self, d_model: int, dropout: float = 0.0, cond_dim: int | None = None, **ssm):
+        super().__init__(d_model, dropout, cond_dim)
+        self.mixer = SelectiveSSM(d_model, bidirectional=True, **ssm)
+        self.register_load_state_dict_pre_hook(_rename_keys)
+
+
+def _rename_keys(module, state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        name = key[len(prefix) :]
+        for old, new in module._RENAMED.items():
+            if name.startswith(old):
+                state_dict[prefix + new + name[len(old) :]] = state_dict.pop(key)

@@ -1,10 +1,11 @@
 """Selective state-space layer (Mamba-1): the modules around the selective scan.
 
-``SelectiveSSM`` is the Mamba-1 mixer; ``SSMDirection`` its per-direction part (causal
-depthwise conv, SiLU, the selective projections x -> (Δ, B, C), A and D), which
-``BiMambaBlock`` uses twice; ``SSMState`` the recurrent state for streaming. They work in
-(batch, L, channels) layout end to end: ``causal_conv1d`` is the depthwise conv in that
-layout, and ``scan_bld`` runs ``models.scan.selective_scan`` on (batch, L, ·) views.
+``SelectiveSSM`` is the Mamba-1 mixer, causal or bidirectional; ``SSMDirection`` its
+per-direction part (causal depthwise conv, SiLU, the selective projections x -> (Δ, B, C),
+A and D), which a bidirectional mixer has twice; ``SSMState`` the recurrent state for
+streaming. They work in (batch, L, channels) layout end to end: ``causal_conv1d`` is the
+depthwise conv in that layout, and ``scan_bld`` runs ``models.scan.selective_scan`` on
+(batch, L, ·) views.
 ``init_dt_proj`` is mamba-ssm's Δ initialisation.
 
 The scan itself, its recurrence, argument conventions and backends (reference, fused,
@@ -14,6 +15,7 @@ triton, mamba_ssm) are in ``mamba_denoiser.models.scan``.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -136,8 +138,8 @@ class SSMDirection(nn.Module):
     """The per-direction part of a Mamba mixer.
 
     Causal depthwise conv on x, SiLU, the selective projections x -> (Δ, B, C), and the
-    diagonal state matrix A = -exp(A_log) with skip D. ``SelectiveSSM`` has one;
-    ``BiMambaBlock`` has two (forward and time-reversed). Parameter names and shapes are
+    diagonal state matrix A = -exp(A_log) with skip D. ``SelectiveSSM`` has one, or two
+    when bidirectional (forward and time-reversed). Parameter names and shapes are
     mamba-ssm's (conv1d.weight is (d, 1, k)); the conv itself runs as ``causal_conv1d``.
     """
 
@@ -176,6 +178,12 @@ class SSMDirection(nn.Module):
     @property
     def A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())  # (d, n)
+
+    def scan(self, u, delta, B, C, *, z, backend: str, **state):
+        """``scan_bld`` of this direction's forward outputs with its A, D and Δ-bias
+        (softplus Δ), gated by SiLU(z); ``state``: h0 / return_last_state."""
+        D, bias = self.D.float(), self.dt_proj.bias.float()
+        return scan_bld(u, delta, self.A, B, C, D, z=z, delta_bias=bias, backend=backend, **state)
 
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None):
         """x: (b, l, d) -> scan inputs u (b, l, d), Δ before its bias (b, l, d), B, C (b, l, n).
@@ -221,10 +229,17 @@ class SelectiveSSM(nn.Module):
     in_proj -> (x, z); x -> causal depthwise conv -> SiLU -> selective scan with input-
     dependent Δ, B, C -> y · SiLU(z) -> out_proj. No norm or residual: see ``MambaBlock``.
 
-    Streaming: ``forward(x, state=None, return_state=True)`` also returns an ``SSMState``
-    to pass to the next chunk. State passing is for inference (the SSM state gets no
-    gradient with the fused scan) and runs on the reference or fused scan: a module built
-    with backend "triton"/"mamba_ssm" uses "fused" for it (plain torch ops, CUDA or CPU).
+    ``bidirectional`` (Vim-v2 / Caduceus style, ``BiMambaBlock``): a second direction
+    ``ssm_bwd`` with its own conv1d, x_proj, dt_proj, A_log and D scans the time-reversed
+    sequence; in_proj and out_proj are shared. Both scans run as ONE selective_scan call
+    (the directions stacked as channels, 2 · d_inner, with one B/C group each), and the two
+    outputs, each gated by SiLU(z) at its own time step, are averaged before out_proj.
+
+    Streaming (causal only): ``forward(x, state=None, return_state=True)`` also returns an
+    ``SSMState`` to pass to the next chunk. State passing is for inference (the SSM state
+    gets no gradient with the fused scan) and runs on the reference or fused scan: a
+    module built with backend "triton"/"mamba_ssm" uses "fused" for it (plain torch ops,
+    CUDA or CPU).
     """
 
     def __init__(
@@ -241,6 +256,7 @@ class SelectiveSSM(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         backend: str = "auto",
+        bidirectional: bool = False,
     ):
         super().__init__()
         self.d_model, self.d_state, self.expand = d_model, d_state, expand
@@ -248,19 +264,13 @@ class SelectiveSSM(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"unknown scan backend {backend!r}; choose one of {BACKENDS}")
-        self.backend = backend
+        self.backend, self.bidirectional = backend, bidirectional
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self.ssm = SSMDirection(
-            self.d_inner,
-            d_state,
-            d_conv,
-            self.dt_rank,
-            dt_min,
-            dt_max,
-            dt_init_floor,
-            dt_scale,
-            conv_bias,
-        )
+        dt_init = (dt_min, dt_max, dt_init_floor, dt_scale)
+        direction = partial(SSMDirection, self.d_inner, d_state, d_conv, self.dt_rank, *dt_init)
+        self.ssm = direction(conv_bias=conv_bias)
+        if bidirectional:  # before out_proj: the RNG draws the parameters in this order
+            self.ssm_bwd = direction(conv_bias=conv_bias)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor, state: SSMState | None = None, return_state: bool = False):
@@ -269,41 +279,40 @@ class SelectiveSSM(nn.Module):
         state: the SSMState returned for the previous chunk (None: start of a sequence).
         """
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner) each
+        if self.bidirectional:
+            if state is not None or return_state:
+                raise ValueError("a bidirectional mixer sees the whole sequence: it cannot stream")
+            return self.out_proj(self._both_directions(x, z))
         if state is None and not return_state:  # training: no state, no extra work
-            u, delta, B, C = self.ssm(x)
-            y = scan_bld(
-                u,
-                delta,
-                self.ssm.A,
-                B,
-                C,
-                self.ssm.D.float(),
-                z=z,
-                delta_bias=self.ssm.dt_proj.bias.float(),
-                delta_softplus=True,
-                backend=self.backend,
-            )
-            return self.out_proj(y)
+            return self.out_proj(self.ssm.scan(*self.ssm(x), z=z, backend=self.backend))
         if state is None:
             state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
         u, delta, B, C, conv_state = self.ssm(x, conv_state=state.conv)
         backend = self.backend if self.backend in ("auto", "reference", "fused") else "fused"
-        y, h = scan_bld(
-            u,
-            delta,
-            self.ssm.A,
-            B,
-            C,
-            self.ssm.D.float(),
-            z=z,
-            delta_bias=self.ssm.dt_proj.bias.float(),
-            delta_softplus=True,
-            backend=backend,
-            h0=state.ssm,
-            return_last_state=True,
+        y, h = self.ssm.scan(
+            u, delta, B, C, z=z, backend=backend, h0=state.ssm, return_last_state=True
         )
         y = self.out_proj(y)
         return (y, SSMState(conv_state, h)) if return_state else y
+
+    def _both_directions(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(b, l, d_inner) x and z -> the average of the two directions' scans (b, l, d_inner)."""
+        fwd, bwd = self.ssm, self.ssm_bwd
+        u_f, delta_f, B_f, C_f = fwd(x)
+        u_b, delta_b, B_b, C_b = bwd(x.flip(1))  # everything of bwd is in reversed time
+        y = scan_bld(
+            torch.cat([u_f, u_b], dim=-1),  # (b, l, 2 d_inner)
+            torch.cat([delta_f, delta_b], dim=-1),
+            torch.cat([fwd.A, bwd.A], dim=0),  # (2 d_inner, n)
+            torch.stack([B_f, B_b], dim=2),  # (b, l, 2, n): group g serves direction g
+            torch.stack([C_f, C_b], dim=2),
+            torch.cat([fwd.D, bwd.D]).float(),
+            z=torch.cat([z, z.flip(1)], dim=-1),
+            delta_bias=torch.cat([fwd.dt_proj.bias, bwd.dt_proj.bias]).float(),
+            backend=self.backend,
+        )
+        y_f, y_b = y.chunk(2, dim=-1)
+        return 0.5 * (y_f + y_b.flip(1))  # back to forward time, then average
 
     def initial_state(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None

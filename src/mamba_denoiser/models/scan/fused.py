@@ -296,19 +296,12 @@ class _FusedSelectiveScan(torch.autograd.Function):
 # compiles the projections, convolution and norms around it.
 @torch.compiler.disable
 def selective_scan_fused(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    delta_bias=None,
-    delta_softplus=False,
-    h0=None,
-    return_last_state=False,
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, *, h0=None, return_last_state=False
 ):
-    """h0 (b, d, n): the state before the first step (default 0), a constant here: its
+    """The fused backend of ``selective_scan`` (dispatch.py, where the optional inputs'
+    defaults live): every input is given, None for an absent D / z / delta_bias.
+
+    h0 (b, d, n): the state before the first step (default 0), a constant here: its
     gradient is not computed. With ``return_last_state`` returns (out, h_L), h_L (b, d, n)
     float32 without gradient. Gradients of all other inputs are exact given h0."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, h0)

@@ -19,6 +19,7 @@ On a machine without a GPU the kernels can still be run by Triton's interpreter
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import torch
 
@@ -44,39 +45,9 @@ if HAS_TRITON:
         return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
     @triton.jit
-    def _fwd_kernel(
-        u_ptr,
-        delta_ptr,
-        A_ptr,
-        B_ptr,
-        C_ptr,
-        D_ptr,
-        z_ptr,
-        bias_ptr,
-        out_ptr,
-        ckpt_ptr,
-        L,
-        G,
-        Dg,
-        N,
-        n_dblocks,
-        n_chunks,
-        CHUNK,
-        s_b,
-        s_d,
-        s_l,
-        s_Bb,
-        s_Bg,
-        s_Bn,
-        s_Bl,
-        HAS_D: tl.constexpr,
-        HAS_Z: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr,
-        SAVE_CKPT: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
+    def _program(G, Dg, N, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        # this program's (batch · group, block of channels): its batch row b, group g,
+        # channels (global index offs_d) and state indices, with their masks
         pid_bg = tl.program_id(0)
         pid_d = tl.program_id(1)
         b = pid_bg // G
@@ -87,43 +58,31 @@ if HAS_TRITON:
         offs_n = tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         mask_dn = mask_d[:, None] & mask_n[None, :]
-
-        A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
-        A2 = A2 * 1.4426950408889634  # exp(ΔA) = exp2(ΔA log2 e)
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-        row = b * s_b + offs_d * s_d  # (b, d, t) lives at row + t * s_l
-        brow = b * s_Bb + g * s_Bg + offs_n * s_Bn  # (b, g, n, t) lives at brow + t * s_Bl
-        tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
-        ckpt_base = (pid_bg * n_dblocks + pid_d) * n_chunks * BLOCK_D * BLOCK_N
-
-        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-        for t in range(L):
-            if SAVE_CKPT:
-                if t % CHUNK == 0:
-                    tl.store(ckpt_ptr + ckpt_base + (t // CHUNK) * BLOCK_D * BLOCK_N + tile, h)
-            u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
-            dt = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
-            if HAS_BIAS:
-                dt = dt + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
-            Ct = tl.load(C_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
-            dA = tl.exp2(dt[:, None] * A2)
-            h = dA * h + (dt * u)[:, None] * Bt[None, :]
-            y = tl.sum(h * Ct[None, :], axis=1)
-            if HAS_D:
-                y = y + Dv * u
-            if HAS_Z:
-                zt = tl.load(z_ptr + row + t * s_l, mask=mask_d, other=0.0)
-                y = y * zt * tl.sigmoid(zt)
-            tl.store(out_ptr + row + t * s_l, y, mask=mask_d)
+        return pid_bg, pid_d, b, g, offs_d, offs_n, mask_d, mask_n, mask_dn
 
     @triton.jit
-    def _bwd_load_params(
+    def _addresses(
+        b,
+        g,
+        offs_d,
+        offs_n,
+        s_b,
+        s_d,
+        s_Bb,
+        s_Bg,
+        s_Bn,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        # where the program's (b, d, t) values live (row + t * s_l), its (b, g, n, t) ones
+        # (brow + t * s_Bl), and its (BLOCK_D, BLOCK_N) state tile in a state buffer
+        row = b * s_b + offs_d * s_d
+        brow = b * s_Bb + g * s_Bg + offs_n * s_Bn
+        tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
+        return row, brow, tile
+
+    @triton.jit
+    def _load_params(
         A_ptr,
         D_ptr,
         bias_ptr,
@@ -135,8 +94,9 @@ if HAS_TRITON:
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
     ):
-        # backward, setup: this program's A (also pre-scaled by log2 e), D and Δ-bias; an absent
-        # D / Δ-bias is a 0.0 placeholder that is never read (HAS_D / HAS_BIAS guard every use)
+        # this program's A (also pre-scaled by log2 e: exp(ΔA) = exp2(ΔA log2 e)), D and
+        # Δ-bias; an absent D / Δ-bias is a 0.0 placeholder that is never read (HAS_D /
+        # HAS_BIAS guard every use)
         A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
         A2 = A * 1.4426950408889634
         if HAS_D:
@@ -150,13 +110,74 @@ if HAS_TRITON:
         return A, A2, Dv, bias
 
     @triton.jit
+    def _step_inputs(
+        u_ptr, delta_ptr, B_ptr, at, bias, t, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr
+    ):
+        # what every step of the recursion reads at time t: u, Δ + bias before and after the
+        # softplus, and B_t
+        row, brow, _, s_l, s_Bl, mask_d, mask_n = at
+        u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
+        dt_raw = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias
+        if SOFTPLUS:
+            dt = _softplus(dt_raw)
+        else:
+            dt = dt_raw
+        Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+        return u, dt_raw, dt, Bt
+
+    # The kernels' arguments, one group a line; ruff would put each on a line of its own.
+    # fmt: off
+    @triton.jit
+    def _fwd_kernel(
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,  # inputs
+        out_ptr, ckpt_ptr,  # the output and the chunk-start states
+        L, G, Dg, N, n_dblocks, n_chunks, CHUNK,  # sizes
+        s_b, s_d, s_l, s_Bb, s_Bg, s_Bn, s_Bl,  # strides of (b, d, l) and (b, g, n, l)
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, SAVE_CKPT: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        pid_bg, pid_d, b, g, offs_d, offs_n, mask_d, mask_n, mask_dn = _program(
+            G, Dg, N, BLOCK_D, BLOCK_N
+        )
+        A, A2, Dv, bias = _load_params(
+            A_ptr, D_ptr, bias_ptr, offs_d, offs_n, N, mask_d, mask_dn, HAS_D, HAS_BIAS
+        )
+        row, brow, tile = _addresses(
+            b, g, offs_d, offs_n, s_b, s_d, s_Bb, s_Bg, s_Bn, BLOCK_D, BLOCK_N
+        )
+        at = (row, brow, 0, s_l, s_Bl, mask_d, mask_n)  # no B/C partials in the forward
+        ckpt_base = (pid_bg * n_dblocks + pid_d) * n_chunks * BLOCK_D * BLOCK_N
+
+        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        for t in range(L):
+            if SAVE_CKPT:
+                if t % CHUNK == 0:
+                    tl.store(ckpt_ptr + ckpt_base + (t // CHUNK) * BLOCK_D * BLOCK_N + tile, h)
+            u, dt_raw, dt, Bt = _step_inputs(
+                u_ptr, delta_ptr, B_ptr, at, bias, t, HAS_BIAS, SOFTPLUS
+            )
+            Ct = tl.load(C_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+            dA = tl.exp2(dt[:, None] * A2)
+            h = dA * h + (dt * u)[:, None] * Bt[None, :]
+            y = tl.sum(h * Ct[None, :], axis=1)
+            if HAS_D:
+                y = y + Dv * u
+            if HAS_Z:
+                zt = tl.load(z_ptr + row + t * s_l, mask=mask_d, other=0.0)
+                y = y * zt * tl.sigmoid(zt)
+            tl.store(out_ptr + row + t * s_l, y, mask=mask_d)
+    # fmt: on
+
+    @triton.jit
     def _bwd_recompute_chunk(
         ins, at, states, params, c, t0, n_steps, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr
     ):
         # backward, first pass over chunk c: rerun the forward recursion from the chunk's
         # checkpoint and keep every state in this program's scratch buffer
         u_ptr, delta_ptr, B_ptr, _, _, _ = ins
-        row, brow, _, s_l, s_Bl, mask_d, mask_n = at
         ckpt_ptr, ckpt_base, scratch_ptr, scratch_base, tile, tile_size = states
         _, A2, _, bias = params
         # recompute the chunk's states: scratch slot 0 = h_{t0-1}, slot i+1 = h_{t0+i}
@@ -164,13 +185,9 @@ if HAS_TRITON:
         tl.store(scratch_ptr + scratch_base + tile, h)
         for i in range(n_steps):
             t = t0 + i
-            u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
-            dt = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
-            if HAS_BIAS:
-                dt = dt + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+            u, dt_raw, dt, Bt = _step_inputs(
+                u_ptr, delta_ptr, B_ptr, at, bias, t, HAS_BIAS, SOFTPLUS
+            )
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             tl.store(scratch_ptr + scratch_base + (i + 1) * tile_size + tile, h)
 
@@ -183,10 +200,7 @@ if HAS_TRITON:
         params,
         t,
         i,
-        carry,
-        gA_acc,
-        gD_acc,
-        gbias_acc,
+        acc,
         HAS_D: tl.constexpr,
         HAS_Z: tl.constexpr,
         HAS_BIAS: tl.constexpr,
@@ -194,21 +208,14 @@ if HAS_TRITON:
     ):
         # backward, one reverse-time step t (slot i of the chunk's scratch): the adjoint
         # recursion; writes the per-step gradients (u, Δ, z; B, C partials) and returns the
-        # new carry and the running A, D, Δ-bias sums
+        # new carry and the running A, D, Δ-bias sums (acc: their values before this step)
+        carry, gA_acc, gD_acc, gbias_acc = acc
         u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, gout_ptr = ins
         gu_ptr, gdelta_ptr, gz_ptr, gB_ptr, gC_ptr = outs
         row, brow, part, s_l, s_Bl, mask_d, mask_n = at
         _, _, scratch_ptr, scratch_base, tile, tile_size = states
         A, A2, Dv, bias = params
-        u = tl.load(u_ptr + row + t * s_l, mask=mask_d, other=0.0)
-        dt_raw = tl.load(delta_ptr + row + t * s_l, mask=mask_d, other=0.0)
-        if HAS_BIAS:
-            dt_raw = dt_raw + bias
-        if SOFTPLUS:
-            dt = _softplus(dt_raw)
-        else:
-            dt = dt_raw
-        Bt = tl.load(B_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
+        u, dt_raw, dt, Bt = _step_inputs(u_ptr, delta_ptr, B_ptr, at, bias, t, HAS_BIAS, SOFTPLUS)
         Ct = tl.load(C_ptr + brow + t * s_Bl, mask=mask_n, other=0.0)
         gout = tl.load(gout_ptr + row + t * s_l, mask=mask_d, other=0.0)
         h_t = tl.load(scratch_ptr + scratch_base + (i + 1) * tile_size + tile)
@@ -274,86 +281,34 @@ if HAS_TRITON:
             for ii in range(n_steps):
                 i = n_steps - 1 - ii
                 t = t0 + i
+                acc = (carry, gA_acc, gD_acc, gbias_acc)
                 carry, gA_acc, gD_acc, gbias_acc = _bwd_step(
-                    ins,
-                    outs,
-                    at,
-                    states,
-                    params,
-                    t,
-                    i,
-                    carry,
-                    gA_acc,
-                    gD_acc,
-                    gbias_acc,
-                    HAS_D,
-                    HAS_Z,
-                    HAS_BIAS,
-                    SOFTPLUS,
+                    ins, outs, at, states, params, t, i, acc, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS
                 )
             tl.debug_barrier()  # scratch is overwritten by the next chunk
         return gA_acc, gD_acc, gbias_acc
 
+    # fmt: off
     @triton.jit
     def _bwd_kernel(
-        u_ptr,
-        delta_ptr,
-        A_ptr,
-        B_ptr,
-        C_ptr,
-        D_ptr,
-        z_ptr,
-        bias_ptr,
-        gout_ptr,
-        ckpt_ptr,
-        scratch_ptr,
-        gu_ptr,
-        gdelta_ptr,
-        gz_ptr,
-        gA_ptr,
-        gD_ptr,
-        gbias_ptr,
-        gB_ptr,
-        gC_ptr,
-        L,
-        G,
-        Dg,
-        N,
-        dim,
-        n_dblocks,
-        n_chunks,
-        CHUNK,
-        s_b,
-        s_d,
-        s_l,
-        s_Bb,
-        s_Bg,
-        s_Bn,
-        s_Bl,
-        HAS_D: tl.constexpr,
-        HAS_Z: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_N: tl.constexpr,
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,  # inputs
+        gout_ptr, ckpt_ptr, scratch_ptr,  # ∂L/∂out, the chunk-start states, scratch
+        gu_ptr, gdelta_ptr, gz_ptr,  # per-channel gradients
+        gA_ptr, gD_ptr, gbias_ptr, gB_ptr, gC_ptr,  # partial sums the host adds up
+        L, G, Dg, N, dim, n_dblocks, n_chunks, CHUNK,  # sizes
+        s_b, s_d, s_l, s_Bb, s_Bg, s_Bn, s_Bl,  # strides of (b, d, l) and (b, g, n, l)
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        pid_bg = tl.program_id(0)
-        pid_d = tl.program_id(1)
-        b = pid_bg // G
-        g = pid_bg % G
-        offs_c = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_c < Dg
-        offs_d = g * Dg + offs_c
-        offs_n = tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        mask_dn = mask_d[:, None] & mask_n[None, :]
-
-        params = _bwd_load_params(
+        pid_bg, pid_d, b, g, offs_d, offs_n, mask_d, mask_n, mask_dn = _program(
+            G, Dg, N, BLOCK_D, BLOCK_N
+        )
+        params = _load_params(
             A_ptr, D_ptr, bias_ptr, offs_d, offs_n, N, mask_d, mask_dn, HAS_D, HAS_BIAS
         )
-        row = b * s_b + offs_d * s_d
-        brow = b * s_Bb + g * s_Bg + offs_n * s_Bn
-        tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
+        row, brow, tile = _addresses(
+            b, g, offs_d, offs_n, s_b, s_d, s_Bb, s_Bg, s_Bn, BLOCK_D, BLOCK_N
+        )
         tile_size = BLOCK_D * BLOCK_N
         prog = pid_bg * n_dblocks + pid_d
         ckpt_base = prog * n_chunks * tile_size
@@ -378,14 +333,52 @@ if HAS_TRITON:
             tl.store(gD_ptr + b * dim + offs_d, gD_acc, mask=mask_d)
         if HAS_BIAS:
             tl.store(gbias_ptr + b * dim + offs_d, gbias_acc, mask=mask_d)
+    # fmt: on
 
 
-def _launch_config(dim: int, G: int, N: int, L: int):
+class _Launch(NamedTuple):
+    """What both kernels are launched with for one scan: one program per (batch · group,
+    block of BLOCK_D channels); the forward keeps the state at every CHUNK-th step."""
+
+    grid: tuple[int, int]  # (batch · G, n_dblocks)
+    sizes: tuple[int, int, int, int]  # L, G, Dg (channels per group), N
+    chunking: tuple[int, int, int]  # n_dblocks, n_chunks, CHUNK
+    strides: tuple[int, ...]  # u's (b, d, l), then B's (b, g, n, l)
+    flags: dict[str, Any]  # the compile-time ones: HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_*
+
+    def state_buffer(self, n_states: int, like: torch.Tensor) -> torch.Tensor:
+        """Room for n_states (BLOCK_D, BLOCK_N) float32 tiles per program."""
+        n_tiles = self.grid[0] * self.grid[1] * n_states
+        return like.new_empty(n_tiles * self.flags["BLOCK_D"] * self.flags["BLOCK_N"])
+
+
+def _launch(u, A, B, D, z, delta_bias, delta_softplus: bool) -> _Launch:
+    batch, dim, L = u.shape
+    G, N = B.shape[1], A.shape[1]
     Dg = dim // G
     block_d = min(32, triton.next_power_of_2(Dg))
-    block_n = triton.next_power_of_2(N)
-    chunk = max(1, math.isqrt(max(L - 1, 0)) + 1) if L > 1 else 1
-    return Dg, block_d, block_n, chunk, triton.cdiv(Dg, block_d), triton.cdiv(L, chunk)
+    chunk = max(1, math.isqrt(max(L - 1, 0)) + 1) if L > 1 else 1  # ~sqrt(L) states kept
+    n_dblocks = triton.cdiv(Dg, block_d)
+    flags = {
+        "HAS_D": D is not None,
+        "HAS_Z": z is not None,
+        "HAS_BIAS": delta_bias is not None,
+        "SOFTPLUS": bool(delta_softplus),
+        "BLOCK_D": block_d,
+        "BLOCK_N": triton.next_power_of_2(N),
+    }
+    return _Launch(
+        grid=(batch * G, n_dblocks),
+        sizes=(L, G, Dg, N),
+        chunking=(n_dblocks, triton.cdiv(L, chunk), chunk),
+        strides=(*u.stride(), *B.stride()),
+        flags=flags,
+    )
+
+
+def _inputs(u, delta, A, B, C, D, z, delta_bias) -> tuple[torch.Tensor, ...]:
+    """The kernels' eight input pointers: an absent D / z / Δ-bias is u, never read."""
+    return (u, delta, A, B, C, *(u if x is None else x for x in (D, z, delta_bias)))
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -411,39 +404,12 @@ class _TritonSelectiveScan(torch.autograd.Function):
         A = A.float().contiguous()
         D = D.float().contiguous() if D is not None else None
         delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
-        batch, dim, L = u.shape
-        G, N = B.shape[1], A.shape[1]
-        Dg, block_d, block_n, chunk, n_dblocks, n_chunks = _launch_config(dim, G, N, L)
+        run = _launch(u, A, B, D, z, delta_bias, delta_softplus)
         out = torch.empty_like(u)
-        ckpt = u.new_empty(batch * G * n_dblocks * n_chunks * block_d * block_n)
-        grid = (batch * G, n_dblocks)
-        _fwd_kernel[grid](
-            u,
-            delta,
-            A,
-            B,
-            C,
-            D if D is not None else u,
-            z if z is not None else u,
-            delta_bias if delta_bias is not None else u,
-            out,
-            ckpt,
-            L,
-            G,
-            Dg,
-            N,
-            n_dblocks,
-            n_chunks,
-            chunk,
-            *u.stride(),
-            *B.stride(),
-            HAS_D=D is not None,
-            HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus),
-            SAVE_CKPT=True,
-            BLOCK_D=block_d,
-            BLOCK_N=block_n,
+        ckpt = run.state_buffer(run.chunking[1], u)  # the state at the start of every chunk
+        inputs = _inputs(u, delta, A, B, C, D, z, delta_bias)
+        _fwd_kernel[run.grid](
+            *inputs, out, ckpt, *run.sizes, *run.chunking, *run.strides, SAVE_CKPT=True, **run.flags
         )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
         ctx.delta_softplus = bool(delta_softplus)
@@ -455,54 +421,29 @@ class _TritonSelectiveScan(torch.autograd.Function):
         gout = _channels_last(gout)
         if gout.stride() != u.stride():  # the kernel indexes gout with u's strides
             gout = torch.empty_like(u).copy_(gout)
+        run = _launch(u, A, B, D, z, delta_bias, ctx.delta_softplus)
         batch, dim, L = u.shape
         G, N = B.shape[1], A.shape[1]
-        Dg, block_d, block_n, chunk, n_dblocks, n_chunks = _launch_config(dim, G, N, L)
         gu, gdelta = torch.empty_like(u), torch.empty_like(u)
         gz = torch.empty_like(u) if z is not None else u
         gA = u.new_zeros(batch, dim, N)
         gD = u.new_zeros(batch, dim)
         gbias = u.new_zeros(batch, dim)
-        gB = u.new_zeros(n_dblocks, batch * G, N, L)
-        gC = u.new_zeros(n_dblocks, batch * G, N, L)
-        scratch = u.new_empty(batch * G * n_dblocks * (chunk + 1) * block_d * block_n)
-        grid = (batch * G, n_dblocks)
-        _bwd_kernel[grid](
-            u,
-            delta,
-            A,
-            B,
-            C,
-            D if D is not None else u,
-            z if z is not None else u,
-            delta_bias if delta_bias is not None else u,
+        gB = u.new_zeros(run.grid[1], batch * G, N, L)  # per channel block, summed below
+        gC = u.new_zeros(run.grid[1], batch * G, N, L)
+        scratch = run.state_buffer(run.chunking[2] + 1, u)  # one chunk's states
+        grads = (gu, gdelta, gz, gA, gD, gbias, gB, gC)
+        _bwd_kernel[run.grid](
+            *_inputs(u, delta, A, B, C, D, z, delta_bias),
             gout,
             ckpt,
             scratch,
-            gu,
-            gdelta,
-            gz,
-            gA,
-            gD,
-            gbias,
-            gB,
-            gC,
-            L,
-            G,
-            Dg,
-            N,
+            *grads,
+            *run.sizes,
             dim,
-            n_dblocks,
-            n_chunks,
-            chunk,
-            *u.stride(),
-            *B.stride(),
-            HAS_D=D is not None,
-            HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.delta_softplus,
-            BLOCK_D=block_d,
-            BLOCK_N=block_n,
+            *run.chunking,
+            *run.strides,
+            **run.flags,
         )
         t_u, t_delta, t_A, t_B, t_C, t_D, t_z, t_bias = ctx.dtypes
         gB = gB.sum(0).reshape(batch, G, N, L).reshape(ctx.B_shape).to(t_B)
