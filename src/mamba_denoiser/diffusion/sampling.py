@@ -349,18 +349,22 @@ def posterior_mean(
     y: torch.Tensor,
     mask: torch.Tensor,
     *,
-    sigma,
     t: int,
     n_draws: int = 8,
     generator: torch.Generator | None = None,
     return_std: bool = False,
-    max_batch: int | None = None,
+    **n2s,
 ):
     """E[s | x_t] averaged over ``n_draws`` draws of x_t = √ᾱ_t y + √(1-ᾱ_t) ε.
 
-    y, mask: (B, L, F); sigma: (F,) (or scalar) observation-noise std in the units of y;
-    t: one timestep (choose_t). Returns the mean (B, L, F), or (mean, std) with
-    ``return_std=True`` (std over draws, n_draws >= 2): NaN at unobserved cells.
+    y, mask: (B, L, F); t: one timestep (choose_t); ``n2s``: ``posterior_mean_n2s``'s
+    ``sigma`` ((F,) or scalar observation-noise std in the units of y) and ``max_batch``.
+    Returns the mean (B, L, F), or (mean, std) with ``return_std=True`` (std over draws,
+    n_draws >= 2): NaN at unobserved cells.
+
+    Tweedie for x_t is the "total_noise" Noise2Score map at u = y + τ_t ε (x_t = √ᾱ_t u):
+    (x_t - (ᾱσ² + 1 - ᾱ)/√(1-ᾱ) · ε̂(x_t))/√ᾱ = u - (σ² + τ_t²)/τ_t · ε̂(√ᾱ_t u), so that is
+    how it is computed, on all n_draws · B re-noised windows at once.
 
     With the Bayes ε̂ the mean over draws tends to E_ε[E[s | x_t] | y], which is not
     E[s | y]: for s ~ N(0, a²) per cell it is ᾱa² / (ᾱ(a² + σ²) + 1 - ᾱ) · y against
@@ -369,22 +373,17 @@ def posterior_mean(
     t = _check_t(sde, t, "t")
     if n_draws < 1 or (return_std and n_draws < 2):
         raise ValueError(f"n_draws must be >= 1 (>= 2 with return_std), got {n_draws}")
-    y0, mask, sigma = _prepare_with_sigma(y, mask, sigma)
+    y0, mask = _prepare(y, mask)
     B, L, F = y0.shape
-    a = float(sde.alpha_bar(t))
-    # the Tweedie factor (ᾱσ² + 1 - ᾱ) / √(1-ᾱ), per feature; float64 for ᾱ near 1
-    k = ((a * sigma**2 + 1 - a) / math.sqrt(1 - a)).to(device=y0.device, dtype=torch.float32)
-
+    tau = float(diffusion_noise(sde)[t])
     eps = _randn((n_draws, B, L, F), y0, generator)  # all draws first: independent of y
-    x_t = math.sqrt(a) * y0 + math.sqrt(1 - a) * eps  # (D, B, L, F)
+    u = (y0 + tau * eps).reshape(n_draws * B, L, F)  # x_t / √ᾱ_t
     masks = mask.expand(n_draws, B, L, F).reshape(n_draws * B, L, F)
-    eps_hat = _eps(eps_fn, x_t.reshape(n_draws * B, L, F), t, masks, max_batch)
-    s_hat = (x_t - k * eps_hat.reshape(n_draws, B, L, F)) / math.sqrt(a)  # (D, B, L, F)
-
-    mean = _nan_outside(s_hat.mean(dim=0), mask)
+    s_hat = posterior_mean_n2s(eps_fn, sde, u, masks, t=t, constant="total_noise", **n2s)
+    s_hat = s_hat.reshape(n_draws, B, L, F)  # NaN at unobserved cells
     if not return_std:
-        return mean
-    return mean, _nan_outside(s_hat.std(dim=0), mask)
+        return s_hat.mean(dim=0)
+    return s_hat.mean(dim=0), s_hat.std(dim=0)
 
 
 @torch.no_grad()
