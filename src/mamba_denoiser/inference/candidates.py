@@ -83,6 +83,8 @@ class SDEditCandidate:
     causal_only = False
 
     def __init__(self, model, t: int, kw: dict, *, mode: str, seed: int, batch_windows=256):
+        # an explicit sampler.t_start replaces the t chosen from σ, and so does its name
+        t = kw["t_start"] if kw.get("t_start") is not None else t
         self.model, self.t, self.kw, self.mode = model, int(t), dict(kw), mode
         self.seed, self.batch = int(seed), batch_windows
         self.name = f"sdedit@t={self.t}"
@@ -92,7 +94,7 @@ class SDEditCandidate:
 
         module, kw = self.model.module, self.kw
         gen = torch.Generator().manual_seed(self.seed * 1000 + int(self.model.cluster["id"]))
-        t_start = int(kw["t_start"]) if kw.get("t_start") is not None else self.t
+        t_start = self.t
         steps = kw.get("steps")
         # a small t_start (little noise) has fewer steps to take than asked for
         steps = min(int(steps), t_start + 1) if steps is not None else None

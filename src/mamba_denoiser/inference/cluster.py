@@ -110,10 +110,12 @@ def _build(
     for name in names:
         if name == "diffusion" and model.has_head("diffusion"):
             if sampler == "sdedit":
-                cands += [
+                sdedit = [
                     SDEditCandidate(model, t, kw, mode=mode, seed=seed, batch_windows=batch)
                     for t in t_list
                 ]
+                # with an explicit t_start every t of the grid is the same candidate: run it once
+                cands += list({c.name: c for c in sdedit}.values())
             else:
                 cands += [
                     DiffusionCandidate(
