@@ -119,13 +119,23 @@ def test_resume_continues_epochs_and_scaler_is_train_only(tmp_path, small_csv, c
     assert hp["cluster"]["features"] == ["E1", "E2"] and hp["window_size"] == WINDOW
     assert hp["model"]["d_model"] == 16 and hp["sde"]["num_diffusion_timesteps"] == 1000
 
+    assert hp["t_sampling"]["kind"] == "lognormal"  # conf/train.yaml
+
     cfg2 = make_cfg(
-        tmp_path, small_csv, clusters_json, "trainer.max_epochs=3", f"ckpt_path={last}", run="run2"
+        tmp_path,
+        small_csv,
+        clusters_json,
+        "trainer.max_epochs=3",
+        f"ckpt_path={last}",
+        "t_sampling.kind=uniform",  # a resumed run keeps the checkpoint's t draws
+        run="run2",
     )
     assert cfg2.cluster.checkpoint == str(last)  # the option came from the checkpoint
     run_train(cfg2)
     s = json.loads((tmp_path / "run2" / "summary.json").read_text())
     assert s["epochs"] == 3 and s["global_step"] == 12  # 1 resumed + 2 new epochs of 4 steps
+    ck2 = torch.load(tmp_path / "run2" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ck2["hyper_parameters"]["t_sampling"] == hp["t_sampling"]
 
 
 def test_nan_guard_stops_without_saving(tmp_path, small_csv, clusters_json, monkeypatch, capsys):

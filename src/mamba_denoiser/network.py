@@ -20,9 +20,9 @@ from torch import nn
 from mamba_denoiser.diffusion import VPSDE, DenoisingLoss
 from mamba_denoiser.diffusion import predictive as pred
 from mamba_denoiser.models import MultivariateMambaDenoiser
+from mamba_denoiser.models.denoiser import HEADS
 from mamba_denoiser.vocabulary import ANCHOR_LEN, WINDOW_SIZE
 
-HEADS = ("diffusion", "predictive", "both")
 PREDICTIVE_DEFAULTS = {"n_components": 3, "weight": 1.0, "var_floor": 1e-4}
 # DenoiserModule's own arguments, which only training reads (optimiser, compile, how t is
 # drawn, provenance); the rest of its hyper-parameters are the network's. A test checks it.

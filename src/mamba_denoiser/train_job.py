@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mamba_denoiser.artifacts import check_fit_data, check_split
-from mamba_denoiser.cli import ROOT_ENV, fail_cleanly, restore_sigint, route_lightning_logs
+from mamba_denoiser.cli import ROOT_ENV, fail_cleanly, route_lightning_logs
 from mamba_denoiser.errors import ClustersError, ConfigError
 from mamba_denoiser.stage import output_dir, remembered_data, to_dict, use_fit_cache
 from mamba_denoiser.vocabulary import ANCHOR_LEN
@@ -135,7 +135,7 @@ def check_accelerator(trainer_cfg: dict[str, Any]) -> None:
 
 
 def _cluster_from_clusters_file(cfg: DictConfig, panel) -> tuple[dict[str, Any], str]:
-    from mamba_denoiser.clustering.artifact import ClustersError, load_clusters
+    from mamba_denoiser.clustering.artifact import load_clusters
     from mamba_denoiser.clustering.validate import check_clusters_against_panel
 
     path = cfg.clusters or cfg.cluster.get("clusters_file")
@@ -437,7 +437,8 @@ def _setup(cfg: DictConfig, panel, data: dict[str, Any]) -> _Setup:
     from mamba_denoiser.network import network_defaults
 
     hp = _cluster_from_checkpoint(cfg, panel)
-    network = {k: {**network_defaults(), **hp}[k] for k in NETWORK_KEYS}
+    recorded = {**network_defaults(), **hp}
+    network = {k: recorded[k] for k in NETWORK_KEYS}
     asked, _ = _head_kwargs(cfg)
     if asked != network["heads"]:  # the monitored metric (conf/head) must exist in this run
         raise ConfigError(
@@ -453,7 +454,7 @@ def _anchor_len(cfg: DictConfig, cluster: dict[str, Any], data: dict[str, Any]) 
     cluster when stationary_anchor=constant: typed mean_reverting needs an ADF rejection
     of a unit root (clustering/grouping.py), so its z-score stays in range, and its level
     comes from the whole train split instead of a window's first noisy rows."""
-    mode = cfg.get("stationary_anchor", "window")
+    mode = cfg.get("stationary_anchor", "constant")  # as conf/train.yaml
     if mode not in ("window", "constant"):
         raise ConfigError(f"stationary_anchor={mode!r}: choose window or constant")
     if mode == "constant" and cluster["type"] == "mean_reverting":
@@ -485,8 +486,12 @@ def _module(cfg: DictConfig, panel, setup: _Setup, dm):
     from mamba_denoiser.training import DenoiserModule
 
     noise_sigma = None
-    t_sampling = to_dict(cfg.get("t_sampling")) or None
-    # σ is needed by the predictive NLL and by log-normal t; a resumed run keeps its own
+    # a resumed run keeps its own t draws (a checkpoint without the key drew uniform t) and σ
+    if setup.hp is not None:
+        t_sampling = setup.hp.get("t_sampling")
+    else:
+        t_sampling = to_dict(cfg.get("t_sampling")) or None
+    # σ is needed by the predictive NLL and by log-normal t
     if setup.heads != "diffusion" or (t_sampling or {}).get("kind") == "lognormal":
         noise_sigma = (setup.hp or {}).get("noise_sigma") or (
             noise_sigma_window_units(panel, setup.cluster["features"], dm)
@@ -569,14 +574,13 @@ def _best_score(trainer) -> float:
     return float("nan")
 
 
-def _record_result(cfg, trainer, module, dm, cluster, init, summary, out: Path) -> None:
+def _record_result(cfg, trainer, module, dm, cluster, init, best, summary, out: Path) -> None:
     """Rank zero: summary.json, TensorBoard hparams and the closing log lines."""
     from mamba_denoiser.io import atomic_write_json
 
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     ckpt_cb = trainer.checkpoint_callback
     monitor = ckpt_cb.monitor if ckpt_cb else None
-    best = _best_score(trainer)
     best_mse = best if monitor == "val/noise_mse" else None
     iid = final.get("val/noise_mse_iid_baseline", summary.get("val_noise_mse_iid_baseline"))
     worse = best_mse is not None and iid is not None and best_mse > iid
@@ -644,7 +648,7 @@ class _RunRecord:
     def interrupt(self) -> str:
         from mamba_denoiser.io import atomic_write_json
 
-        restore_sigint()
+        # (fail_cleanly, the caller, has given SIGINT back its default handler already)
         doc = {**self.summary, **_progress(self.trainer), "status": "interrupted"}
         atomic_write_json(self.out / "summary.json", _clean(doc))
         if self.multirun:
@@ -711,7 +715,7 @@ def run_train(cfg: DictConfig) -> float:
         trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
         best = _best_score(trainer)
         if trainer.is_global_zero:
-            _record_result(cfg, trainer, module, dm, cluster, init, summary, out)
+            _record_result(cfg, trainer, module, dm, cluster, init, best, summary, out)
     return best
 
 

@@ -36,12 +36,7 @@ from torch import Tensor
 
 from mamba_denoiser.diffusion import predictive as pred
 from mamba_denoiser.errors import NonFiniteLossError
-from mamba_denoiser.network import (  # noqa: F401
-    HEADS,
-    PREDICTIVE_DEFAULTS,
-    NetworkMixin,
-    network_defaults,
-)
+from mamba_denoiser.network import NetworkMixin, network_defaults
 
 Loss = tuple[Tensor, dict[str, Tensor]]  # (the loss to minimise, the terms to log)
 
@@ -87,8 +82,17 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
             raise ValueError(
                 f"t_sampling.kind={self.t_sampling['kind']!r}: choose uniform or lognormal"
             )
-        if self.t_sampling["kind"] == "lognormal" and network.get("noise_sigma") is None:
-            raise ValueError("t_sampling.kind=lognormal needs noise_sigma (window units)")
+        if self.t_sampling["kind"] == "lognormal":
+            if network.get("noise_sigma") is None:
+                raise ValueError("t_sampling.kind=lognormal needs noise_sigma (window units)")
+            # log τ's centre and spread (sample_t), once: σ_w is fixed, and reading it back
+            # from the GPU every step would synchronise
+            log_s = self.noise_sigma_w.double().log()
+            spread = float(log_s.std()) if log_s.numel() > 1 else 0.0
+            self._log_tau = (
+                math.log(self.t_sampling["c"]) + float(log_s.mean()),
+                math.hypot(self.t_sampling["spread"], spread),
+            )
 
     # ---- where training spends its steps -----------------------------------------------
     def sample_t(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -109,9 +113,7 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
             return uniform
         from mamba_denoiser.diffusion.sampling import diffusion_noise
 
-        log_s = self.noise_sigma_w.double().log().cpu()
-        centre = math.log(ts["c"]) + float(log_s.mean())
-        scale = math.hypot(ts["spread"], float(log_s.std()) if log_s.numel() > 1 else 0.0)
+        centre, scale = self._log_tau
         z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
         tau = diffusion_noise(self.sde).to(device)  # (T,) increasing in t
         t = torch.searchsorted(tau, (centre + scale * z).exp()).clamp(0, T - 1)
@@ -238,6 +240,7 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
         terms: dict[str, torch.Tensor] = {}
         if self.heads != "predictive":
             # every window, not half: val/noise_mse stays comparable with diffusion-only runs
+            # of the same t_sampling (its t draws are the training distribution's)
             g = torch.Generator(device="cpu").manual_seed(1000 + batch_idx)
             t = self.sample_t(bs, generator=g)  # the training distribution, fixed draws
             eps = torch.randn(x0.shape, generator=g)

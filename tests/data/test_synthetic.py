@@ -7,12 +7,12 @@ import pytest
 from mamba_denoiser.data.synthetic import (
     EXPECTED_TYPE,
     FEATURE_FAMILIES,
-    TARGETS,
     SyntheticPanel,
     feature_names,
     make_synthetic_panel,
     write_default_csv,
 )
+from mamba_denoiser.vocabulary import TARGETS
 
 N = 3000
 

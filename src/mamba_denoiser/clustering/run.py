@@ -57,10 +57,11 @@ def run_clustering(
     change the statistics, the groups or their types. The keyword arguments are the
     `clustering` config keys (conf/cluster.yaml); see `cluster_features` for their meaning.
     """
-    unknown = sorted(set(grouping) - set(grouping_defaults()))
-    if unknown:
+    defaults = grouping_defaults()
+    unknown = sorted(set(grouping) - set(defaults))
+    if unknown:  # only the recorded options: clusters.json must say how it was made
         raise TypeError(f"run_clustering() got unexpected keyword arguments {unknown}")
-    options = {**grouping_defaults(), **grouping}
+    options = {**defaults, **grouping}
     if len(panel.continuous) < 2:
         raise PanelError(
             f"{panel.source}: {len(panel.continuous)} continuous feature(s); clustering needs "
@@ -71,13 +72,14 @@ def run_clustering(
     log.info("Computing %d statistics for %d features", 11, len(series))
     stats = compute_feature_stats(series, rolling_window=rolling_window)
     result = cluster_features(stats, **options)
+    recorded = {**options, "rolling_window": rolling_window}
     doc = build_document(
         source=panel.summary(),
         targets=panel.targets,
         stats=stats,
         result=result,
         passthrough=panel.passthrough,
-        config={k: {**options, "rolling_window": rolling_window}[k] for k in CONFIG_KEYS},
+        config={k: recorded[k] for k in CONFIG_KEYS},
     )
     # Everything is computed before anything is written: bad input leaves no partial output.
     atomic_write_csv(out_dir / "feature_stats.csv", stats.rename_axis("feature"), index=True)

@@ -103,8 +103,6 @@ class ClusterDataModule(L.LightningDataModule):
                 f"{window_size} rows; raise data.split.val or lower data.window_size"
             )
         self.fitted = zscore.with_window_scale(self.values, self.train_starts, window_size)
-        self.mean, self.std = self.fitted.mean, self.fitted.std
-        self.window_scale = self.fitted.window_scale
 
     @property
     def scaler(self) -> dict:
@@ -151,7 +149,7 @@ class ClusterDataModule(L.LightningDataModule):
                     f"number of devices {world}"
                 )
             self.batch_size_per_device = self.batch_size // world
-        kw = dict(scale=self.window_scale, anchor_len=self.anchor_len)
+        kw = dict(scale=self.fitted.window_scale, anchor_len=self.fitted.anchor_len)
         self.train_set = WindowDataset(self.values, self.train_starts, self.window_size, **kw)
         self.val_set = WindowDataset(self.values, self.val_starts, self.window_size, **kw)
 

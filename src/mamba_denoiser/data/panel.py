@@ -43,7 +43,7 @@ class SplitSpec:
     train: float = 0.70
     val: float = 0.15
     test: float = 0.15
-    embargo: int = 60
+    embargo: int = WINDOW_SIZE
 
     def __post_init__(self) -> None:
         for name in ("train", "val", "test"):

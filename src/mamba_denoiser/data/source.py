@@ -17,7 +17,7 @@ import numpy as np
 
 from mamba_denoiser.data.panel import Panel, PanelError, SplitSpec, load_panel
 from mamba_denoiser.io import atomic_write_csv, atomic_write_json
-from mamba_denoiser.vocabulary import ID_COL
+from mamba_denoiser.vocabulary import ID_COL, WINDOW_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def panel_from_config(data: Mapping[str, Any]) -> Panel:
     if not path or path == "???":
         raise PanelError("data.path is not set: pass data=csv data.path=/path/to/train.csv")
     split = data.get("split") or {}
-    window = int(data.get("window_size", 60))
+    window = int(data.get("window_size", WINDOW_SIZE))
     panel = load_panel(
         path,
         id_col=data.get("id_col", ID_COL),

@@ -97,7 +97,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from mamba_denoiser.vocabulary import ID_COL, TARGETS  # noqa: F401  (TARGETS: re-exported)
+from mamba_denoiser.vocabulary import ID_COL
 
 FEATURE_FAMILIES: dict[str, int] = {"D": 9, "E": 20, "I": 9, "M": 18, "P": 13, "S": 12, "V": 13}
 

@@ -34,8 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mamba_denoiser.vocabulary import CLUSTER_TYPES, STRATEGY_WEIGHTS
-from mamba_denoiser.vocabulary import STRATEGY as CLUSTER_STRATEGY
+from mamba_denoiser.vocabulary import CLUSTER_TYPES, STRATEGY, STRATEGY_WEIGHTS
 
 STRATEGIES = ("auto", *STRATEGY_WEIGHTS)
 
@@ -130,7 +129,7 @@ class DenoisingLoss(nn.Module):
                     f"(one of {', '.join(CLUSTER_TYPES)}) or an explicit strategy "
                     f"({', '.join(STRATEGY_WEIGHTS)})"
                 )
-            strategy = CLUSTER_STRATEGY[cluster_type]
+            strategy = STRATEGY[cluster_type]
         if not 0.0 <= cutoff <= 1.0:
             raise ValueError(
                 f"cutoff is a fraction of the Nyquist frequency in [0, 1], got {cutoff}"

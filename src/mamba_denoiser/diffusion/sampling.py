@@ -118,12 +118,9 @@ from typing import NamedTuple
 
 import torch
 
-from mamba_denoiser.diffusion.losses import (
-    STRATEGY_WEIGHTS,
-    high_frequency_energy,
-    total_variation,
-)
+from mamba_denoiser.diffusion.losses import high_frequency_energy, total_variation
 from mamba_denoiser.diffusion.sde import VPSDE
+from mamba_denoiser.vocabulary import STRATEGY_WEIGHTS
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 GUIDANCES = ("tv", "fourier", "balanced")
@@ -350,15 +347,16 @@ def posterior_mean(
     mask: torch.Tensor,
     *,
     t: int,
+    sigma,
     n_draws: int = 8,
     generator: torch.Generator | None = None,
     return_std: bool = False,
-    **n2s,
+    max_batch: int | None = None,
 ):
     """E[s | x_t] averaged over ``n_draws`` draws of x_t = √ᾱ_t y + √(1-ᾱ_t) ε.
 
-    y, mask: (B, L, F); t: one timestep (choose_t); ``n2s``: ``posterior_mean_n2s``'s
-    ``sigma`` ((F,) or scalar observation-noise std in the units of y) and ``max_batch``.
+    y, mask: (B, L, F); t: one timestep (choose_t); sigma: (F,) (or scalar)
+    observation-noise std in the units of y; max_batch: as ``posterior_mean_n2s``'s.
     Returns the mean (B, L, F), or (mean, std) with ``return_std=True`` (std over draws,
     n_draws >= 2): NaN at unobserved cells.
 
@@ -379,7 +377,9 @@ def posterior_mean(
     eps = _randn((n_draws, B, L, F), y0, generator)  # all draws first: independent of y
     u = (y0 + tau * eps).reshape(n_draws * B, L, F)  # x_t / √ᾱ_t
     masks = mask.expand(n_draws, B, L, F).reshape(n_draws * B, L, F)
-    s_hat = posterior_mean_n2s(eps_fn, sde, u, masks, t=t, constant="total_noise", **n2s)
+    s_hat = posterior_mean_n2s(
+        eps_fn, sde, u, masks, sigma=sigma, t=t, constant="total_noise", max_batch=max_batch
+    )
     s_hat = s_hat.reshape(n_draws, B, L, F)  # NaN at unobserved cells
     if not return_std:
         return s_hat.mean(dim=0)

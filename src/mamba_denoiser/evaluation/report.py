@@ -64,12 +64,6 @@ def grouped(table: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:
     return out
 
 
-def best_column(table: pd.DataFrame, candidates: Sequence[str]) -> pd.Series:
-    """Per row, the name of the best (largest) of `candidates`."""
-    cols = [c for c in candidates if c in table.columns]
-    return table[cols].idxmax(axis=1)
-
-
 # ---- markdown tables -------------------------------------------------------------------
 
 
@@ -347,7 +341,11 @@ def evaluation_report(
     """report.md: data and split, variants and features changed, passed checks, quality,
     σ plan, forecasting."""
     lines = _report_head(panel, checkpoints, methods, changed, len(tables["noise"]), seconds, root)
-    lines += ["## Leakage checks (run every time; a failure stops the run)", ""]
+    lines += [
+        "## Leakage checks (run every time; a failure stops the run; the linear look-ahead "
+        "statistic stops it only for outputs the exact perturbation test did not cover)",
+        "",
+    ]
     lines += [*[f"- passed: {c}" for c in checks], ""]
     if truth is None:
         lines += [

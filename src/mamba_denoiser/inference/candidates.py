@@ -83,8 +83,6 @@ class SDEditCandidate:
     causal_only = False
 
     def __init__(self, model, t: int, kw: dict, *, mode: str, seed: int, batch_windows=256):
-        # an explicit sampler.t_start replaces the t chosen from σ, and so does its name
-        t = kw["t_start"] if kw.get("t_start") is not None else t
         self.model, self.t, self.kw, self.mode = model, int(t), dict(kw), mode
         self.seed, self.batch = int(seed), batch_windows
         self.name = f"sdedit@t={self.t}"

@@ -110,12 +110,10 @@ def _build(
     for name in names:
         if name == "diffusion" and model.has_head("diffusion"):
             if sampler == "sdedit":
-                sdedit = [
+                cands += [
                     SDEditCandidate(model, t, kw, mode=mode, seed=seed, batch_windows=batch)
                     for t in t_list
                 ]
-                # with an explicit t_start every t of the grid is the same candidate: run it once
-                cands += list({c.name: c for c in sdedit}.values())
             else:
                 cands += [
                     DiffusionCandidate(
@@ -182,7 +180,9 @@ def denoise_cluster(
             f"{model.name}: expected {len(model.features)} columns, got {raw.shape[1]}"
         )
     kw, c, n_levels, candidates = _options(model, mode, sampler, sampler_kw, candidates)
-    plan = _plan(model, raw, train, sigma, replay, n_levels, c)  # 1. plan
+    # an explicit SDEdit t_start is the one t: it replaces the grid chosen from σ
+    t_fixed = kw.get("t_start") if sampler == "sdedit" else None
+    plan = _plan(model, raw, train, sigma, replay, n_levels, c, t_fixed)  # 1. plan
     cands = _build(  # 2. candidates
         model,
         candidates,
@@ -213,7 +213,7 @@ def denoise_cluster(
             model, cands, outs, raw, plan, gate_rows, gate_margin_db, bands, seed, c
         )
     mean, lower, upper = _assemble(raw, choice, outs, divs, plan, gate_rows, bands)  # 4.
-    info = _info(model, mode, sampler, kw["guidance"], cands, plan, choice, gains, gate_rows)
+    info = _info(model, mode, sampler, kw["guidance"], cands, names, plan, choice)
     info["features"] = _feature_info(model, names, plan, choice, gains, gate_rows, gate_margin_db)
     info["seconds"] = round(time.perf_counter() - t0, 3)
     alone_out = _alone(cands, outs, gains, raw, plan.usable) if alone else None
@@ -254,8 +254,9 @@ def _options(model, mode, sampler, sampler_kw, candidates):
     return kw, c, n_levels, candidates
 
 
-def _plan(model, raw, train, sigma, replay, n_levels: int, c: float) -> _Plan:
-    """1. σ, whiteness and the t grid from the train rows (or held from ``replay``)."""
+def _plan(model, raw, train, sigma, replay, n_levels: int, c: float, t_fixed=None) -> _Plan:
+    """1. σ, whiteness and the t grid from the train rows (or held from ``replay``; or
+    ``t_fixed`` alone when given)."""
     if replay is not None:
         noise = NoisePlan(
             np.asarray(replay["sigma"], float),
@@ -267,11 +268,12 @@ def _plan(model, raw, train, sigma, replay, n_levels: int, c: float) -> _Plan:
         noise = plan_noise(raw, train, sigma)
     sigma_w = noise.sigma / model.unit
     usable = np.isfinite(sigma_w) & (sigma_w > 0) & ~noise.white
-    t_list = (
-        list(replay["t_list"])
-        if replay is not None
-        else _t_grid(model, sigma_w, usable, n_levels, c)
-    )
+    if replay is not None:
+        t_list = list(replay["t_list"])
+    elif t_fixed is not None:
+        t_list = [int(t_fixed)]
+    else:
+        t_list = _t_grid(model, sigma_w, usable, n_levels, c)
     sig_run = np.where(np.isfinite(sigma_w) & (sigma_w > 0), sigma_w, 1.0)  # placeholder
     return _Plan(noise, sigma_w, usable, t_list, sig_run)
 
@@ -320,9 +322,8 @@ def _assemble(raw, choice, outs, divs, plan: _Plan, gate_rows, bands):
     return mean, lower, upper
 
 
-def _info(model, mode, sampler, guidance, cands, plan: _Plan, choice, gains, gate_rows):
-    """The cluster's record in denoise_summary.json (features added by the caller)."""
-    names = [cd.name for cd in cands]
+def _info(model, mode, sampler, guidance, cands, names, plan: _Plan, choice):
+    """The cluster's record in denoise_summary.json (features and seconds: the caller's)."""
     t_list = [int(t) for t in plan.t_list]
     return {
         "cluster": model.name,

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from mamba_denoiser.checkpoint import CheckpointError, load_checkpoint
-from mamba_denoiser.data.scaler import KEYS as SCALER_KEYS
 from mamba_denoiser.data.scaler import Scaler
 
 
@@ -89,14 +88,12 @@ def load_cluster_model(path: str | Path, device: str = "cpu") -> ClusterModel:
             "windows); retrain this cluster with the current train.py"
         )
     try:
-        scaler = Scaler.from_dict(sc)
+        scaler = Scaler.from_dict(sc, n_features=n_f)
     except (TypeError, KeyError, ValueError) as e:
         raise CheckpointError(
             f"{path}: unreadable scaler in its hyper-parameters ({_first_line(e)}); "
             "use a .ckpt written by train.py"
         ) from None
-    if any(getattr(scaler, k).shape != (n_f,) for k in SCALER_KEYS):
-        raise CheckpointError(f"{path}: scaler sizes do not match its {n_f} features")
     return ClusterModel(
         module=module,
         path=Path(path),

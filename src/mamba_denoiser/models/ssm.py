@@ -267,10 +267,12 @@ class SelectiveSSM(nn.Module):
         self.backend, self.bidirectional = backend, bidirectional
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         dt_init = (dt_min, dt_max, dt_init_floor, dt_scale)
-        direction = partial(SSMDirection, self.d_inner, d_state, d_conv, self.dt_rank, *dt_init)
-        self.ssm = direction(conv_bias=conv_bias)
+        direction = partial(
+            SSMDirection, self.d_inner, d_state, d_conv, self.dt_rank, *dt_init, conv_bias
+        )
+        self.ssm = direction()
         if bidirectional:  # before out_proj: the RNG draws the parameters in this order
-            self.ssm_bwd = direction(conv_bias=conv_bias)
+            self.ssm_bwd = direction()
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor, state: SSMState | None = None, return_state: bool = False):

@@ -104,6 +104,7 @@ def selective_scan(
     that continues the sequence.
     """
     name = resolve_backend(backend, u.device)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if h0 is not None or return_last_state:
         if name in ("triton", "mamba_ssm"):
             if backend != "auto":
@@ -113,11 +114,9 @@ def selective_scan(
                 )
             name = "fused"
         kw = dict(h0=h0, return_last_state=return_last_state)
-        args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         if name == "reference":
             return selective_scan_reference(*args, **kw)
         return selective_scan_fused(*args, **kw)
-    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if name == "reference":
         return selective_scan_reference(*args)
     if name == "fused":
