@@ -174,7 +174,13 @@ def test_causal_serving_plan_serves_each_row_once_from_a_causal_position(n_rows)
     assert len(np.unique(rows)) == len(rows)  # each row once
     assert set(rows) == set(range(4, n_rows))  # all but the first anchor_len rows
     assert (pos >= 4).all()  # after the rows that set the window's level
-    assert (starts[w] + pos == rows).all() and (starts + 16 <= n_rows).all()
+    assert (starts[w] + pos == rows).all() and (starts % 8 == 0).all()  # regular chunks
+    # the plan of a longer panel serves each of these rows from the same window position
+    g_starts, g_rows, g_pos, g_w = serving_plan(n_rows + 5, 16, 4, "causal", "causal")
+    keep = g_rows < n_rows
+    np.testing.assert_array_equal(g_rows[keep], rows)
+    np.testing.assert_array_equal(g_starts[g_w[keep]], starts[w])
+    np.testing.assert_array_equal(g_pos[keep], pos)
 
 
 def _recorded_clusters(trained, tmp_path: Path) -> Path:
@@ -270,3 +276,37 @@ def test_no_candidate_leaves_every_feature_raw_and_says_why(trained):
     for f in m.features:
         info = r.info["features"][f]
         assert info["chosen"] == "raw" and info["gain_db_val"] is None
+
+
+@pytest.mark.parametrize("direction", ["causal", "bidirectional"])
+def test_rows_already_served_do_not_move_when_the_panel_grows(trained, direction):
+    """Live equals backtest: extend the panel by 1, 17 and 100 rows and every earlier row
+    of the output (the mix and each candidate alone, decisions re-fitted on the same train
+    and validation rows) is bit-identical, the tail included. The start length puts the
+    last row mid-chunk ((T - L) mod (L // 2) != 0), where the old plan's tail chunk, which
+    ended at the last row, moved with T."""
+    from mamba_denoiser.artifacts import load_models
+    from mamba_denoiser.data.panel import load_panel
+    from mamba_denoiser.inference import denoise_cluster
+    from tests.helpers import make_small_frame
+
+    bounds = load_panel(trained["csv"], window_size=WINDOW).bounds
+    longer = make_small_frame(n_rows=800)
+    t0 = 597
+    assert (t0 - WINDOW) % (WINDOW // 2) != 0
+    for m in load_models(trained["root"] / direction).values():
+        raw = longer[m.features].to_numpy(float)
+
+        def run(n, m=m, raw=raw):
+            return denoise_cluster(
+                m, raw[:n], train=bounds["train"], gate_rows=bounds["val"], alone=True
+            )
+
+        base = run(t0)
+        assert base.alone  # each candidate family alone is compared too
+        for extra in (1, 17, 100):
+            grown = run(t0 + extra)
+            np.testing.assert_array_equal(grown.mean[:t0], base.mean, err_msg=f"+{extra}")
+            for fam, out in base.alone.items():
+                np.testing.assert_array_equal(grown.alone[fam][:t0], out, err_msg=fam)
+            assert grown.info["decisions"] == base.info["decisions"]

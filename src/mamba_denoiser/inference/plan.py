@@ -6,9 +6,11 @@ causal, causal model -- overlapping chunks. Chunk k covers rows [s_k, s_k + L) w
     s_k = k·h, h = L // 2, so every row is served by a chunk in which it sits at window
     position >= L - h >= anchor_len. The row at position j of its chunk is computed from
     rows s_k .. s_k + j only: the network is causal, and the window's level (its anchor)
-    comes from positions < anchor_len <= j (data/windows.py). A last chunk ending at row
-    T-1 serves the rows not yet served. The panel's first anchor_len rows have no causal
-    anchor and pass through raw. Cost: about 2T/L windows.
+    comes from positions < anchor_len <= j (data/windows.py). The last chunk is the next
+    regular one, truncated at row T-1 (its later rows are NaN padding, unobserved), so a
+    row's chunk and position, hence its value, never depend on how many rows follow it:
+    what a live run computes on day t is what a later backtest shows. The panel's first
+    anchor_len rows have no causal anchor and pass through raw. Cost: about 2T/L windows.
 causal, bidirectional model -- the window ending at row t, last position, for every
     t >= L-1 (T windows: the slow path); rows t < L-1 pass through raw.
 offline (two-sided, uses FUTURE rows) -- windows with stride L // 4, every position,
@@ -55,20 +57,16 @@ def serving_plan(
     h = window // 2
     if window - h < anchor_len:
         raise ValueError(f"anchor_len {anchor_len} must be <= window - window // 2")
-    starts = np.arange(0, n_rows - window + 1, h)
-    rows, pos, w_idx = [], [], []
-    served_to = 0  # rows < served_to are served (or passed through)
-    for k, s in enumerate(starts):  # ~2T/L chunks: a loop over windows, not rows
-        first = anchor_len if k == 0 else max(window - h, served_to - s)
-        p = np.arange(first, window)
-        rows.append(s + p), pos.append(p), w_idx.append(np.full(len(p), k))
-        served_to = s + window
-    if served_to < n_rows:  # the tail: one chunk ending at the last row
-        s = n_rows - window
-        p = np.arange(served_to - s, window)
-        starts = np.append(starts, s)
-        rows.append(s + p), pos.append(p), w_idx.append(np.full(len(p), len(starts) - 1))
-    return starts, np.concatenate(rows), np.concatenate(pos), np.concatenate(w_idx)
+    # chunks at k·h until one reaches the last row; the last may run past it (the rows
+    # after T-1 are NaN padding): where a row is served never depends on how many follow
+    n_chunks = 1 + -(-(n_rows - window) // h)  # 1 + ceil((T - L) / h)
+    starts = np.arange(n_chunks) * h
+    first = np.full(n_chunks, window - h)
+    first[0] = anchor_len
+    p = [np.arange(f, min(window, n_rows - s)) for f, s in zip(first, starts)]
+    w_idx = np.repeat(np.arange(n_chunks), [len(q) for q in p])
+    pos = np.concatenate(p)
+    return starts, starts[w_idx] + pos, pos, w_idx
 
 
 def run_windows(
@@ -93,6 +91,9 @@ def run_windows(
     )
     sc = model.scaler
     z = torch.as_tensor(sc.to_z(raw))  # (T, F) float32
+    pad = int(starts[-1]) + model.window - T  # a causal plan's last chunk may run past T-1
+    if pad > 0:  # unobserved padding: a causal network never reads it for rows <= T-1
+        z = torch.cat([z, torch.full((pad, F), float("nan"), dtype=z.dtype)])
     n_win = len(starts)
     wins: dict[str, np.ndarray] = {}
     with torch.no_grad():
