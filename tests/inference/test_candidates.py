@@ -1,4 +1,5 @@
-"""The candidate set a cluster's gate chooses from: what _build makes of the sampler options."""
+"""The candidate set a cluster's gate chooses from: what _build makes of the sampler options,
+and the registry: a new candidate is one class plus one registry line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from mamba_denoiser.diffusion import VPSDE
+from mamba_denoiser.inference.candidates import Context
 from mamba_denoiser.inference.cluster import _build, _plan
 
 
@@ -21,20 +23,19 @@ class _Model:
 
 def _sdedit(kw: dict, t_list: list[int]):
     raw = np.zeros((30, 2))
-    return _build(
-        _Model(),
-        ["diffusion"],
-        raw,
-        raw,
-        np.ones(2),
-        np.ones(2, bool),
-        "causal",
-        "sdedit",
-        kw,
-        0,
-        8,
-        t_list,
+    ctx = Context(
+        model=_Model(),
+        raw=raw,
+        train=(0, 20),
+        sigma_w=np.ones(2),
+        usable=np.ones(2, bool),
+        mode="causal",
+        sampler="sdedit",
+        sampler_kw=kw,
+        t_list=t_list,
+        batch_windows=8,
     )
+    return _build(["diffusion"], ctx, None)
 
 
 def test_sdedit_runs_each_t_of_the_grid():

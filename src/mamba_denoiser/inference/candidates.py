@@ -1,4 +1,4 @@
-"""Denoising candidates: one interface for every estimator the per-feature gate chooses from.
+"""Denoising candidates: one protocol for every estimator the per-feature gate chooses from.
 
 Each candidate is fitted on train rows (or was, when its network was trained), applied
 causally to the whole (T, F) block, and reports the divergence ∂out_t/∂y_t that SURE
@@ -14,18 +14,21 @@ sdedit@t       diffuse to t, reverse with DDIM/DDPM, mean of n samples       pro
 predictive     E[s_t | y_t, y_<t] under the head's Gaussian mixture          exact
 kalman         causal Kalman filter of the lowest-AIC state-space fit       exact (gain)
 =============  ===========================================================  ===========
+
+Adding a candidate is one class that follows ``Candidate`` plus one line in ``REGISTRY``:
+the cluster pipeline (inference/cluster.py) builds, runs, gates, records and replays
+every candidate through this protocol alone, and evaluate.py reports each family alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from mamba_denoiser.inference.plan import run_windows
-
-CANDIDATES = ("diffusion", "predictive", "kalman")  # the default set (sampler=posterior_mean)
 
 
 @dataclass
@@ -36,14 +39,98 @@ class CandidateOutput:
     upper: np.ndarray | None = None
 
 
-class DiffusionCandidate:
+@dataclass(frozen=True)
+class Context:
+    """What a candidate may be built from: the cluster's model and block, the plan of
+    step 1 (σ in window units, who is usable, the t grid) and the run's options."""
+
+    model: Any  # inference.models.ClusterModel
+    raw: np.ndarray  # (T, F) native units, NaN where unobserved
+    train: tuple[int, int]
+    sigma_w: np.ndarray  # (F,) σ in window units (1.0 as a placeholder where unknown)
+    usable: np.ndarray  # (F,) bool: may be denoised
+    mode: str  # causal | offline
+    sampler: str
+    sampler_kw: dict
+    t_list: list[int]
+    seed: int = 0
+    batch_windows: int = 256
+
+
+@runtime_checkable
+class Candidate(Protocol):
+    """One estimator. Class-level declarations, read by the gate, replay and reports:
+
+    family       the registry key and the name of its "alone" output
+    causal_only  only served in causal mode (else it runs in offline mode too)
+    linear       its output is linear in y: SURE is exact for it under any white noise;
+                 a nonlinear candidate needs a score valid beyond Gaussian noise
+    scope        "feature" (each column filtered on its own) or "group" (a vector filter
+                 over the cluster's features; ``features`` then lists them)
+    streaming    it has a per-row update step for live serving (none does yet: a live
+                 row is served by re-running the causal plan, which gives the same value)
+    """
+
+    name: str  # unique within a cluster's run, e.g. "diffusion@t=40"
+    family: ClassVar[str]
+    causal_only: ClassVar[bool]
+    linear: ClassVar[bool]
+    scope: ClassVar[str]
+    streaming: ClassVar[bool]
+
+    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput: ...
+
+    def decisions(self) -> Any:
+        """What it fitted, JSON-able (None: nothing beyond the cluster's plan)."""
+        ...
+
+    @classmethod
+    def build(cls, ctx: Context) -> list[Candidate]:
+        """Its instances for this cluster, fitted on the train rows ([] where the model or
+        mode cannot serve it)."""
+        ...
+
+    @classmethod
+    def from_decisions(cls, ctx: Context, held: Any) -> list[Candidate]:
+        """The same instances from what ``decisions()`` recorded: nothing re-fitted."""
+        ...
+
+
+class _Unfitted:
+    """Candidates whose only fitted parts are the network and the cluster's plan."""
+
+    scope: ClassVar[str] = "feature"
+    streaming: ClassVar[bool] = False
+
+    def decisions(self) -> None:
+        return None
+
+    @classmethod
+    def from_decisions(cls, ctx: Context, held: Any) -> list:
+        return cls.build(ctx)
+
+
+class DiffusionCandidate(_Unfitted):
     """The ε-network's posterior mean at one diffusion timestep t.
 
     constant (sampling.posterior_mean_n2s): "total_noise" (k = σ² + τ_t², the default: the
     least biased at τ_t ~ σ/2 and the most robust to ε̂ error, tests/diffusion/
-    test_exact_score.py) or "noise2score" (k = σ², unbiased only as τ_t -> 0)."""
+    test_exact_score.py) or "noise2score" (k = σ², unbiased only as τ_t -> 0).
+    With ``sampler=sdedit`` the registry's "diffusion" entry builds SDEdit instead."""
 
-    causal_only = False
+    family: ClassVar[str] = "diffusion"
+    causal_only: ClassVar[bool] = False
+    linear: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, ctx: Context) -> list:
+        if not ctx.model.has_head("diffusion"):
+            return []
+        if ctx.sampler == "sdedit":
+            return SDEditCandidate.build(ctx)
+        kw = dict(mode=ctx.mode, batch_windows=ctx.batch_windows)
+        constant = ctx.sampler_kw.get("constant", "total_noise")
+        return [cls(ctx.model, ctx.sigma_w, t, constant=constant, **kw) for t in ctx.t_list]
 
     def __init__(
         self,
@@ -77,10 +164,19 @@ class DiffusionCandidate:
         return CandidateOutput(out["mean"], None)
 
 
-class SDEditCandidate:
+class SDEditCandidate(_Unfitted):
     """SDEdit from t_start: diffuse, then the reverse process; mean and quantile bands."""
 
-    causal_only = False
+    family: ClassVar[str] = "sdedit"
+    causal_only: ClassVar[bool] = False
+    linear: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, ctx: Context) -> list:
+        if not ctx.model.has_head("diffusion"):
+            return []
+        kw = dict(mode=ctx.mode, seed=ctx.seed, batch_windows=ctx.batch_windows)
+        return [cls(ctx.model, t, ctx.sampler_kw, **kw) for t in ctx.t_list]
 
     def __init__(self, model, t: int, kw: dict, *, mode: str, seed: int, batch_windows=256):
         self.model, self.t, self.kw, self.mode = model, int(t), dict(kw), mode
@@ -121,11 +217,19 @@ class SDEditCandidate:
         return CandidateOutput(out["mean"], None, out["mean_lo"], out["mean_hi"])
 
 
-class PredictiveCandidate:
+class PredictiveCandidate(_Unfitted):
     """The causal backbone's one-step mixture prediction, updated with y_t in closed form."""
 
-    causal_only = True
+    family: ClassVar[str] = "predictive"
+    causal_only: ClassVar[bool] = True
+    linear: ClassVar[bool] = False  # the mixture's weights depend on y_t
     name = "predictive"
+
+    @classmethod
+    def build(cls, ctx: Context) -> list:
+        if not ctx.model.has_head("predictive"):
+            return []
+        return [cls(ctx.model, ctx.sigma_w, batch_windows=ctx.batch_windows)]
 
     def __init__(self, model, sigma_w: np.ndarray, *, batch_windows=256):
         self.model, self.batch = model, batch_windows
@@ -158,8 +262,22 @@ class KalmanCandidate:
     ``fits``: the fits of an earlier run (``decisions()``), held instead of re-fitted, so
     a replay at a cut inside the train rows re-runs the filter only."""
 
-    causal_only = True
+    family: ClassVar[str] = "kalman"
+    causal_only: ClassVar[bool] = True
+    linear: ClassVar[bool] = True
+    scope: ClassVar[str] = "feature"
+    streaming: ClassVar[bool] = False
     name = "kalman"
+
+    @classmethod
+    def build(cls, ctx: Context) -> list:
+        return [cls(ctx.raw, ctx.train)]
+
+    @classmethod
+    def from_decisions(cls, ctx: Context, held: Any) -> list:
+        if held is None:  # the run replayed had no Kalman candidate
+            return []
+        return [cls(ctx.raw, ctx.train, fits=held)]
 
     def __init__(self, raw: np.ndarray, train: tuple[int, int], fits: list | None = None):
         from mamba_denoiser.classical import StateSpaceFit, fit_state_space
@@ -198,3 +316,13 @@ class KalmanCandidate:
             if fit is not None:
                 mean[:, j], div[:, j] = kalman_filter(fit, raw[:, j])
         return CandidateOutput(mean, div)
+
+
+# The candidates a run can name (``candidates=[...]``), in the default order. The order
+# matters only where two candidates tie on the gate's score (the first wins).
+REGISTRY: dict[str, type] = {
+    "diffusion": DiffusionCandidate,
+    "predictive": PredictiveCandidate,
+    "kalman": KalmanCandidate,
+}
+CANDIDATES = tuple(REGISTRY)  # the default set (sampler=posterior_mean)

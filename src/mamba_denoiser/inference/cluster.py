@@ -24,14 +24,7 @@ import numpy as np
 import torch
 
 from mamba_denoiser.inference import gate as gating
-from mamba_denoiser.inference.candidates import (
-    CANDIDATES,
-    CandidateOutput,
-    DiffusionCandidate,
-    KalmanCandidate,
-    PredictiveCandidate,
-    SDEditCandidate,
-)
+from mamba_denoiser.inference.candidates import CANDIDATES, REGISTRY, CandidateOutput, Context
 from mamba_denoiser.inference.plan import MODES
 
 SAMPLERS = ("posterior_mean", "sdedit", "predictive")
@@ -90,51 +83,29 @@ def _t_grid(model, sigma_w: np.ndarray, usable: np.ndarray, n_levels: int, c: fl
     return sorted({int(sampling.choose_t(sde, torch.tensor([lv]), c=c)) for lv in levels})
 
 
-def _build(
-    model,
-    names,
-    raw,
-    train,
-    sigma_w,
-    usable,
-    mode,
-    sampler,
-    kw,
-    seed,
-    batch,
-    t_list,
-    kalman_fits=None,
-):
-    """The candidate objects for this cluster (some need fitting on the train rows)."""
+def _build(names, ctx: Context, replay: dict[str, Any] | None) -> list:
+    """The candidate objects for this cluster, through the registry: fitted on the train
+    rows, or rebuilt from the fits a replayed run recorded (``decisions["fits"]``)."""
+    held = _held_fits(replay) if replay is not None else None
     cands = []
     for name in names:
-        if name == "diffusion" and model.has_head("diffusion"):
-            if sampler == "sdedit":
-                cands += [
-                    SDEditCandidate(model, t, kw, mode=mode, seed=seed, batch_windows=batch)
-                    for t in t_list
-                ]
-            else:
-                cands += [
-                    DiffusionCandidate(
-                        model,
-                        sigma_w,
-                        t,
-                        mode=mode,
-                        batch_windows=batch,
-                        constant=kw.get("constant", "total_noise"),
-                    )
-                    for t in t_list
-                ]
-        elif name == "predictive" and model.has_head("predictive") and mode == "causal":
-            cands.append(PredictiveCandidate(model, sigma_w, batch_windows=batch))
-        elif name == "kalman" and mode == "causal":
-            cands.append(KalmanCandidate(raw, train, fits=kalman_fits))
+        cls = REGISTRY[name]
+        if cls.causal_only and ctx.mode != "causal":
+            continue
+        if held is None:
+            cands += cls.build(ctx)
+        else:
+            cands += cls.from_decisions(ctx, held.get(cls.family))
     return cands
 
 
-def _family(name: str) -> str:
-    return name.split("@")[0]
+def _held_fits(replay: dict[str, Any]) -> dict[str, Any]:
+    """Each candidate family's recorded fits; runs recorded before the registry kept the
+    Kalman fits under a key of their own."""
+    fits = dict(replay.get("fits") or {})
+    if "kalman" in replay:
+        fits.setdefault("kalman", replay["kalman"])
+    return fits
 
 
 @dataclass
@@ -183,21 +154,20 @@ def denoise_cluster(
     # an explicit SDEdit t_start is the one t: it replaces the grid chosen from σ
     t_fixed = kw.get("t_start") if sampler == "sdedit" else None
     plan = _plan(model, raw, train, sigma, replay, n_levels, c, t_fixed)  # 1. plan
-    cands = _build(  # 2. candidates
-        model,
-        candidates,
-        raw,
-        train,
-        plan.sig_run,
-        plan.usable,
-        mode,
-        sampler,
-        kw,
-        seed,
-        batch_windows,
-        plan.t_list,
-        kalman_fits=replay.get("kalman") if replay is not None else None,
+    ctx = Context(
+        model=model,
+        raw=raw,
+        train=train,
+        sigma_w=plan.sig_run,
+        usable=plan.usable,
+        mode=mode,
+        sampler=sampler,
+        sampler_kw=kw,
+        t_list=plan.t_list,
+        seed=seed,
+        batch_windows=batch_windows,
     )
+    cands = _build(candidates, ctx, replay)  # 2. candidates
     names = [cd.name for cd in cands]
     run_idx = (
         [k for k, n in enumerate(names) if n in set(replay["choice"])]
@@ -214,7 +184,10 @@ def denoise_cluster(
         )
     mean, lower, upper = _assemble(raw, choice, outs, divs, plan, gate_rows, bands)  # 4.
     info = _info(model, mode, sampler, kw["guidance"], cands, names, plan, choice)
-    info["features"] = _feature_info(model, names, plan, choice, gains, gate_rows, gate_margin_db)
+    linear = [cd.linear for cd in cands]
+    info["features"] = _feature_info(
+        model, names, linear, plan, choice, gains, gate_rows, gate_margin_db
+    )
     info["seconds"] = round(time.perf_counter() - t0, 3)
     alone_out = _alone(cands, outs, gains, raw, plan.usable) if alone else None
     return ClusterResult(mean=mean, lower=lower, upper=upper, info=info, alone=alone_out)
@@ -248,9 +221,9 @@ def _options(model, mode, sampler, sampler_kw, candidates):
             "sdedit": ["diffusion"],
             "predictive": ["predictive"],
         }[sampler]
-    unknown = sorted(set(candidates) - set(CANDIDATES))
+    unknown = sorted(set(candidates) - set(REGISTRY))
     if unknown:
-        raise ValueError(f"candidates {unknown} unknown; choose from {list(CANDIDATES)}")
+        raise ValueError(f"candidates {unknown} unknown; choose from {list(REGISTRY)}")
     return kw, c, n_levels, candidates
 
 
@@ -345,12 +318,13 @@ def _info(model, mode, sampler, guidance, cands, names, plan: _Plan, choice):
             "white": [bool(w) for w in plan.noise.white],
             "t_list": t_list,
             "choice": [names[k] if k >= 0 else None for k in choice],
-            "kalman": next((cd.decisions() for cd in cands if cd.name == "kalman"), None),
+            # each candidate family's fits under its registry key (replayed by _build)
+            "fits": {cd.family: d for cd in cands if (d := cd.decisions()) is not None},
         },
     }
 
 
-def _feature_info(model, names, plan: _Plan, choice, gains, gate_rows, margin) -> dict:
+def _feature_info(model, names, linear, plan: _Plan, choice, gains, gate_rows, margin) -> dict:
     noise = plan.noise
     reasons = _reasons(choice, noise, plan.usable, gains, gate_rows, margin, names)
     g = np.where(np.isnan(gains), -np.inf, gains)
@@ -367,6 +341,9 @@ def _feature_info(model, names, plan: _Plan, choice, gains, gate_rows, margin) -
             "sure_gain_db_val": {n: _f(gains[k, i]) for k, n in enumerate(names)},
             "chosen": names[choice[i]] if choice[i] >= 0 else "raw",
             "gain_db_val": _f(gains[choice[i], i]) if choice[i] >= 0 else _f(best_gain[i]),
+            # SURE is exact for a linear candidate under any white noise; for a nonlinear
+            # one only under Gaussian noise (docs/design.md, "the gate")
+            "sure_exact": bool(linear[choice[i]]) if choice[i] >= 0 else None,
             "denoised": bool(choice[i] >= 0),
             "reason": reasons[i],
         }
@@ -382,8 +359,8 @@ def _ungated_choice(model, cands, usable, sigma_w, c) -> np.ndarray:
     choice = np.full(F, -1)
     if not cands:
         return choice
-    fam = _family(cands[0].name)
-    idx = [k for k, cd in enumerate(cands) if _family(cd.name) == fam]
+    fam = cands[0].family
+    idx = [k for k, cd in enumerate(cands) if cd.family == fam]
     if fam in ("diffusion", "sdedit"):
         ts = np.array([cands[k].t for k in idx])
         dist = np.abs(np.log(tau[ts])[:, None] - np.log(c * np.where(usable, sigma_w, 1.0)))
@@ -414,8 +391,8 @@ def _alone(cands, outs, gains, raw, usable) -> dict[str, np.ndarray]:
     """Each candidate family on every feature it can serve (no raw option): where a family
     has several slots (diffusion timesteps), the best by validation SURE."""
     res = {}
-    for fam in dict.fromkeys(_family(cd.name) for cd in cands):
-        idx = [k for k, cd in enumerate(cands) if _family(cd.name) == fam and k in outs]
+    for fam in dict.fromkeys(cd.family for cd in cands):
+        idx = [k for k, cd in enumerate(cands) if cd.family == fam and k in outs]
         if not idx:
             continue
         g = np.where(np.isnan(gains[idx]), -np.inf, gains[idx])
