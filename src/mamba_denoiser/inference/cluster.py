@@ -29,6 +29,7 @@ from mamba_denoiser.inference.plan import MODES
 
 SAMPLERS = ("posterior_mean", "sdedit", "predictive")
 BAND_Z = 1.645  # 90 % bands
+PROBE_SEED = 7919  # the divergence probe's (inference/gate.py), whatever the run's seed
 
 
 @dataclass
@@ -180,7 +181,7 @@ def denoise_cluster(
         gains, divs = np.full((len(cands), raw.shape[1]), np.nan), {}
     else:
         choice, gains, divs = _gate(
-            model, cands, outs, raw, plan, gate_rows, gate_margin_db, bands, seed, c
+            model, cands, outs, raw, plan, gate_rows, gate_margin_db, bands, c
         )
     mean, lower, upper = _assemble(raw, choice, outs, divs, plan, gate_rows, bands)  # 4.
     info = _info(model, mode, sampler, kw["guidance"], cands, names, plan, choice)
@@ -251,15 +252,20 @@ def _plan(model, raw, train, sigma, replay, n_levels: int, c: float, t_fixed=Non
     return _Plan(noise, sigma_w, usable, t_list, sig_run)
 
 
-def _gate(model, cands, outs, raw, plan: _Plan, gate_rows, margin, bands, seed, c):
+def _gate(model, cands, outs, raw, plan: _Plan, gate_rows, margin, bands, c):
     """3. Each candidate's divergence (exact, else probed) and SURE gain on the validation
     rows; per feature the best above ``margin``, else raw. -> (choice, gains, divs)."""
     gains = np.full((len(cands), raw.shape[1]), np.nan)
     divs: dict[int, np.ndarray] = {}
     need_div = gate_rows is not None or bands
     if need_div:
-        rng = np.random.default_rng(int(seed) + 7919 * int(model.cluster["id"]))
-        probe = rng.choice([-1.0, 1.0], size=raw.shape)
+        # Only the usable columns are probed: a probe on a column that is never gated
+        # (white, σ unknown) reaches the others through the network and only adds noise
+        # to their estimates. The probe's seed is fixed, so decisions never depend on the
+        # run's seed; and its draws fill rows in order, so a longer panel probes the
+        # validation rows alike (live equals backtest).
+        rng = np.random.default_rng([PROBE_SEED, int(model.cluster["id"])])
+        probe = np.where(plan.usable, rng.choice([-1.0, 1.0], size=raw.shape), 0.0)
         delta = 0.05 * plan.sig_run * model.unit
     for k, out in outs.items():
         if out.div is not None:
