@@ -67,8 +67,9 @@ def evaluate(trained, out: Path, *overrides):
 def test_report_tables_and_checks(trained, tmp_path):
     res = evaluate(trained, tmp_path / "run")
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "## Leakage checks" in report and "future perturbation, end to end" in report
+    assert "## Leakage checks" in report and "exact, end to end" in report
     assert "decisions held" in report and "look-ahead" in report and "pooled |z|" in report
+    assert "exact, future missingness" in report and "exact, shorter panel" in report
     assert "## Quality against the known clean signal" in report
     assert "## Forecasting the raw forward return" in report
     tabs = res["tables"]

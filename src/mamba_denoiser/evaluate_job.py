@@ -104,56 +104,42 @@ class _Outputs:
         return [m["name"] for m in self.methods if m["mode"] != "causal"]
 
 
-def _cuts(bounds: dict) -> tuple[list[int], list[int]]:
-    """(cuts inside the rows the decisions are fitted on: mid-train, mid-validation;
-    cuts inside the test split: at a third and two thirds of it)."""
-    (a, b), (c, d), (e, f) = bounds["train"], bounds["val"], bounds["test"]
-    return [(a + b) // 2, (c + d) // 2], [e + (f - e) // 3, e + (2 * (f - e)) // 3]
-
-
 def _perturbation_checks(models, panel, method, kw, names, den, cfg) -> list[str]:
-    """Future perturbation of the whole causal path; raises LeakageError on a failure."""
-    from mamba_denoiser.evaluation import leakage
-    from mamba_denoiser.inference.panel import denoise_panel
+    """The exact leakage checks of evaluation/checks.py over this method's whole causal
+    path (the chosen mix and each candidate family alone); raises LeakageError."""
+    from mamba_denoiser.evaluation import checks
 
-    bounds = panel.bounds
-    fit_cuts, test_cuts = _cuts(bounds)
     fams = sorted(den.alone)
-
-    def frame_with(x):
-        f = panel.frame.copy()
-        f[names] = x
-        return f
-
-    def full(x):  # everything re-fitted: σ, whiteness, Kalman fits, gate, choice
-        r = denoise_panel(
-            models, frame_with(x), bounds, gate=bool(cfg.gate), quiet=True, alone=True, **kw
-        )
-        return np.column_stack(
-            [r.stack("mean", names)] + [_alone(r, fam, names, x) for fam in fams]
-        )
-
-    def held(x):  # the decisions of the unperturbed run, the serving path re-run
-        replay = {cid: r.info["decisions"] for cid, r in den.clusters.items()}
-        r = denoise_panel(
-            models, frame_with(x), bounds, gate=bool(cfg.gate), quiet=True, replay=replay, **kw
-        )
-        return r.stack("mean", names)
-
     raw = panel.frame[names].to_numpy(dtype=np.float64)
-    base_full = np.column_stack(
-        [den.stack("mean", names)] + [_alone(den, fam, names, raw) for fam in fams]
+    serve = checks.serve_fn(models, names, fams, gate=bool(cfg.gate), **kw)
+    base = checks.served_from(den, names, fams, raw)
+    replay = {cid: r.info["decisions"] for cid, r in den.clusters.items()}
+    window = max(m.window for m in models.values())
+    done = checks.run_checks(
+        serve,
+        panel.frame,
+        names,
+        panel.bounds,
+        window,
+        base,
+        replay,
+        seed=int(cfg.seed),
     )
-    leakage.check_future_perturbation(full, raw, cuts=test_cuts, base=base_full)
-    leakage.check_future_perturbation(held, raw, cuts=fit_cuts, base=den.stack("mean", names))
+    for d in done:
+        log.info("  leakage, %s: %s passed (%.1fs)", method["name"], d["check"], d["seconds"])
     what = ", ".join(["chosen mix", *[f"{f} alone" for f in fams]])
+    lines = {
+        "end to end": "every decision re-fitted (σ, whiteness, fits, gate scores and choice "
+        "compared too), values after the cut replaced",
+        "decisions held": "inside the train and validation rows the decisions are fitted on; "
+        "the decisions of the unperturbed run replayed",
+        "future missingness": f"{checks.DROP:.0%} of the observed cells after the cut hidden",
+        "shorter panel": "the panel cut at the row, the split bounds passed as they were",
+    }
     return [
-        f"future perturbation, end to end ({method['name']}; {what}; σ, whiteness, Kalman "
-        f"fits, SURE gate and choice re-fitted; cuts at test rows {test_cuts}): rows <= cut "
-        "bit-identical",
-        f"future perturbation, decisions held ({method['name']}; cuts at rows {fit_cuts}, "
-        "inside the train and validation rows the decisions are fitted on): rows <= cut "
-        "bit-identical",
+        f"exact, {d['check']} ({method['name']}; {what}; {lines[d['check']]}; cuts at rows "
+        f"{d['cuts']}): rows <= cut bit-identical"
+        for d in done
     ]
 
 

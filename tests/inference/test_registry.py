@@ -49,7 +49,7 @@ class EMACandidate:
     def decisions(self) -> dict:
         return {"alpha": self.alpha.tolist()}
 
-    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:
+    def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
         out = np.array(raw, dtype=float)
         for t in range(1, len(raw)):  # a tiny test filter; clarity over speed
             out[t] = self.alpha * raw[t] + (1 - self.alpha) * out[t - 1]

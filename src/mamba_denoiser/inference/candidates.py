@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from mamba_denoiser.inference.plan import run_windows
+from mamba_denoiser.inference.plan import BATCH_WINDOWS, run_windows
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Context:
     sampler_kw: dict
     t_list: list[int]
     seed: int = 0
-    batch_windows: int = 256
+    batch_windows: int = BATCH_WINDOWS
 
 
 @runtime_checkable
@@ -78,7 +78,10 @@ class Candidate(Protocol):
     scope: ClassVar[str]
     streaming: ClassVar[bool]
 
-    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput: ...
+    def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
+        """(T, F) -> outputs on every row, causally. ``rows`` (T,) bool: the rows wanted; a
+        candidate may skip the work of the others (NaN there), never change a wanted row."""
+        ...
 
     def decisions(self) -> Any:
         """What it fitted, JSON-able (None: nothing beyond the cluster's plan)."""
@@ -139,7 +142,7 @@ class DiffusionCandidate(_Unfitted):
         t: int,
         *,
         mode: str,
-        batch_windows=256,
+        batch_windows=BATCH_WINDOWS,
         constant: str = "total_noise",
     ):
         self.model, self.t, self.mode, self.batch = model, int(t), mode, batch_windows
@@ -147,7 +150,7 @@ class DiffusionCandidate(_Unfitted):
         self.sigma_w = torch.as_tensor(sigma_w, dtype=torch.float32)
         self.name = f"diffusion@t={self.t}"
 
-    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:
+    def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
         from mamba_denoiser.diffusion import sampling
 
         module = self.model.module
@@ -159,7 +162,13 @@ class DiffusionCandidate(_Unfitted):
             return {"mean": m}
 
         out = run_windows(
-            self.model, raw, fn, mode=self.mode, batch_windows=self.batch, progress=progress
+            self.model,
+            raw,
+            fn,
+            mode=self.mode,
+            batch_windows=self.batch,
+            progress=progress,
+            rows=rows,
         )
         return CandidateOutput(out["mean"], None)
 
@@ -178,12 +187,14 @@ class SDEditCandidate(_Unfitted):
         kw = dict(mode=ctx.mode, seed=ctx.seed, batch_windows=ctx.batch_windows)
         return [cls(ctx.model, t, ctx.sampler_kw, **kw) for t in ctx.t_list]
 
-    def __init__(self, model, t: int, kw: dict, *, mode: str, seed: int, batch_windows=256):
+    def __init__(
+        self, model, t: int, kw: dict, *, mode: str, seed: int, batch_windows=BATCH_WINDOWS
+    ):
         self.model, self.t, self.kw, self.mode = model, int(t), dict(kw), mode
         self.seed, self.batch = int(seed), batch_windows
         self.name = f"sdedit@t={self.t}"
 
-    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:
+    def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
         from mamba_denoiser.diffusion import sampling
 
         module, kw = self.model.module, self.kw
@@ -212,7 +223,13 @@ class SDEditCandidate(_Unfitted):
             return {"mean": res.mean, "mean_lo": res.lower, "mean_hi": res.upper}
 
         out = run_windows(
-            self.model, raw, fn, mode=self.mode, batch_windows=self.batch, progress=progress
+            self.model,
+            raw,
+            fn,
+            mode=self.mode,
+            batch_windows=self.batch,
+            progress=progress,
+            rows=rows,
         )
         return CandidateOutput(out["mean"], None, out["mean_lo"], out["mean_hi"])
 
@@ -231,7 +248,7 @@ class PredictiveCandidate(_Unfitted):
             return []
         return [cls(ctx.model, ctx.sigma_w, batch_windows=ctx.batch_windows)]
 
-    def __init__(self, model, sigma_w: np.ndarray, *, batch_windows=256):
+    def __init__(self, model, sigma_w: np.ndarray, *, batch_windows=BATCH_WINDOWS):
         self.model, self.batch = model, batch_windows
         # The feature's own σ, not the training floor (predictive.SIGMA_FLOOR): the head
         # learnt Var(y | past) − floor², but where σ is far below the floor, updating with
@@ -239,7 +256,7 @@ class PredictiveCandidate(_Unfitted):
         # floor vs +0.1 dB without). SURE (gate.py) uses the same σ.
         self.sigma_w = torch.as_tensor(sigma_w, dtype=torch.float32)
 
-    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:
+    def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
         from mamba_denoiser.diffusion import predictive
 
         module = self.model.module
@@ -251,7 +268,13 @@ class PredictiveCandidate(_Unfitted):
             return {"mean": s_hat, "div": div}
 
         out = run_windows(
-            self.model, raw, fn, mode="causal", batch_windows=self.batch, progress=progress
+            self.model,
+            raw,
+            fn,
+            mode="causal",
+            batch_windows=self.batch,
+            progress=progress,
+            rows=rows,
         )
         return CandidateOutput(out["mean"], out["div"])
 
@@ -308,7 +331,7 @@ class KalmanCandidate:
             for f in self.fits
         ]
 
-    def run(self, raw: np.ndarray, progress=None) -> CandidateOutput:
+    def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
         from mamba_denoiser.classical import kalman_filter
 
         mean, div = np.full(raw.shape, np.nan), np.full(raw.shape, np.nan)

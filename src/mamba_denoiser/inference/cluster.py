@@ -25,7 +25,7 @@ import torch
 
 from mamba_denoiser.inference import gate as gating
 from mamba_denoiser.inference.candidates import CANDIDATES, REGISTRY, CandidateOutput, Context
-from mamba_denoiser.inference.plan import MODES
+from mamba_denoiser.inference.plan import BATCH_WINDOWS, MODES
 
 SAMPLERS = ("posterior_mean", "sdedit", "predictive")
 BAND_Z = 1.645  # 90 % bands
@@ -134,17 +134,21 @@ def denoise_cluster(
     gate_margin_db: float = 0.1,
     replay: dict[str, Any] | None = None,  # info["decisions"] of an earlier run
     seed: int = 0,
-    batch_windows: int = 256,
+    batch_windows: int = BATCH_WINDOWS,
     bands: bool = False,
     alone: bool = False,  # also return each candidate family applied to every feature
     progress=None,
+    rows: tuple[int, int] | None = None,  # serve only these rows (and the gate's): checks
 ) -> ClusterResult:
     """Denoise one cluster's block; every decision from train and validation rows only.
 
     Candidates, gate and pass-through rules: module docstring. Without ``gate_rows`` each
     feature takes the first candidate available to it (for the diffusion head, the t
     whose τ_t is closest to c·σ). ``replay`` fixes σ, the t grid and each feature's
-    choice to those of an earlier run (its ``info["decisions"]``).
+    choice to those of an earlier run (its ``info["decisions"]``). ``rows`` (a, b): only
+    rows a..b-1 are served, besides the validation rows the gate reads (the others stay
+    raw); their values and every decision are those of the whole run, at a fraction of
+    its cost (evaluate.py's leakage checks re-run a few windows per cut this way).
     """
     t0 = time.perf_counter()
     if raw.shape[1] != len(model.features):
@@ -170,18 +174,22 @@ def denoise_cluster(
     )
     cands = _build(candidates, ctx, replay)  # 2. candidates
     names = [cd.name for cd in cands]
+    wanted = _wanted_rows(len(raw), rows, gate_rows)
+    held_alone = (replay or {}).get("alone") or {}
     run_idx = (
-        [k for k, n in enumerate(names) if n in set(replay["choice"])]
+        [k for k, n in enumerate(names) if n in _replayed(replay, held_alone, alone)]
         if replay is not None
         else list(range(len(cands)))
     )
-    outs: dict[int, CandidateOutput] = {k: cands[k].run(raw, progress) for k in run_idx}
+    outs: dict[int, CandidateOutput] = {
+        k: cands[k].run(raw, progress, rows=wanted) for k in run_idx
+    }
     if replay is not None:  # 3. gate
         choice = np.array([names.index(n) if n is not None else -1 for n in replay["choice"]])
         gains, divs = np.full((len(cands), raw.shape[1]), np.nan), {}
     else:
         choice, gains, divs = _gate(
-            model, cands, outs, raw, plan, gate_rows, gate_margin_db, bands, c
+            model, cands, outs, raw, plan, gate_rows, gate_margin_db, bands, c, wanted
         )
     mean, lower, upper = _assemble(raw, choice, outs, divs, plan, gate_rows, bands)  # 4.
     info = _info(model, mode, sampler, kw["guidance"], cands, names, plan, choice)
@@ -189,9 +197,30 @@ def denoise_cluster(
     info["features"] = _feature_info(
         model, names, linear, plan, choice, gains, gate_rows, gate_margin_db
     )
+    picks = _alone_picks(cands, outs, gains, names, held_alone)
+    info["decisions"]["alone"] = {f: [names[k] for k in ks] for f, ks in picks.items()}
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    alone_out = _alone(cands, outs, gains, raw, plan.usable) if alone else None
+    alone_out = _alone(picks, outs, raw, plan.usable) if alone else None
     return ClusterResult(mean=mean, lower=lower, upper=upper, info=info, alone=alone_out)
+
+
+def _wanted_rows(n_rows: int, rows, gate_rows) -> np.ndarray | None:
+    """(T,) bool: the rows to serve (``rows`` and the gate's), or None for all."""
+    if rows is None:
+        return None
+    wanted = np.zeros(n_rows, bool)
+    wanted[slice(*rows)] = True
+    if gate_rows is not None:
+        wanted[slice(*gate_rows)] = True
+    return wanted
+
+
+def _replayed(replay: dict, held_alone: dict, alone: bool) -> set:
+    """The candidates a replay runs: the chosen ones, and each family's alone picks."""
+    names = {n for n in replay["choice"] if n is not None}
+    if alone:
+        names |= {n for picks in held_alone.values() for n in picks}
+    return names
 
 
 def _options(model, mode, sampler, sampler_kw, candidates):
@@ -252,7 +281,7 @@ def _plan(model, raw, train, sigma, replay, n_levels: int, c: float, t_fixed=Non
     return _Plan(noise, sigma_w, usable, t_list, sig_run)
 
 
-def _gate(model, cands, outs, raw, plan: _Plan, gate_rows, margin, bands, c):
+def _gate(model, cands, outs, raw, plan: _Plan, gate_rows, margin, bands, c, wanted=None):
     """3. Each candidate's divergence (exact, else probed) and SURE gain on the validation
     rows; per feature the best above ``margin``, else raw. -> (choice, gains, divs)."""
     gains = np.full((len(cands), raw.shape[1]), np.nan)
@@ -271,7 +300,7 @@ def _gate(model, cands, outs, raw, plan: _Plan, gate_rows, margin, bands, c):
         if out.div is not None:
             divs[k] = out.div
         elif need_div:
-            d_probe = cands[k].run(raw + delta * probe).mean
+            d_probe = cands[k].run(raw + delta * probe, rows=wanted).mean
             divs[k] = gating.probe_divergence(out.mean, d_probe, probe, delta)
         if gate_rows is not None:
             g = slice(*gate_rows)
@@ -393,16 +422,27 @@ def _bands(o: CandidateOutput, div, j, sigma, gate_rows):
     return col - half, col + half
 
 
-def _alone(cands, outs, gains, raw, usable) -> dict[str, np.ndarray]:
-    """Each candidate family on every feature it can serve (no raw option): where a family
-    has several slots (diffusion timesteps), the best by validation SURE."""
-    res = {}
+def _alone_picks(cands, outs, gains, names, held: dict) -> dict[str, list[int]]:
+    """Per candidate family, the slot each feature takes when the family serves alone
+    (no raw option): the best by validation SURE where a family has several slots
+    (diffusion timesteps); held from a replayed run's record where it has one."""
+    picks = {}
     for fam in dict.fromkeys(cd.family for cd in cands):
+        if fam in held:
+            picks[fam] = [names.index(n) for n in held[fam]]
+            continue
         idx = [k for k, cd in enumerate(cands) if cd.family == fam and k in outs]
         if not idx:
             continue
         g = np.where(np.isnan(gains[idx]), -np.inf, gains[idx])
-        best = np.array(idx)[g.argmax(0)]
+        picks[fam] = np.array(idx)[g.argmax(0)].tolist()
+    return picks
+
+
+def _alone(picks: dict[str, list[int]], outs, raw, usable) -> dict[str, np.ndarray]:
+    """Each candidate family on every feature it can serve, with its slot from ``picks``."""
+    res = {}
+    for fam, best in picks.items():
         out = raw.copy()
         for j in range(raw.shape[1]):
             col = outs[best[j]].mean[:, j]

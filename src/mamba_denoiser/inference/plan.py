@@ -27,6 +27,10 @@ import torch
 from mamba_denoiser.data.windows import gather_windows
 
 MODES = ("causal", "offline")
+# Windows per network call. Every call gets exactly this many (run_windows pads), so a
+# row's value does not depend on which other windows run. 32 costs the same per window
+# as 256 on a CPU (measured) and pads little when a leakage check serves a few rows.
+BATCH_WINDOWS = 32
 
 # fn(w (B, L, F) window units, NaN unobserved; mask (B, L, F)) -> {"mean": ..., "div": ...}
 WindowFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
@@ -75,8 +79,9 @@ def run_windows(
     fn: WindowFn,
     *,
     mode: str,
-    batch_windows: int = 256,
+    batch_windows: int = BATCH_WINDOWS,
     progress=None,
+    rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Every window of the serving plan through ``fn``; outputs back on the panel's rows.
 
@@ -84,21 +89,31 @@ def run_windows(
     native units exactly (w·c + a, then the z-score inverse); any other key (e.g. "div",
     the derivative of the output at a row w.r.t. the observation at that row) is unitless
     and assembled as it is. Rows the plan does not serve, and unobserved cells, are NaN.
+    ``rows`` (T,) bool: only the windows that serve these rows are run, and the other rows
+    are NaN; a wanted row's value is the one the whole run gives (a window's output depends
+    on its own input only), which lets a leakage check re-run a few windows per cut.
     """
     T, F = raw.shape
-    starts, rows, pos, w_idx = serving_plan(
+    starts, served, pos, w_idx = serving_plan(
         T, model.window, model.anchor_len, mode, model.direction
     )
+    if rows is not None:
+        starts, served, pos, w_idx = _restrict(starts, served, pos, w_idx, rows)
     sc = model.scaler
     z = torch.as_tensor(sc.to_z(raw))  # (T, F) float32
-    pad = int(starts[-1]) + model.window - T  # a causal plan's last chunk may run past T-1
+    pad = int(starts.max()) + model.window - T  # a causal plan's last chunk may run past T-1
     if pad > 0:  # unobserved padding: a causal network never reads it for rows <= T-1
         z = torch.cat([z, torch.full((pad, F), float("nan"), dtype=z.dtype)])
     n_win = len(starts)
     wins: dict[str, np.ndarray] = {}
     with torch.no_grad():
         for b0 in range(0, n_win, batch_windows):
-            s = torch.as_tensor(starts[b0 : b0 + batch_windows])
+            n = min(batch_windows, n_win - b0)
+            # always a full batch (the last padded with copies of its first window): with
+            # one batch shape, a window's output is bit-identical whichever windows share
+            # its batch (measured; not so across batch sizes: float32 GEMM blocking), so
+            # a longer panel or a run over a few rows gives every row the same value
+            s = torch.as_tensor(np.pad(starts[b0 : b0 + n], (0, batch_windows - n), "edge"))
             zw = gather_windows(z, s, model.window)  # (B, L, F)
             mask = ~torch.isnan(zw)
             w, anchor = sc.to_windows(zw, mask)
@@ -107,7 +122,7 @@ def run_windows(
                 if key not in wins:
                     wins[key] = np.full((n_win, model.window, F), np.nan, np.float32)
                 v = sc.from_windows(v, anchor) if key.startswith("mean") else v
-                wins[key][b0 : b0 + len(s)] = v.float().numpy()
+                wins[key][b0 : b0 + n] = v[:n].float().numpy()
             if progress is not None:
                 progress(min(b0 + batch_windows, n_win), n_win)
     out = {}
@@ -116,13 +131,27 @@ def run_windows(
         if mode == "offline":
             acc, cnt = np.zeros((T, F)), np.zeros((T, F))
             good = ~np.isnan(vals)
-            np.add.at(acc, rows, np.where(good, vals, 0.0))
-            np.add.at(cnt, rows, good)
+            np.add.at(acc, served, np.where(good, vals, 0.0))
+            np.add.at(cnt, served, good)
             full = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
         else:
             full = np.full((T, F), np.nan)
-            full[rows] = vals
+            full[served] = vals
+        if rows is not None:  # an offline row outside ``rows`` may lack some windows
+            full[~rows] = np.nan
         if key.startswith("mean"):
             full = sc.to_native(full)
         out[key] = np.where(np.isnan(raw), np.nan, full)
     return out
+
+
+def _restrict(starts, served, pos, w_idx, rows: np.ndarray):
+    """The plan cut down to the windows that serve a row where ``rows`` is True (at least
+    one window, so every output key exists)."""
+    keep = np.unique(w_idx[rows[served]])
+    if len(keep) == 0:
+        keep = np.array([0])
+    sel = np.isin(w_idx, keep)
+    renum = np.full(len(starts), -1)
+    renum[keep] = np.arange(len(keep))
+    return starts[keep], served[sel], pos[sel], renum[w_idx[sel]]
