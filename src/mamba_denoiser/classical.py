@@ -479,6 +479,33 @@ def fit_state_space(y: np.ndarray, train: tuple[int, int]) -> StateSpaceFit:
     return fit
 
 
+PHI_MIN = 0.05  # |φ| below this: an AR(1) target (y_{t+1} - m)/φ is too noisy to use
+
+
+def future_target(fit: StateSpaceFit, y: np.ndarray) -> np.ndarray:
+    """(T,) u_t = a_1 y_{t+1} + a_2 y_{t+2} (+ const) with E[u_t | s_≤t] = s_t under the
+    fitted model, so u_t - s_t is made of innovations and observation noise AFTER row t:
+    the paired gate's target (inference/gate.py). NaN where the rows it needs are missing
+    (the last rows), or for an AR(1) fit with |φ| < PHI_MIN.
+
+    kalman_level   s_{t+1} = s_t + η                          u_t = y_{t+1}
+    kalman_ar1     s_{t+1} - m = φ (s_t - m) + η              u_t = m + (y_{t+1} - m)/φ
+    kalman_ari1    Δs_{t+1} = φ Δs_t + η                       u_t = ((1+φ)/φ) y_{t+1} - y_{t+2}/φ
+    """
+    y = as_series(y)
+    u = np.full(len(y), np.nan)
+    phi = float(fit.params.get("ar.L1", 1.0))
+    if fit.model == "kalman_level":
+        u[:-1] = y[1:]
+    elif fit.model == "kalman_ar1" and abs(phi) >= PHI_MIN:
+        u[:-1] = fit.center + (y[1:] - fit.center) / phi
+    elif fit.model == "kalman_ari1" and abs(phi) >= PHI_MIN:
+        u[:-2] = (1 + phi) / phi * y[1:-1] - y[2:] / phi
+    elif fit.model == "kalman_ari1":  # φ ~ 0: a random walk
+        u[:-1] = y[1:]
+    return u
+
+
 def kalman_filter(fit: StateSpaceFit, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Causal Kalman filter of ``fit``'s model on the whole series y (T,).
 

@@ -210,8 +210,8 @@ _REASON_KINDS = (
     ("y is white", "white y on the train split (noise cannot be told from signal)"),
     ("σ not usable", "no usable σ"),
     (
-        "SURE on the validation rows",
-        "no candidate's SURE gain on the validation rows beat the margin",
+        "validation rows",
+        "no candidate's estimated gain on the validation rows beat raw by the margin",
     ),
 )
 

@@ -104,7 +104,9 @@ def test_a_registered_candidate_is_gated_recorded_replayed_and_reported(register
     fits = res.info["decisions"]["fits"]
     assert set(fits) == {"ema", "kalman"}  # generic: each family under its own key
     assert {v["chosen"] for v in res.info["features"].values()} <= {"ema", "kalman"}
-    assert all(v["sure_gain_db_val"]["ema"] is not None for v in res.info["features"].values())
+    assert all(
+        v["gain_db_val_by_candidate"]["ema"] is not None for v in res.info["features"].values()
+    )
 
     # replay from the JSON record: the held fits, nothing re-fitted, the same output
     held = json.loads(json.dumps(res.info["decisions"]))

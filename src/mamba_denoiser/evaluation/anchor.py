@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mamba_denoiser.inference.gate import choose, sure_gain_db
+from mamba_denoiser.inference.gate import choose_by_risk, gain_db, mean_and_se, sure_terms
 
 
 @dataclass
@@ -36,15 +36,19 @@ def best_classical(
 ) -> Anchor:
     names = list(baselines)
     g = slice(*rows)
-    gains = np.array(
+    risk = np.array(
         [
-            sure_gain_db(raw[g], baselines[b].causal[g], baselines[b].causal_gain[g], sigma)
+            mean_and_se(
+                sure_terms(raw[g], baselines[b].causal[g], baselines[b].causal_gain[g], sigma),
+                n_boot=1,
+            )[0]
             for b in names
         ]
     )
-    gains = gains.reshape(len(names), raw.shape[1])
-    gains[:, np.asarray(white, bool)] = np.nan
-    pick = choose(gains, margin_db)
+    risk = risk.reshape(len(names), raw.shape[1])
+    risk[:, np.asarray(white, bool)] = np.nan
+    pick = choose_by_risk(risk, sigma, margin_db)  # as the denoiser's gate ranks SURE
+    gains = gain_db(risk, sigma)  # NaN where SURE is not positive: never shown as a gain
     out = raw.copy()
     for j, k in enumerate(pick):
         if k >= 0:

@@ -79,7 +79,9 @@ def served_from(res, names: list[str], families: list[str], raw: np.ndarray) -> 
     record = {
         cid: {
             "decisions": r.info["decisions"],
-            "sure_gain_db_val": {f: v["sure_gain_db_val"] for f, v in r.info["features"].items()},
+            "gain_db_val_by_candidate": {
+                f: v["gain_db_val_by_candidate"] for f, v in r.info["features"].items()
+            },
         }
         for cid, r in res.clusters.items()
     }

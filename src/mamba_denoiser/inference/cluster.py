@@ -186,18 +186,17 @@ def denoise_cluster(
     }
     if replay is not None:  # 3. gate
         choice = np.array([names.index(n) if n is not None else -1 for n in replay["choice"]])
-        gains, divs = np.full((len(cands), raw.shape[1]), np.nan), {}
+        nan = np.full((len(cands), raw.shape[1]), np.nan)
+        paired = np.array([not cd.linear for cd in cands], bool)
+        scores, divs = gating.GateResult(choice, nan, nan, paired, plan.noise.sigma), {}
     else:
-        choice, gains, divs = _gate(
-            model, cands, outs, raw, plan, gate_rows, gate_margin_db, bands, c, wanted
+        choice, scores, divs = _gate(
+            model, cands, outs, raw, plan, train, gate_rows, gate_margin_db, bands, c, wanted
         )
     mean, lower, upper = _assemble(raw, choice, outs, divs, plan, gate_rows, bands)  # 4.
     info = _info(model, mode, sampler, kw["guidance"], cands, names, plan, choice)
-    linear = [cd.linear for cd in cands]
-    info["features"] = _feature_info(
-        model, names, linear, plan, choice, gains, gate_rows, gate_margin_db
-    )
-    picks = _alone_picks(cands, outs, gains, names, held_alone)
+    info["features"] = _feature_info(model, names, plan, choice, scores, gate_rows, gate_margin_db)
+    picks = _alone_picks(cands, outs, scores.risk, names, held_alone)
     info["decisions"]["alone"] = {f: [names[k] for k in ks] for f, ks in picks.items()}
     info["seconds"] = round(time.perf_counter() - t0, 3)
     alone_out = _alone(picks, outs, raw, plan.usable) if alone else None
@@ -281,13 +280,15 @@ def _plan(model, raw, train, sigma, replay, n_levels: int, c: float, t_fixed=Non
     return _Plan(noise, sigma_w, usable, t_list, sig_run)
 
 
-def _gate(model, cands, outs, raw, plan: _Plan, gate_rows, margin, bands, c, wanted=None):
-    """3. Each candidate's divergence (exact, else probed) and SURE gain on the validation
-    rows; per feature the best above ``margin``, else raw. -> (choice, gains, divs)."""
-    gains = np.full((len(cands), raw.shape[1]), np.nan)
+def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands, c, wanted=None):
+    """3. The divergences SURE needs (exact, else probed: linear candidates, and every
+    candidate when bands are asked for) and the gate on the validation rows (gate.py:
+    SURE for linear candidates, the paired future-target risk for nonlinear ones); per
+    feature the best above ``margin``, else raw. -> (choice, GateResult, divs)."""
+    K, F = len(cands), raw.shape[1]
     divs: dict[int, np.ndarray] = {}
-    need_div = gate_rows is not None or bands
-    if need_div:
+    need = [k for k in outs if outs[k].div is None and (bands or cands[k].linear)]
+    if need and (gate_rows is not None or bands):
         # Only the usable columns are probed: a probe on a column that is never gated
         # (white, σ unknown) reaches the others through the network and only adds noise
         # to their estimates. The probe's seed is fixed, so decisions never depend on the
@@ -296,20 +297,41 @@ def _gate(model, cands, outs, raw, plan: _Plan, gate_rows, margin, bands, c, wan
         rng = np.random.default_rng([PROBE_SEED, int(model.cluster["id"])])
         probe = np.where(plan.usable, rng.choice([-1.0, 1.0], size=raw.shape), 0.0)
         delta = 0.05 * plan.sig_run * model.unit
-    for k, out in outs.items():
-        if out.div is not None:
-            divs[k] = out.div
-        elif need_div:
+        for k in need:
             d_probe = cands[k].run(raw + delta * probe, rows=wanted).mean
-            divs[k] = gating.probe_divergence(out.mean, d_probe, probe, delta)
-        if gate_rows is not None:
-            g = slice(*gate_rows)
-            gains[k] = gating.sure_gain_db(raw[g], out.mean[g], divs[k][g], plan.noise.sigma)
-    if gate_rows is not None:
-        gains[:, ~plan.usable] = np.nan
-        return gating.choose(gains, margin), gains, divs
-    # no gate: the first available candidate, for diffusion the t nearest c·σ
-    return _ungated_choice(model, cands, plan.usable, plan.sigma_w, c), gains, divs
+            divs[k] = gating.probe_divergence(outs[k].mean, d_probe, probe, delta)
+    divs.update({k: o.div for k, o in outs.items() if o.div is not None})
+    paired = np.array([not cd.linear for cd in cands], bool)
+    if gate_rows is None:  # no gate: the first available candidate, for diffusion the t
+        choice = _ungated_choice(model, cands, plan.usable, plan.sigma_w, c)  # nearest c·σ
+        nan = np.full((K, F), np.nan)
+        return choice, gating.GateResult(choice, nan, nan, paired, plan.noise.sigma), divs
+    g = slice(*gate_rows)
+    res = gating.gate(
+        raw[g],
+        plan.noise.sigma,
+        [outs[k].mean[g] for k in range(K)],
+        [divs[k][g] if k in divs else None for k in range(K)],
+        [cd.linear for cd in cands],
+        _future_targets(raw, train)[g],
+        margin_db=margin,
+        usable=plan.usable,
+    )
+    return res.choice, res, divs
+
+
+def _future_targets(raw: np.ndarray, train) -> np.ndarray:
+    """(T, F) the paired gate's future target per feature, from its train-fitted
+    state-space model (classical.future_target); NaN where no model could be fitted."""
+    from mamba_denoiser.classical import fit_state_space, future_target
+
+    u = np.full(raw.shape, np.nan)
+    for j in range(raw.shape[1]):
+        try:
+            u[:, j] = future_target(fit_state_space(raw[:, j], train), raw[:, j])
+        except (ValueError, np.linalg.LinAlgError):  # too short / constant: no target
+            pass
+    return u
 
 
 def _assemble(raw, choice, outs, divs, plan: _Plan, gate_rows, bands):
@@ -359,13 +381,16 @@ def _info(model, mode, sampler, guidance, cands, names, plan: _Plan, choice):
     }
 
 
-def _feature_info(model, names, linear, plan: _Plan, choice, gains, gate_rows, margin) -> dict:
+def _feature_info(model, names, plan: _Plan, choice, scores, gate_rows, margin) -> dict:
     noise = plan.noise
-    reasons = _reasons(choice, noise, plan.usable, gains, gate_rows, margin, names)
-    g = np.where(np.isnan(gains), -np.inf, gains)
-    best_gain = np.full(gains.shape[1], np.nan)  # no candidate at all: NaN, not a crash
-    if len(g):
-        best_gain = np.where(np.isnan(gains).all(0), np.nan, g.max(0))
+    gains, lower = scores.gain, scores.lower  # dB; NaN where the risk estimate is not > 0
+    reasons = _reasons(choice, noise, plan.usable, scores, gate_rows, margin, names)
+    best = _lowest(scores.risk)  # (F,) the lowest-risk candidate, -1 where none scored
+
+    def pick(arr, i):
+        k = choice[i] if choice[i] >= 0 else best[i]
+        return _f(arr[k, i]) if k >= 0 else None
+
     return {
         f: {
             "sigma": _f(noise.sigma[i]),
@@ -373,17 +398,29 @@ def _feature_info(model, names, linear, plan: _Plan, choice, gains, gate_rows, m
             "sigma_window_units": _f(plan.sigma_w[i]),
             "ljung_box_p": _f(noise.ljung_box_p[i]),
             "white": bool(noise.white[i]),
-            "sure_gain_db_val": {n: _f(gains[k, i]) for k, n in enumerate(names)},
+            "gain_db_val_by_candidate": {n: _f(gains[k, i]) for k, n in enumerate(names)},
             "chosen": names[choice[i]] if choice[i] >= 0 else "raw",
-            "gain_db_val": _f(gains[choice[i], i]) if choice[i] >= 0 else _f(best_gain[i]),
-            # SURE is exact for a linear candidate under any white noise; for a nonlinear
-            # one only under Gaussian noise (docs/design.md, "the gate")
-            "sure_exact": bool(linear[choice[i]]) if choice[i] >= 0 else None,
+            # the chosen candidate's (else the best one's) estimated gain and its lower
+            # bound (risk + 2 block-bootstrap SE); None where the risk estimate is not
+            # positive: noise in the estimate, never shown as a gain
+            "gain_db_val": pick(gains, i),
+            "gain_db_val_lower": pick(lower, i),
+            # sure: exact for a linear candidate under any white noise; paired: a future-
+            # target risk difference against the best linear candidate (gate.py)
+            "score": ("paired" if scores.paired[choice[i]] else "sure") if choice[i] >= 0 else None,
             "denoised": bool(choice[i] >= 0),
             "reason": reasons[i],
         }
         for i, f in enumerate(model.features)
     }
+
+
+def _lowest(risk: np.ndarray) -> np.ndarray:
+    """(F,) the index of the lowest finite risk per column, -1 where there is none."""
+    if not len(risk):
+        return np.full(risk.shape[1], -1)
+    r = np.where(np.isnan(risk), np.inf, risk)
+    return np.where(np.isfinite(r).any(0), r.argmin(0), -1)
 
 
 def _ungated_choice(model, cands, usable, sigma_w, c) -> np.ndarray:
@@ -422,9 +459,9 @@ def _bands(o: CandidateOutput, div, j, sigma, gate_rows):
     return col - half, col + half
 
 
-def _alone_picks(cands, outs, gains, names, held: dict) -> dict[str, list[int]]:
+def _alone_picks(cands, outs, risk, names, held: dict) -> dict[str, list[int]]:
     """Per candidate family, the slot each feature takes when the family serves alone
-    (no raw option): the best by validation SURE where a family has several slots
+    (no raw option): the lowest validation risk where a family has several slots
     (diffusion timesteps); held from a replayed run's record where it has one."""
     picks = {}
     for fam in dict.fromkeys(cd.family for cd in cands):
@@ -434,8 +471,8 @@ def _alone_picks(cands, outs, gains, names, held: dict) -> dict[str, list[int]]:
         idx = [k for k, cd in enumerate(cands) if cd.family == fam and k in outs]
         if not idx:
             continue
-        g = np.where(np.isnan(gains[idx]), -np.inf, gains[idx])
-        picks[fam] = np.array(idx)[g.argmax(0)].tolist()
+        r = np.where(np.isnan(risk[idx]), np.inf, risk[idx])
+        picks[fam] = np.array(idx)[r.argmin(0)].tolist()
     return picks
 
 
@@ -452,7 +489,9 @@ def _alone(picks: dict[str, list[int]], outs, raw, usable) -> dict[str, np.ndarr
     return res
 
 
-def _reasons(choice, noise, usable, gains, gate_rows, margin, names) -> list[str]:
+def _reasons(choice, noise, usable, scores, gate_rows, margin, names) -> list[str]:
+    best = _lowest(scores.risk)
+    gains = scores.gain
     out = []
     for j, k in enumerate(choice):
         if k >= 0:
@@ -468,15 +507,24 @@ def _reasons(choice, noise, usable, gains, gate_rows, margin, names) -> list[str
             out.append(f"σ not usable ({noise.source[j]})")
         elif not names:
             out.append("no candidate available for this model and mode")
-        elif gate_rows is not None:
-            g = np.where(np.isnan(gains[:, j]), -np.inf, gains[:, j])
+        elif gate_rows is not None and best[j] >= 0:
+            k = best[j]
+            est = f"{names[k]}: estimated gain {_db(gains[k, j])}"
             out.append(
-                f"SURE on the validation rows: best estimated gain {g.max():.2f} dB "
-                f"({names[int(g.argmax())]}) <= {margin} dB"
+                f"validation rows, SURE: best {est} <= {margin} dB"
+                if not scores.paired[k]
+                else f"validation rows: best {est} (paired risk), not below raw's risk by "
+                f"2 block-bootstrap SE and {margin} dB"
             )
+        elif gate_rows is not None:
+            out.append("validation rows: no candidate could be scored")
         else:
             out.append("no candidate could serve it")
     return out
+
+
+def _db(x: float) -> str:
+    return f"{x:.2f} dB" if np.isfinite(x) else "not estimable (risk estimate <= 0)"
 
 
 def _f(x: float) -> float | None:
