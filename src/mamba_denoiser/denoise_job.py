@@ -236,7 +236,9 @@ _FEATURE_COLS = (
     "noise share",
     "Ljung-Box p (y)",
     "chosen",
-    "SURE gain (val)",
+    "gain (val)",
+    "lower bound",
+    "score",
     "removed share",
     "removed Ljung-Box p",
     "lag",
@@ -254,6 +256,8 @@ def _feature_cells(c: dict, f: str, v: dict) -> list[str]:
         _num(v["ljung_box_p"], 2),
         v["chosen"],
         _num(v["gain_db_val"]),
+        _num(v.get("gain_db_val_lower")),
+        v.get("score") or "-",
         _num(v.get("removed_share"), 2),
         _num(v.get("removed_ljung_box_p"), 2),
         "-" if v.get("lag_vs_raw") is None else str(v["lag_vs_raw"]),
@@ -282,8 +286,11 @@ def _table_md(info: dict) -> str:
     lines += [
         "",
         "Per feature: σ in native units and its source; the noise share σ²/Var(y) and the "
-        "Ljung-Box p of y on the train split; the estimator chosen and its SURE gain on the "
-        "validation rows (dB). Without clean values, what was removed (y − output, rows "
+        "Ljung-Box p of y on the train split; the estimator chosen, its estimated gain on the "
+        "validation rows (dB; '-' where the risk estimate is not positive: never a gain) with "
+        "a lower bound (2 block-bootstrap SE), and how it was scored (sure: SURE, exact for "
+        "linear candidates; paired: a future-target risk difference against the best linear "
+        "candidate, for nonlinear ones). Without clean values, what was removed (y − output, rows "
         "after the train split): its share of Var(y) (close to the noise share if only "
         "noise went), its Ljung-Box p (large if it is white, as noise is) and the output's "
         "lag behind y in rows.",

@@ -219,9 +219,10 @@ def choices_table(den: Mapping[str, Any], anchor, names: Sequence[str], causal) 
 
 
 def gate_table(res, test_gain: pd.Series, family: Mapping, noise: pd.DataFrame) -> pd.DataFrame:
-    """Per feature: what the gate predicted (SURE gain on the validation rows) next to what
-    happened (SNR gain on the test rows against the clean values), so a feature the gate
-    accepted that then lost is visible."""
+    """Per feature: what the gate predicted on the validation rows (its gain and lower
+    bound; SURE or the paired score, inference/gate.py) next to what happened (SNR gain on
+    the test rows against the clean values), so a feature the gate accepted that then lost
+    is visible."""
     rows = []
     for r in res.clusters.values():
         for f, v in r.info["features"].items():
@@ -232,11 +233,9 @@ def gate_table(res, test_gain: pd.Series, family: Mapping, noise: pd.DataFrame) 
                     "cluster": r.info["cluster"],
                     "sigma source": noise.loc[f, "source"] if f in noise.index else "",
                     "chosen": v["chosen"],
-                    "predicted gain (val SURE, dB)": (
-                        v["gain_db_val"]
-                        if v["denoised"] and v["gain_db_val"] is not None
-                        else np.nan
-                    ),
+                    "score": v.get("score") or "",
+                    "predicted gain (val, dB)": _num(v["gain_db_val"], v["denoised"]),
+                    "lower bound (val, dB)": _num(v.get("gain_db_val_lower"), v["denoised"]),
                     "test gain (dB)": float(test_gain.get(f, np.nan)),
                 }
             )
@@ -482,29 +481,39 @@ def _source_counts(noise: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _num(v, denoised: bool) -> float:
+    return float(v) if denoised and v is not None else np.nan
+
+
 def _gate_summary(gate: pd.DataFrame) -> str:
     """One paragraph: did the validation-SURE predictions hold on the test rows?"""
     from scipy.stats import spearmanr
 
-    ch = gate[gate["chosen"] != "raw"].dropna(
-        subset=["predicted gain (val SURE, dB)", "test gain (dB)"]
-    )
+    changed = gate[gate["chosen"] != "raw"]
+    ch = changed.dropna(subset=["predicted gain (val, dB)", "test gain (dB)"])
     if ch.empty:
         return "No feature was changed, so no prediction to check."
-    pred, real = ch["predicted gain (val SURE, dB)"], ch["test gain (dB)"]
+    pred, real = ch["predicted gain (val, dB)"], ch["test gain (dB)"]
     lost = ch[real < -0.1].sort_values("test gain (dB)")
     text = (
-        f"On the {len(ch)} changed features the gate predicted a median gain of "
-        f"{pred.median():+.2f} dB (SURE, validation rows); the test rows gave a median of "
+        f"On the {len(ch)} changed features with a gain estimate the gate predicted a median "
+        f"gain of {pred.median():+.2f} dB (validation rows); the test rows gave a median of "
         f"{real.median():+.2f} dB"
     )
     if len(ch) >= 3:
         rho = spearmanr(pred, real).statistic
         text += f" (Spearman ρ between the two: {rho:.2f})"
+    bounded = ch.dropna(subset=["lower bound (val, dB)"])
+    if len(bounded):
+        held = (bounded["test gain (dB)"] >= bounded["lower bound (val, dB)"]).mean()
+        text += f"; {held:.0%} of {len(bounded)} realised at least their lower bound"
+    n_blind = int(changed["predicted gain (val, dB)"].isna().sum())
+    if n_blind:
+        text += f"; {n_blind} changed without a gain shown (risk estimate not positive)"
     if lost.empty:
         return text + "; none lost more than 0.1 dB on the test rows."
     worst = ", ".join(
-        f"{f} {r['test gain (dB)']:+.2f} dB (predicted {r['predicted gain (val SURE, dB)']:+.2f})"
+        f"{f} {r['test gain (dB)']:+.2f} dB (predicted {r['predicted gain (val, dB)']:+.2f})"
         for f, r in lost.head(5).iterrows()
     )
     return text + f"; {len(lost)} lost more than 0.1 dB on the test rows: {worst}."
