@@ -506,6 +506,28 @@ def future_target(fit: StateSpaceFit, y: np.ndarray) -> np.ndarray:
     return u
 
 
+def state_space_fits(raw: np.ndarray, train: tuple[int, int]) -> list[StateSpaceFit | None]:
+    """Each column's ``fit_state_space`` (cached), None where no fit is possible (too short,
+    constant): callers leave that column raw."""
+    fits: list[StateSpaceFit | None] = []
+    for j in range(raw.shape[1]):
+        try:
+            fits.append(fit_state_space(raw[:, j], train))
+        except (ValueError, np.linalg.LinAlgError):
+            fits.append(None)
+    return fits
+
+
+def future_targets(raw: np.ndarray, train: tuple[int, int]) -> np.ndarray:
+    """(T, F) ``future_target`` of each column from its lowest-AIC fit on the train rows;
+    NaN where no model could be fitted."""
+    u = np.full(raw.shape, np.nan)
+    for j, fit in enumerate(state_space_fits(raw, train)):
+        if fit is not None:
+            u[:, j] = future_target(fit, raw[:, j])
+    return u
+
+
 def kalman_filter(fit: StateSpaceFit, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Causal Kalman filter of ``fit``'s model on the whole series y (T,).
 

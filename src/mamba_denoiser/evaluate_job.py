@@ -223,8 +223,10 @@ def _denoise_variants(inp: _Inputs, methods: list[dict]) -> dict[str, Any]:
 
 def _baselines(inp: _Inputs) -> tuple[dict[str, Any], Any]:
     """2. The classical baselines with the same σ, and the anchor (best classical)."""
+    from mamba_denoiser.classical import future_targets
     from mamba_denoiser.evaluation.anchor import best_classical
     from mamba_denoiser.evaluation.baselines import apply_baselines
+    from mamba_denoiser.robust import apply_robust, fit_robust
 
     cfg, sigma = inp.cfg, inp.sigma
     t0 = time.perf_counter()
@@ -232,6 +234,8 @@ def _baselines(inp: _Inputs) -> tuple[dict[str, Any], Any]:
     bl = apply_baselines(
         inp.raw, train, names=list(cfg.baselines), noise_var=sigma**2, n_jobs=int(cfg.n_jobs)
     )
+    # the robust filter joins the anchor as a nonlinear option (the paired score)
+    robust = apply_robust(inp.raw, *fit_robust(inp.raw, train))
     anchor = best_classical(
         inp.raw,
         bl,
@@ -239,6 +243,8 @@ def _baselines(inp: _Inputs) -> tuple[dict[str, Any], Any]:
         white=inp.white,
         rows=val,
         margin_db=float(cfg.gate_margin_db),
+        nonlinear={"robust": robust},
+        target=future_targets(inp.raw, train),
     )
     log.info(
         "Baselines (%s) and the anchor: %.1fs",

@@ -1,12 +1,14 @@
 """The anchor row of every quality table: the best classical causal filter per feature,
-chosen exactly as the denoiser chooses its candidates.
+chosen exactly as the denoiser chooses its candidates (inference/gate.py).
 
-Per feature: raw, or the causal output of one of the classical baselines, whichever has
-the best SURE gain on the validation rows above the margin; a white y (Ljung-Box on the
-train rows) stays raw, as in the denoiser. Every baseline is linear in y given its fitted
-parameters, so its divergence ∂out_t/∂y_t is its exact weight on the current observation
-(BaselineOutput.causal_gain) and SURE is exact. σ is the same per feature as the
-denoiser's.
+Per feature: raw, or the causal output of one of the classical baselines, or of the robust
+Gaussian-sum filter (robust.py), whichever the gate ranks best on the validation rows
+above the margin; a white y (Ljung-Box on the train rows) stays raw, as in the denoiser.
+Every baseline is linear in y given its fitted parameters, so its divergence ∂out_t/∂y_t
+is its exact weight on the current observation (BaselineOutput.causal_gain) and SURE is
+exact; the robust filter is not, and is scored like the denoiser's nonlinear candidates,
+by the paired future-target risk against the best linear one. σ is the same per feature as
+the denoiser's.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mamba_denoiser.inference.gate import choose_by_risk, gain_db, mean_and_se, sure_terms
+from mamba_denoiser.inference.gate import gate
 
 
 @dataclass
@@ -33,27 +35,31 @@ def best_classical(
     white: np.ndarray,  # (F,) bool: pass through
     rows: tuple[int, int],  # validation rows
     margin_db: float = 0.1,
+    nonlinear: dict[str, np.ndarray] | None = None,  # name -> (T, F) causal output
+    target: np.ndarray | None = None,  # (T, F) future target of the paired score
 ) -> Anchor:
-    names = list(baselines)
+    nonlinear = nonlinear or {}
+    names = [*baselines, *nonlinear]
+    outs = [baselines[b].causal for b in baselines] + list(nonlinear.values())
+    divs = [baselines[b].causal_gain for b in baselines] + [None] * len(nonlinear)
     g = slice(*rows)
-    risk = np.array(
-        [
-            mean_and_se(
-                sure_terms(raw[g], baselines[b].causal[g], baselines[b].causal_gain[g], sigma),
-                n_boot=1,
-            )[0]
-            for b in names
-        ]
+    u = np.full(raw.shape, np.nan) if target is None else target
+    res = gate(
+        raw[g],
+        sigma,
+        [o[g] for o in outs],
+        [None if d is None else d[g] for d in divs],
+        [d is not None for d in divs],
+        u[g],
+        margin_db=margin_db,
+        usable=~np.asarray(white, bool) & np.isfinite(sigma) & (np.asarray(sigma) > 0),
     )
-    risk = risk.reshape(len(names), raw.shape[1])
-    risk[:, np.asarray(white, bool)] = np.nan
-    pick = choose_by_risk(risk, sigma, margin_db)  # as the denoiser's gate ranks SURE
-    gains = gain_db(risk, sigma)  # NaN where SURE is not positive: never shown as a gain
     out = raw.copy()
-    for j, k in enumerate(pick):
+    for j, k in enumerate(res.choice):
         if k >= 0:
-            col = baselines[names[k]].causal[:, j]
+            col = outs[k][:, j]
             ok = np.isfinite(col)
             out[ok, j] = col[ok]
-    choice = [names[k] if k >= 0 else "raw" for k in pick]
+    choice = [names[k] if k >= 0 else "raw" for k in res.choice]
+    gains = res.gain  # NaN where the risk estimate is not positive: never shown as a gain
     return Anchor(out, choice, {b: gains[i] for i, b in enumerate(names)})

@@ -13,6 +13,7 @@ diffusion@t    score posterior mean ŝ = y - (k/τ_t) ε̂(√ᾱ_t y, t), k = �
 sdedit@t       diffuse to t, reverse with DDIM/DDPM, mean of n samples       probe
 predictive     E[s_t | y_t, y_<t] under the head's Gaussian mixture          exact
 kalman         causal Kalman filter of the lowest-AIC state-space fit       exact (gain)
+robust         Gaussian-sum filter of that fit, noise law with outliers     none (paired)
 =============  ===========================================================  ===========
 
 Adding a candidate is one class that follows ``Candidate`` plus one line in ``REGISTRY``:
@@ -303,33 +304,13 @@ class KalmanCandidate:
         return [cls(ctx.raw, ctx.train, fits=held)]
 
     def __init__(self, raw: np.ndarray, train: tuple[int, int], fits: list | None = None):
-        from mamba_denoiser.classical import StateSpaceFit, fit_state_space
+        from mamba_denoiser.classical import state_space_fits
 
-        if fits is not None:
-            self.fits = [None if f is None else StateSpaceFit(**f, fits={}) for f in fits]
-            return
-        self.fits = []
-        for j in range(raw.shape[1]):
-            try:
-                self.fits.append(fit_state_space(raw[:, j], train))
-            except (ValueError, np.linalg.LinAlgError):  # too short / constant: stays raw
-                self.fits.append(None)
+        self.fits = state_space_fits(raw, train) if fits is None else _fits_from(fits)
 
     def decisions(self) -> list[dict | None]:
         """The fits as JSON-able dicts (model, params, center, scale, noise_var, aic)."""
-        return [
-            None
-            if f is None
-            else {
-                "model": f.model,
-                "params": {k: float(v) for k, v in f.params.items()},
-                "center": float(f.center),
-                "scale": float(f.scale),
-                "noise_var": float(f.noise_var),
-                "aic": float(f.aic),
-            }
-            for f in self.fits
-        ]
+        return [_fit_record(f) for f in self.fits]
 
     def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
         from mamba_denoiser.classical import kalman_filter
@@ -341,11 +322,76 @@ class KalmanCandidate:
         return CandidateOutput(mean, div)
 
 
+class RobustCandidate:
+    """Per feature, the Gaussian-sum filter of its lowest-AIC state-space fit under a noise
+    law with outliers fitted on the train rows (robust.py): Kalman where the noise is
+    Gaussian, robust to outliers where it is not. Nonlinear in y (the paired gate)."""
+
+    family: ClassVar[str] = "robust"
+    causal_only: ClassVar[bool] = True
+    linear: ClassVar[bool] = False
+    scope: ClassVar[str] = "feature"
+    streaming: ClassVar[bool] = False
+    name = "robust"
+
+    @classmethod
+    def build(cls, ctx: Context) -> list:
+        from mamba_denoiser.robust import fit_robust
+
+        return [cls(*fit_robust(ctx.raw, ctx.train))]
+
+    @classmethod
+    def from_decisions(cls, ctx: Context, held: Any) -> list:
+        from mamba_denoiser.robust import NoiseLaw
+
+        if held is None:
+            return []
+        fits = _fits_from([None if h is None else h["fit"] for h in held])
+        laws = [None if h is None else NoiseLaw(**h["law"]) for h in held]
+        return [cls(fits, laws)]
+
+    def __init__(self, fits: list, laws: list):
+        self.fits, self.laws = fits, laws
+
+    def decisions(self) -> list[dict | None]:
+        """Per feature {fit: the state-space fit, law: {eps, ratio}}, or None."""
+        return [
+            None if f is None else {"fit": _fit_record(f), "law": vars(law).copy()}
+            for f, law in zip(self.fits, self.laws)
+        ]
+
+    def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
+        from mamba_denoiser.robust import apply_robust
+
+        return CandidateOutput(apply_robust(raw, self.fits, self.laws), None)
+
+
+def _fit_record(f) -> dict | None:
+    """A StateSpaceFit as a JSON-able dict (model, params, center, scale, noise_var, aic)."""
+    if f is None:
+        return None
+    return {
+        "model": f.model,
+        "params": {k: float(v) for k, v in f.params.items()},
+        "center": float(f.center),
+        "scale": float(f.scale),
+        "noise_var": float(f.noise_var),
+        "aic": float(f.aic),
+    }
+
+
+def _fits_from(records: list) -> list:
+    from mamba_denoiser.classical import StateSpaceFit
+
+    return [None if f is None else StateSpaceFit(**f, fits={}) for f in records]
+
+
 # The candidates a run can name (``candidates=[...]``), in the default order. The order
 # matters only where two candidates tie on the gate's score (the first wins).
 REGISTRY: dict[str, type] = {
     "diffusion": DiffusionCandidate,
     "predictive": PredictiveCandidate,
     "kalman": KalmanCandidate,
+    "robust": RobustCandidate,
 }
 CANDIDATES = tuple(REGISTRY)  # the default set (sampler=posterior_mean)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mamba_denoiser.classical import future_targets
 from mamba_denoiser.inference import gate as gating
 from mamba_denoiser.inference.candidates import CANDIDATES, REGISTRY, CandidateOutput, Context
 from mamba_denoiser.inference.plan import BATCH_WINDOWS, MODES
@@ -313,25 +314,11 @@ def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands,
         [outs[k].mean[g] for k in range(K)],
         [divs[k][g] if k in divs else None for k in range(K)],
         [cd.linear for cd in cands],
-        _future_targets(raw, train)[g],
+        future_targets(raw, train)[g],
         margin_db=margin,
         usable=plan.usable,
     )
     return res.choice, res, divs
-
-
-def _future_targets(raw: np.ndarray, train) -> np.ndarray:
-    """(T, F) the paired gate's future target per feature, from its train-fitted
-    state-space model (classical.future_target); NaN where no model could be fitted."""
-    from mamba_denoiser.classical import fit_state_space, future_target
-
-    u = np.full(raw.shape, np.nan)
-    for j in range(raw.shape[1]):
-        try:
-            u[:, j] = future_target(fit_state_space(raw[:, j], train), raw[:, j])
-        except (ValueError, np.linalg.LinAlgError):  # too short / constant: no target
-            pass
-    return u
 
 
 def _assemble(raw, choice, outs, divs, plan: _Plan, gate_rows, bands):
