@@ -388,8 +388,8 @@ def _feature_info(model, names, plan: _Plan, choice, scores, gate_rows, margin) 
             "gain_db_val_by_candidate": {n: _f(gains[k, i]) for k, n in enumerate(names)},
             "chosen": names[choice[i]] if choice[i] >= 0 else "raw",
             # the chosen candidate's (else the best one's) estimated gain and its lower
-            # bound (risk + 2 block-bootstrap SE); None where the risk estimate is not
-            # positive: noise in the estimate, never shown as a gain
+            # prediction bound (risk + 2·√2 block-bootstrap SE); None where the risk
+            # estimate is not positive: noise in the estimate, never shown as a gain
             "gain_db_val": pick(gains, i),
             "gain_db_val_lower": pick(lower, i),
             # sure: exact for a linear candidate under any white noise; paired: a future-

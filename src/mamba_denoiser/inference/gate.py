@@ -120,8 +120,10 @@ class GateResult:
 
     @property
     def lower(self) -> np.ndarray:
-        """(K, F) dB: the gain at the risk's upper bound, risk + 2 SE."""
-        return gain_db(self.risk + 2 * self.se, self.sigma)
+        """(K, F) dB: a lower prediction bound for the gain on a new block of as many rows
+        (the test rows): the gain at risk + 2·√2·SE, √2 for the new block's own sampling
+        error, which is as large as the validation rows' (independent blocks)."""
+        return gain_db(self.risk + 2 * np.sqrt(2) * self.se, self.sigma)
 
 
 def gate(
