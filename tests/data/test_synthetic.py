@@ -223,6 +223,40 @@ def test_jumps_scenario_adds_large_signal_jumps_only_to_the_jump_families():
             assert np.abs(extra).max() >= 5.0, c  # an OU jump decays from at least 5 sds
 
 
+def test_factors_scenario_gives_each_family_one_shared_factor():
+    """noise_dist="factors": within ou_fast, ou_slow, random_walk and trend, features
+    co-move (levels, or moves for the integrated families) as planted, |corr| ~ √(c_i c_j)
+    with c in [0.6, 0.9]; across families and in the other families they do not; the
+    noise is "gaussian"'s."""
+    fac = make_synthetic_panel(N, seed=0, noise_dist="factors")
+    gauss = make_synthetic_panel(N, seed=0, noise_dist="gaussian")
+    first = {}
+    for fam in ("ou_fast", "ou_slow", "random_walk", "trend", "sv_returns"):
+        cols = [c for c in fac.continuous_columns if fac.process[c] == fam]
+        x = fac.clean[cols].to_numpy()
+        if fam in ("random_walk", "trend"):
+            x = np.diff(x, axis=0)
+        ok = np.isfinite(x).all(1)
+        r = np.abs(np.corrcoef(x[ok].T)[np.triu_indices(len(cols), 1)])
+        if fam == "sv_returns":
+            assert r.max() < 0.15
+            np.testing.assert_array_equal(fac.clean[cols], gauss.clean[cols])
+        else:
+            assert 0.5 < np.median(r) < 0.9 and r.min() > 0.35, fam
+        first[fam] = x[ok][:, 0]
+    n = min(len(v) for v in first.values())
+    across = np.corrcoef(np.array([v[-n:] for v in first.values()]))
+    # persistent series (phi ~ 0.94) correlate by chance with sd ~0.07 over these rows
+    assert np.abs(across[np.triu_indices(len(first), 1)]).max() < 0.3
+    for c in fac.continuous_columns:  # the noise draws are those of "gaussian"
+        np.testing.assert_allclose(
+            (fac.frame[c] - fac.clean[c]).dropna(),
+            (gauss.frame[c] - gauss.clean[c]).dropna(),
+            rtol=1e-6,
+            atol=1e-9 * fac.noise_std[c],
+        )
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"noise_scale": -1.0}, "noise_scale"), ({"noise_dist": "cauchy"}, "noise_dist")],

@@ -90,7 +90,7 @@ def test_the_built_in_candidates_follow_the_protocol():
         assert all(hasattr(cls, m) for m in members), key
         assert cls.family == key
         assert cls.scope in ("feature", "group") and isinstance(cls.linear, bool)
-    assert cand_mod.CANDIDATES == ("diffusion", "predictive", "kalman", "robust")
+    assert cand_mod.CANDIDATES == ("diffusion", "predictive", "kalman", "robust", "combiner")
     assert REGISTRY["kalman"].linear and not REGISTRY["predictive"].linear
 
 

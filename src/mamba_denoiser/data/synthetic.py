@@ -65,6 +65,12 @@ Two non-Gaussian scenarios, where a learned filter can beat a Kalman filter (doc
 - ``"outliers"``: observation outliers. Gaussian noise, and 5 % of cells carry an extra
   +-10 times the Gaussian core's sd (the sum rescaled so ``noise_std`` is still the
   distribution's std: the core sd is noise_std / sqrt(6)). Clean signals as for "gaussian".
+- ``"factors"``: shared factors. Gaussian noise as for "gaussian", and the ou_fast,
+  ou_slow, random_walk and trend families each get one latent factor of the family's
+  dynamics; each feature takes a share c ~ U(0.6, 0.9) of its variance from it (of its
+  level for ou_*, of its moves for random_walk and trend), with a random sign. A
+  per-feature filter cannot use the other features' rows; a filter of the whole group
+  can. Drawn from a fourth stream (per family, and per feature for c and the sign).
 - ``"jumps"``: jumps in the signal. Gaussian noise as for "gaussian", and the clean
   ou_fast, ou_slow, random_walk and trend signals get extra innovations at 2 % of rows,
   of 5-10 noise sds with a random sign (an OU jump then decays at the feature's phi, a
@@ -150,7 +156,14 @@ _RETURN_DRIVERS = {"M8": 1.0, "S1": -0.8, "E8": 0.6, "V1": -0.7}
 
 
 GENERATOR_VERSION = 1  # bump when the generator's output changes: cached CSVs are remade
-NOISE_DISTS: tuple[str, ...] = ("mixed", "gaussian", "student_t", "outliers", "jumps")
+NOISE_DISTS: tuple[str, ...] = (
+    "mixed",
+    "gaussian",
+    "student_t",
+    "outliers",
+    "jumps",
+    "factors",
+)
 _STUDENT_DF = (4, 5, 6)
 # noise_dist="outliers": this share of cells carries an extra +-_OUTLIER_SIZE x the Gaussian
 # core's sd (the sum rescaled to unit variance, so noise_std keeps its meaning).
@@ -158,6 +171,11 @@ _OUTLIER_PROB, _OUTLIER_SIZE = 0.05, 10.0
 # noise_dist="jumps": jump rate per row and size range (in noise sds, random sign) of the
 # jumps added to the innovations of these families (a jump in an OU level then decays).
 _JUMP_RATE, _JUMP_SIZE = 0.02, (5.0, 10.0)
+# noise_dist="factors": one latent factor per family, of the family's dynamics (AR(1) phi
+# for the OU levels and the trend velocity; white increments for random walks), and each
+# feature's common share of variance (OU: of its level; random walk, trend: of its moves).
+_FACTOR_PHI = {"ou_fast": 0.45, "ou_slow": 0.94, "random_walk": None, "trend": 0.93}
+_FACTOR_SHARE = (0.6, 0.9)
 _JUMP_FAMILIES = ("ou_fast", "ou_slow", "random_walk", "trend")
 
 
@@ -245,6 +263,7 @@ def make_synthetic_panel(
     clean_cols: dict[str, np.ndarray] = {}
     noise_std: dict[str, float] = {}
     noise_df: dict[str, int | None] = {}
+    factors: dict[str, np.ndarray] = {}  # noise_dist="factors": family -> unit factor
     for i, name in enumerate(names):
         rng = np.random.default_rng((seed, i))
         proc = process[name]
@@ -262,6 +281,9 @@ def make_synthetic_panel(
             unit, df = _unit_noise_of(np.random.default_rng((seed, i, 1)), n_rows, noise_dist)
         if noise_dist == "jumps" and proc in _JUMP_FAMILIES:
             clean = clean + propagate(_jumps(np.random.default_rng((seed, i, 2)), n_rows, sd))
+        if noise_dist == "factors" and proc in _FACTOR_PHI:
+            fac = factors.setdefault(proc, _factor(seed, proc, n_rows))
+            clean = _with_factor(np.random.default_rng((seed, i, 3)), clean, ref_scale, fac, proc)
         noise = sd * unit
         scale = 10.0 ** rng.uniform(-2.0, 3.0)
         offset = 0.0 if proc in _POSITIVE else scale * rng.uniform(-5.0, 5.0) * ref_scale
@@ -398,7 +420,7 @@ def _unit_noise_of(rng: np.random.Generator, n: int, dist: str) -> tuple[np.ndar
     """Unit-variance noise of one named distribution: 'gaussian' (also for 'jumps', whose
     non-Gaussian part is in the signal), 'outliers' (Gaussian core plus rare large
     outliers, rescaled to unit variance) or 'student_t'."""
-    if dist in ("gaussian", "jumps"):
+    if dist in ("gaussian", "jumps", "factors"):
         return rng.standard_normal(n), None
     if dist == "outliers":
         core = rng.standard_normal(n)
@@ -408,6 +430,30 @@ def _unit_noise_of(rng: np.random.Generator, n: int, dist: str) -> tuple[np.ndar
         return unit / np.sqrt(1.0 + _OUTLIER_PROB * _OUTLIER_SIZE**2), None
     df = int(rng.choice(list(_STUDENT_DF)))
     return rng.standard_t(df, n) * np.sqrt((df - 2) / df), df
+
+
+def _factor(seed: int, proc: str, n: int) -> np.ndarray:
+    """A family's latent factor with unit variance: its level's (OU) or its moves' (random
+    walk: white; trend: the AR(1) velocity). Its own stream, one per family."""
+    rng = np.random.default_rng((seed, 10_000 + list(_FACTOR_PHI).index(proc)))
+    phi = _FACTOR_PHI[proc]
+    if phi is None:
+        return rng.standard_normal(n)
+    return _ar1(rng, n, phi) * np.sqrt(1 - phi * phi)
+
+
+def _with_factor(rng, clean: np.ndarray, ref_scale: float, factor: np.ndarray, proc: str):
+    """The clean signal with a share c ~ U(_FACTOR_SHARE) of its variance (OU: level;
+    random walk, trend: moves) from the family factor, with a random sign; the rest is the
+    feature's own signal, so its reference scale and dynamics family are kept."""
+    c = rng.uniform(*_FACTOR_SHARE)
+    load = np.sqrt(c) * rng.choice([-1.0, 1.0])
+    if proc in ("ou_fast", "ou_slow"):
+        return ref_scale * (load * factor + np.sqrt(1 - c) * clean / ref_scale)
+    moves = np.diff(clean, prepend=0.0)  # random walk: e_t; trend: v_t + drift
+    drift = moves.mean()
+    own = (moves - drift) / moves.std()
+    return np.cumsum(ref_scale * (load * factor + np.sqrt(1 - c) * own) + drift)
 
 
 def _jumps(rng: np.random.Generator, n: int, sd: float) -> np.ndarray:

@@ -14,6 +14,8 @@ sdedit@t       diffuse to t, reverse with DDIM/DDPM, mean of n samples       pro
 predictive     E[s_t | y_t, y_<t] under the head's Gaussian mixture          exact
 kalman         causal Kalman filter of the lowest-AIC state-space fit       exact (gain)
 robust         Gaussian-sum filter of that fit, noise law with outliers     none (paired)
+combiner       Kalman + the group's current innovations, weights fitted on  exact
+               train rows against future targets (shared factors)
 =============  ===========================================================  ===========
 
 Adding a candidate is one class that follows ``Candidate`` plus one line in ``REGISTRY``:
@@ -366,6 +368,46 @@ class RobustCandidate:
         return CandidateOutput(apply_robust(raw, self.fits, self.laws), None)
 
 
+class CombinerCandidate:
+    """Each feature's Kalman filter corrected with the current innovations of every feature
+    of the cluster, weights fitted on the train rows against future targets (combiner.py):
+    what a per-feature filter cannot see where features share factors. Linear: exact SURE."""
+
+    family: ClassVar[str] = "combiner"
+    causal_only: ClassVar[bool] = True
+    linear: ClassVar[bool] = True
+    scope: ClassVar[str] = "group"  # one filter over the cluster's features
+    streaming: ClassVar[bool] = False
+    name = "combiner"
+
+    @classmethod
+    def build(cls, ctx: Context) -> list:
+        from mamba_denoiser.combiner import fit_combiner
+
+        if ctx.raw.shape[1] < 2:  # nothing to combine
+            return []
+        return [cls(fit_combiner(ctx.raw, ctx.train))]
+
+    @classmethod
+    def from_decisions(cls, ctx: Context, held: Any) -> list:
+        from mamba_denoiser.combiner import from_record
+
+        return [] if held is None else [cls(from_record(held))]
+
+    def __init__(self, combiner):
+        self.combiner = combiner
+
+    def decisions(self) -> dict:
+        from mamba_denoiser.combiner import to_record
+
+        return to_record(self.combiner, _fit_record)
+
+    def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
+        from mamba_denoiser.combiner import apply_combiner
+
+        return CandidateOutput(*apply_combiner(self.combiner, raw))
+
+
 def _fit_record(f) -> dict | None:
     """A StateSpaceFit as a JSON-able dict (model, params, center, scale, noise_var, aic)."""
     if f is None:
@@ -393,5 +435,6 @@ REGISTRY: dict[str, type] = {
     "predictive": PredictiveCandidate,
     "kalman": KalmanCandidate,
     "robust": RobustCandidate,
+    "combiner": CombinerCandidate,
 }
 CANDIDATES = tuple(REGISTRY)  # the default set (sampler=posterior_mean)

@@ -1,0 +1,104 @@
+"""A multivariate linear filter: each feature's Kalman filter, corrected with the current
+innovations of every feature of its group.
+
+A per-feature filter sees one series; where features share a factor, the other features'
+rows say something about this one's signal. Shared factors show first in the innovations:
+e_j,t = y_j,t - ŷ_j,t|t-1 (the part of today's observation its own Kalman filter did not
+predict; stationary for every model, so no spurious level regressions). Per feature i:
+
+    d_i,t = K_i,t + Σ_j γ_ij ẽ_j,t,          ẽ_j = e_j / sd(e_j) (train rows), 0 where NaN
+
+K_i the causal Kalman filter of i's lowest-AIC state-space fit (classical.py). The γ_i
+are fitted on the TRAIN rows without clean values, by ridge regression of the future
+target u_i,t - K_i,t on ẽ_t (classical.future_target: u_i,t - s_i,t is made of noise and
+innovations after t, independent of ẽ_t, so the regression estimates E[s_i,t - K_i,t | ẽ_t]
+without bias), with the ridge penalty chosen by scikit-learn's efficient leave-one-out
+(RidgeCV). γ = 0 is the per-feature Kalman filter. Linear in y: its divergence is exact,
+∂d_i,t/∂y_i,t = g_i,t + γ_ii / sd(e_i), so SURE scores it exactly under any white noise
+that is independent across features (the gate, inference/gate.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mamba_denoiser.classical import (
+    StateSpaceFit,
+    future_target,
+    kalman_filter,
+    state_space_fits,
+)
+
+ALPHAS = tuple(np.logspace(-1, 5, 13))  # ridge penalties tried (features standardised)
+GAIN_MAX = 0.99  # a gain this close to 1 (almost no noise): no usable innovation
+
+
+@dataclass
+class Combiner:
+    fits: list  # (F,) StateSpaceFit or None (that feature stays raw)
+    gamma: np.ndarray  # (F, F): row i, the weights of ẽ in feature i's correction
+    scale: np.ndarray  # (F,) sd of each feature's innovation on the train rows
+
+
+def _kalman(raw: np.ndarray, fits: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(filtered K, gain g, innovation e = (y - K) / (1 - g) = y - ŷ_t|t-1), each (T, F);
+    NaN where y is missing or the feature has no fit."""
+    K, g = np.full(raw.shape, np.nan), np.full(raw.shape, np.nan)
+    for j, fit in enumerate(fits):
+        if fit is not None:
+            K[:, j], g[:, j] = kalman_filter(fit, raw[:, j])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e = np.where(g < GAIN_MAX, (raw - K) / (1 - g), np.nan)
+    return K, g, e
+
+
+def fit_combiner(raw: np.ndarray, train: tuple[int, int]) -> Combiner:
+    """(T, F) raw values -> the fitted Combiner (train rows only; module docstring)."""
+    from sklearn.linear_model import RidgeCV
+
+    fits = state_space_fits(raw, train)
+    K, _, e = _kalman(raw, fits)
+    rows = slice(*train)
+    seen = np.isfinite(e[rows])
+    n = seen.sum(0)
+    ez = np.where(seen, e[rows], 0.0)
+    mean = ez.sum(0) / np.maximum(n, 1)
+    var = (np.where(seen, ez - mean, 0.0) ** 2).sum(0) / np.maximum(n, 1)
+    scale = np.where((n > 1) & (var > 0), np.sqrt(var), 1.0)  # no innovations: unused
+    X = np.nan_to_num(e / scale)[rows]  # (n, F)
+    F = raw.shape[1]
+    gamma = np.zeros((F, F))
+    for i, fit in enumerate(fits):
+        if fit is None:
+            continue
+        target = (future_target(fit, raw[:, i]) - K[:, i])[rows]
+        ok = np.isfinite(target) & np.isfinite(e[rows, i])
+        if ok.sum() < 10 * F:  # too few rows for F weights: the Kalman filter alone
+            continue
+        model = RidgeCV(alphas=ALPHAS, fit_intercept=False).fit(X[ok], target[ok])
+        gamma[i] = model.coef_
+    return Combiner(fits, gamma, scale)
+
+
+def apply_combiner(c: Combiner, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, F) raw -> (output, exact ∂out_t/∂y_t), both (T, F), causal; NaN where y is."""
+    K, g, e = _kalman(raw, c.fits)
+    out = K + np.nan_to_num(e / c.scale) @ c.gamma.T
+    div = g + np.where(np.isfinite(e), np.diag(c.gamma) / c.scale, 0.0)
+    out = np.where(np.isnan(raw) | np.isnan(K), np.nan, out)
+    return out, np.where(np.isnan(out), np.nan, div)
+
+
+def to_record(c: Combiner, fit_record) -> dict:
+    return {
+        "fits": [fit_record(f) for f in c.fits],
+        "gamma": c.gamma.tolist(),
+        "scale": c.scale.tolist(),
+    }
+
+
+def from_record(d: dict) -> Combiner:
+    fits = [None if f is None else StateSpaceFit(**f, fits={}) for f in d["fits"]]
+    return Combiner(fits, np.asarray(d["gamma"], float), np.asarray(d["scale"], float))
