@@ -111,7 +111,7 @@ def train_segment(
     return z, observed[first:], center, scale
 
 
-class _LRU:
+class LRU:
     """A small least-recently-used dict (bounded memory for long-lived processes)."""
 
     def __init__(self, maxsize: int):
@@ -133,17 +133,21 @@ class _LRU:
         self.data.clear()
 
 
-_MODEL_FITS = _LRU(CACHE_SIZE)  # (model, sha1 of z) -> params (standardised units)
-_STATE_SPACE_FITS = _LRU(CACHE_SIZE)  # sha1 of the raw train segment -> StateSpaceFit
+_MODEL_FITS = LRU(CACHE_SIZE)  # (model, sha1 of z) -> params (standardised units)
+_STATE_SPACE_FITS = LRU(CACHE_SIZE)  # sha1 of the raw train segment -> StateSpaceFit
+# (fit, sha1 of y) -> (signal, gain): the Kalman and combiner candidates filter the same
+# series in one run; a pure memo, read-only arrays
+_FILTERED = LRU(512)
 
 
 def clear_cache() -> None:
     """Forget every cached fit (tests, or to bound memory by hand)."""
     _MODEL_FITS.clear()
     _STATE_SPACE_FITS.clear()
+    _FILTERED.clear()
 
 
-def _digest(a: np.ndarray) -> str:
+def digest(a: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()
 
 
@@ -313,7 +317,7 @@ def fit_model(model: str, z: np.ndarray, observed: np.ndarray) -> dict:
     """
     _check_model(model)
     z = np.where(observed, z, np.nan)  # (n,) the Kalman filter handles NaN natively
-    key = (model, _digest(z))
+    key = (model, digest(z))
     params = _MODEL_FITS.get(key) or _disk_get(key)
     if params is None:
         with warnings.catch_warnings():
@@ -350,8 +354,8 @@ def _cached_on_disk(y: np.ndarray, train: tuple[int, int]) -> bool:
         z, observed, _, _ = train_segment(y, train, label="prefit")
     except ValueError:
         return True
-    digest = _digest(np.where(observed, z, np.nan))
-    return all(_disk_get((m, digest)) is not None for m in STATE_SPACE_MODELS)
+    key = digest(np.where(observed, z, np.nan))
+    return all(_disk_get((m, key)) is not None for m in STATE_SPACE_MODELS)
 
 
 def prefit_state_space(panel: np.ndarray, train: tuple[int, int], *, n_jobs: int = 1) -> None:
@@ -448,7 +452,7 @@ def fit_state_space(y: np.ndarray, train: tuple[int, int]) -> StateSpaceFit:
     start, stop = int(train[0]), int(train[1])
     if not 0 <= start < stop <= len(y):
         raise ValueError(f"train={train} must satisfy 0 <= start < stop <= {len(y)}")
-    key = _digest(y[start:stop])
+    key = digest(y[start:stop])
     cached = _STATE_SPACE_FITS.get(key)
     if cached is not None:
         return cached
@@ -537,8 +541,21 @@ def kalman_filter(fit: StateSpaceFit, y: np.ndarray) -> tuple[np.ndarray, np.nda
         Z P_{t|t-1} Z' / F_t (= 1 - H / F_t); the same in native and standardised units.
     The filter starts at the first observed row (rows before it are NaN), and missing rows
     inside are prediction steps, so signal[:t+1] and gain[:t+1] depend on y[:t+1] only.
+    Memoised on the fit and the exact bytes of y (read-only arrays are returned).
     """
     y = as_series(y)
+    params = tuple(sorted((k, float(v)) for k, v in fit.params.items()))
+    key = (fit.model, params, float(fit.center), float(fit.scale), digest(y))
+    hit = _FILTERED.get(key)
+    if hit is not None:
+        return hit
+    signal, gain = _kalman_filter(fit, y)
+    signal.setflags(write=False), gain.setflags(write=False)
+    _FILTERED.put(key, (signal, gain))
+    return signal, gain
+
+
+def _kalman_filter(fit: StateSpaceFit, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     signal, gain = np.full(len(y), np.nan), np.full(len(y), np.nan)
     observed = np.isfinite(y)
     if not observed.any():

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mamba_denoiser.classical import (
+    LRU,
     StateSpaceFit,
+    digest,
     future_target,
     kalman_filter,
     state_space_fits,
@@ -33,6 +35,9 @@ from mamba_denoiser.classical import (
 
 ALPHAS = tuple(np.logspace(-1, 5, 13))  # ridge penalties tried (features standardised)
 GAIN_MAX = 0.99  # a gain this close to 1 (almost no noise): no usable innovation
+# A pure memo on the exact bytes of the train rows, the only rows a fit reads: leakage
+# checks re-fit every decision on panels that differ only after them.
+_FITTED = LRU(64)
 
 
 @dataclass
@@ -55,7 +60,18 @@ def _kalman(raw: np.ndarray, fits: list) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def fit_combiner(raw: np.ndarray, train: tuple[int, int]) -> Combiner:
-    """(T, F) raw values -> the fitted Combiner (train rows only; module docstring)."""
+    """(T, F) raw values -> the fitted Combiner (train rows only; module docstring: the
+    last two train rows serve only as future targets' inputs). Memoised on their bytes."""
+    a, b = int(train[0]), int(train[1])
+    key = (a, b, raw.shape[1], digest(raw[a:b]))
+    hit = _FITTED.get(key)
+    if hit is None:
+        hit = _fit_combiner(raw, (a, b))
+        _FITTED.put(key, hit)
+    return hit
+
+
+def _fit_combiner(raw: np.ndarray, train: tuple[int, int]) -> Combiner:
     from sklearn.linear_model import RidgeCV
 
     fits = state_space_fits(raw, train)
@@ -73,7 +89,8 @@ def fit_combiner(raw: np.ndarray, train: tuple[int, int]) -> Combiner:
     for i, fit in enumerate(fits):
         if fit is None:
             continue
-        target = (future_target(fit, raw[:, i]) - K[:, i])[rows]
+        u = future_target(fit, raw[: train[1], i])  # NaN where it needs rows >= train end
+        target = (u - K[: train[1], i])[rows]
         ok = np.isfinite(target) & np.isfinite(e[rows, i])
         if ok.sum() < 10 * F:  # too few rows for F weights: the Kalman filter alone
             continue

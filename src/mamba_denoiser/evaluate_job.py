@@ -244,7 +244,7 @@ def _baselines(inp: _Inputs) -> tuple[dict[str, Any], Any]:
         rows=val,
         margin_db=float(cfg.gate_margin_db),
         nonlinear={"robust": robust},
-        target=future_targets(inp.raw, train),
+        target=future_targets(inp.raw[: val[1]], train),  # validation rows only
     )
     log.info(
         "Baselines (%s) and the anchor: %.1fs",

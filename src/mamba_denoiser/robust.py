@@ -32,13 +32,14 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from mamba_denoiser.classical import StateSpaceFit, state_space_fits
+from mamba_denoiser.classical import LRU, StateSpaceFit, digest, state_space_fits
 
 # (ε, k) candidates; (0, 1) is the Gaussian law (the Kalman filter)
 EPS = (0.01, 0.02, 0.05, 0.1)
 RATIO = (3.0, 5.0, 10.0, 20.0)
 GRID = ((0.0, 1.0),) + tuple((e, k) for e in EPS for k in RATIO)
 BURN_IN = 20  # rows after the first observation left out of the likelihood (diffuse start)
+_FITTED = LRU(64)  # a pure memo of fit_robust on the exact bytes of the train rows
 DIFFUSE = 1e6  # initial state variance of the non-stationary models (statsmodels uses 1e6)
 
 
@@ -179,7 +180,18 @@ def robust_filter(y: np.ndarray, fits: list[StateSpaceFit], laws: list[NoiseLaw]
 
 def fit_robust(raw: np.ndarray, train: tuple[int, int]) -> tuple[list, list]:
     """(T, F) -> (each column's lowest-AIC state-space fit, its NoiseLaw), both None where
-    no fit is possible (too short, constant: the column stays raw)."""
+    no fit is possible (too short, constant: the column stays raw). Train rows only;
+    memoised on their bytes."""
+    a, b = int(train[0]), int(train[1])
+    key = (a, b, raw.shape[1], digest(raw[a:b]))
+    hit = _FITTED.get(key)
+    if hit is None:
+        hit = _fit_robust(raw, (a, b))
+        _FITTED.put(key, hit)
+    return list(hit[0]), list(hit[1])
+
+
+def _fit_robust(raw: np.ndarray, train: tuple[int, int]) -> tuple[list, list]:
     fits = state_space_fits(raw, train)
     ok = [j for j, f in enumerate(fits) if f is not None]
     laws: list = [None] * len(fits)

@@ -43,7 +43,9 @@ def best_classical(
     outs = [baselines[b].causal for b in baselines] + list(nonlinear.values())
     divs = [baselines[b].causal_gain for b in baselines] + [None] * len(nonlinear)
     g = slice(*rows)
-    u = np.full(raw.shape, np.nan) if target is None else target
+    u = np.full(raw.shape, np.nan)
+    if target is not None:  # only the targets the validation rows alone give
+        u[: rows[1]] = target[: rows[1]]
     res = gate(
         raw[g],
         sigma,

@@ -314,7 +314,7 @@ def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands,
         [outs[k].mean[g] for k in range(K)],
         [divs[k][g] if k in divs else None for k in range(K)],
         [cd.linear for cd in cands],
-        future_targets(raw, train)[g],
+        future_targets(raw[: gate_rows[1]], train)[g],  # reads validation rows only
         margin_db=margin,
         usable=plan.usable,
     )
