@@ -290,8 +290,14 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
                 inp.models, inp.panel, method, _method_kw(method, cfg), names, res.den[name], cfg
             )
             perturbed.add(name)
+    # the anchor's robust-filter features: the same per-column causal function as the
+    # denoiser's robust candidate, whose whole path the exact tests just covered
+    robust_exact = any("robust" in res.den[n].alone for n in perturbed)
     for key, arr in res.causal_out.items():
         if key == "raw" or key.endswith("(causal)"):
+            continue
+        if key == ANCHOR and robust_exact:
+            checks += _anchor_lookahead(raw, arr, names, res.anchor.choice)
             continue
         checks.append(_lookahead_check(raw, arr, names, key, res.method_of.get(key) in perturbed))
     for b, out in res.bl.items():
@@ -302,6 +308,26 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
             log.warning("baseline %s trips the look-ahead check", b)
     log.info("Leakage checks passed: %d (%.1fs)", len(checks), time.perf_counter() - t0)
     return checks
+
+
+def _anchor_lookahead(raw, arr, names, choice) -> list[str]:
+    """The anchor's look-ahead check: the linear statistic (it stops the run) on the
+    features a linear filter serves; the robust filter's features are covered by the
+    exact tests of the robust candidate (the statistic is linear, that filter is not)."""
+    lin = [j for j, c in enumerate(choice) if c != "robust"]
+    n_rob = len(choice) - len(lin)
+    out = []
+    if lin:
+        sub = [names[j] for j in lin]
+        label = f"{ANCHOR}, {len(lin)} features served by linear filters"
+        out.append(_lookahead_check(raw[:, lin], arr[:, lin], sub, label, False))
+    if n_rob:
+        out.append(
+            f"look-ahead ({ANCHOR}, {n_rob} features served by the robust filter): the same "
+            "causal function as the robust candidate, whose whole path passed the exact "
+            "future-perturbation tests (the linear statistic does not apply to it)"
+        )
+    return out
 
 
 def _lookahead_check(raw, arr, names, key: str, exact_passed: bool) -> str:
