@@ -43,13 +43,13 @@ format: install
 bench: install
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# Regenerates docs/results/*.md, the reports the README quotes (about 2 x `make run`).
+# Regenerates docs/results/*.md, the reports the README quotes (about 7 x `make run`).
 results: install
 	$(PY) cluster.py && $(PY) train.py experiment=cpu_all_clusters
 	$(PY) evaluate.py results_md=docs/results/default_noise.md
 	$(PY) cluster.py data.noise_scale=5 && $(PY) train.py experiment=cpu_all_clusters data.noise_scale=5
 	$(PY) evaluate.py data.noise_scale=5 results_md=docs/results/noise_x5.md
-	for d in jumps outliers; do \
+	for d in gaussian student_t jumps outliers factors; do \
 	  $(PY) cluster.py data.noise_scale=5 data.noise_dist=$$d && \
 	  $(PY) train.py experiment=cpu_all_clusters data.noise_scale=5 data.noise_dist=$$d && \
 	  $(PY) evaluate.py data.noise_scale=5 data.noise_dist=$$d \
