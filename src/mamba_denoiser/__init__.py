@@ -1,3 +1,17 @@
-"""Group-specific multivariate Mamba diffusion denoiser."""
+"""Group-specific multivariate Mamba diffusion denoiser.
+
+``from mamba_denoiser import Denoiser``: a trained sweep applied from Python (api.py).
+"""
 
 __version__ = "0.1.0"
+__all__ = ["Denoiser", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: ``import mamba_denoiser`` stays light (no torch, pandas or statsmodels) for the
+    # entry scripts' config errors; the API loads them when first used.
+    if name == "Denoiser":
+        from mamba_denoiser.api import Denoiser
+
+        return Denoiser
+    raise AttributeError(f"module 'mamba_denoiser' has no attribute {name!r}")

@@ -1,0 +1,164 @@
+"""``Denoiser``: a finished training sweep applied from Python, to a history and then to
+each new day, causally, with the same numbers as denoise.py.
+
+    from mamba_denoiser import Denoiser
+
+    den = Denoiser.from_run()              # the newest sweep under outputs/ (or a folder)
+    clean = den.transform(history)         # a DataFrame: an id column or a DatetimeIndex
+    today = den.update(new_rows)           # = den.transform(history + new_rows)[new rows]
+
+The first ``transform`` fits the per-feature decisions (σ, whiteness, the state-space and
+noise-law fits, the gate's choices) on the train and validation rows of the split the
+models were trained with, exactly as denoise.py does; they are then held, so every later
+call serves the same estimators, and a row's value never changes once computed (the
+causal plan does not depend on how many rows follow; docs/design.md "Denoising").
+``update`` serves only the windows its new rows need (the filters' recursions still run
+over the history). Rows are positional: the history must start where the training data
+started, and the train and validation rows must be the ones the models were fitted on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mamba_denoiser.classical import digest
+from mamba_denoiser.errors import ConfigError, PanelError
+from mamba_denoiser.vocabulary import ID_COL
+
+
+class Denoiser:
+    def __init__(
+        self,
+        models: dict[int, Any],
+        bounds: dict[str, tuple[int, int]],
+        *,
+        id_col: str = ID_COL,
+        gate: bool = True,
+        candidates: list[str] | None = None,
+        gate_margin_db: float = 0.1,
+    ):
+        self.models, self.bounds, self.id_col = models, bounds, id_col
+        self.kw = dict(candidates=candidates, gate_margin_db=gate_margin_db)
+        self.gate = gate
+        self.features = [f for m in models.values() for f in m.features]
+        self.window = max(m.window for m in models.values())
+        self._decisions: dict[int, dict] | None = None
+        self._fitted_on: str | None = None  # digest of the train + validation rows
+        self._history: pd.DataFrame | None = None  # features, in row order, id-indexed
+        self._columns: list = []  # the history frame's columns (update's schema)
+
+    @classmethod
+    def from_run(cls, checkpoints: str | Path | None = None, *, log_dir="outputs", **kw):
+        """A sweep written by train.py (None: the newest under ``log_dir``); ``kw``: gate,
+        candidates, gate_margin_db, id_col."""
+        from mamba_denoiser.artifacts import find_latest_sweep, load_models
+
+        folder = Path(checkpoints) if checkpoints else find_latest_sweep(log_dir)
+        models = load_models(folder)
+        splits = [(m.source.get("split") or {}).get("bounds") for m in models.values()]
+        if not splits[0] or any(s != splits[0] for s in splits):
+            raise ConfigError(f"{folder}: the checkpoints do not record one common split")
+        bounds = {k: (int(v[0]), int(v[1])) for k, v in splits[0].items()}
+        return cls(models, bounds, **kw)
+
+    # ---- the frames ---------------------------------------------------------------------
+    def _features_of(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
+        """The feature columns, float, indexed by id (the id column or the index), with
+        strictly increasing ids; a clear error naming what is wrong otherwise."""
+        if self.id_col in frame.columns:
+            ids = frame[self.id_col]
+        elif isinstance(frame.index, pd.DatetimeIndex) or frame.index.name == self.id_col:
+            ids = frame.index.to_series()
+        else:
+            raise PanelError(
+                f"{what}: no id column '{self.id_col}' and no DatetimeIndex; give one of them"
+            )
+        missing = [f for f in self.features if f not in frame.columns]
+        if missing:
+            raise PanelError(f"{what}: missing feature columns {missing[:5]}")
+        if not ids.is_monotonic_increasing or ids.duplicated().any():
+            raise PanelError(f"{what}: ids must be strictly increasing (sort the frame first)")
+        try:
+            x = frame[self.features].astype(float)
+        except (TypeError, ValueError) as e:
+            raise PanelError(f"{what}: non-numeric feature values ({e})") from None
+        x.index = pd.Index(ids.to_numpy(), name=self.id_col)
+        return x
+
+    def _run(self, x: pd.DataFrame, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """(T, F) denoised features of x; held decisions after the first call."""
+        from mamba_denoiser.inference.panel import denoise_panel
+
+        frame = x.reset_index(drop=True)
+        replay = self._decisions
+        res = denoise_panel(
+            self.models,
+            frame,
+            self.bounds,
+            gate=self.gate and replay is None,
+            replay=replay,
+            rows=rows,
+            quiet=True,
+            **self.kw,
+        )
+        if replay is None:
+            self._decisions = {cid: r.info["decisions"] for cid, r in res.clusters.items()}
+        return res.stack("mean", self.features)
+
+    def _check_fit_rows(self, x: pd.DataFrame, what: str) -> None:
+        stop = self.bounds["val"][1]
+        if len(x) < stop:
+            raise PanelError(
+                f"{what}: {len(x)} rows, but the models' validation rows end at row {stop}; "
+                "pass the whole history the models were trained on"
+            )
+        key = digest(x.to_numpy()[:stop])
+        if self._fitted_on is not None and key != self._fitted_on:
+            raise PanelError(
+                f"{what}: its train and validation rows differ from those the decisions "
+                "were fitted on (a revised history); make a new Denoiser to refit"
+            )
+        self._fitted_on = key
+
+    # ---- the API ------------------------------------------------------------------------
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame with its cluster features denoised causally: same index, columns and
+        order; NaN stays NaN; other columns untouched. The history it is given is kept
+        for ``update``."""
+        x = self._features_of(frame, "transform")
+        self._check_fit_rows(x, "transform")
+        out = self._run(x)
+        self._history, self._columns = x, list(frame.columns)
+        result = frame.copy()
+        result[self.features] = out
+        return result
+
+    def update(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """New rows (same schema, ids after the last one seen) -> those rows denoised:
+        the values ``transform`` over the grown history gives them."""
+        if self._history is None:
+            raise ConfigError("update() needs a history first: call transform(history)")
+        new = [c for c in rows.columns if c not in self._columns]
+        gone = [c for c in self._columns if c not in rows.columns]
+        if new or gone:
+            raise PanelError(
+                f"update: the rows' columns differ from the history's: new {new}, missing "
+                f"{gone}; give rows in the same schema"
+            )
+        x = self._features_of(rows, "update")
+        if len(x) and not x.index[0] > self._history.index[-1]:
+            raise PanelError(
+                f"update: id {x.index[0]!r} is not after the last row seen "
+                f"({self._history.index[-1]!r}); revised history needs a new transform"
+            )
+        grown = pd.concat([self._history, x])
+        n_old, n_new = len(self._history), len(grown)
+        out = self._run(grown, rows=(max(n_old - self.window + 1, 0), n_new))
+        self._history = grown
+        result = rows.copy()
+        result[self.features] = out[n_old:]
+        return result
