@@ -532,6 +532,18 @@ def future_targets(raw: np.ndarray, train: tuple[int, int]) -> np.ndarray:
     return u
 
 
+def memo_on_train(cache: LRU, fn: Callable, raw: np.ndarray, train: tuple[int, int]):
+    """``fn(raw, train)`` for a fit that reads the train rows only, memoised on their exact
+    bytes: leakage checks re-fit every decision on panels that differ only after them."""
+    a, b = int(train[0]), int(train[1])
+    key = (fn.__qualname__, a, b, raw.shape[1], digest(raw[a:b]))
+    hit = cache.get(key)
+    if hit is None:
+        hit = fn(raw, (a, b))
+        cache.put(key, hit)
+    return hit
+
+
 def kalman_filter(fit: StateSpaceFit, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Causal Kalman filter of ``fit``'s model on the whole series y (T,).
 

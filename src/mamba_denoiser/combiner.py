@@ -34,9 +34,9 @@ import numpy as np
 from mamba_denoiser.classical import (
     LRU,
     StateSpaceFit,
-    digest,
     future_target,
     kalman_filter,
+    memo_on_train,
     state_space_fits,
 )
 
@@ -45,9 +45,7 @@ ALPHAS = tuple(np.logspace(-1, 5, 13))  # ridge penalties tried (features standa
 # current ones: a slow factor is read better from the group's recent history
 HALF_LIVES = (2.0, 10.0, 40.0)
 GAIN_MAX = 0.99  # a gain this close to 1 (almost no noise): no usable innovation
-# A pure memo on the exact bytes of the train rows, the only rows a fit reads: leakage
-# checks re-fit every decision on panels that differ only after them.
-_FITTED = LRU(64)
+_FITTED = LRU(64)  # classical.memo_on_train
 
 
 @dataclass
@@ -72,13 +70,7 @@ def _kalman(raw: np.ndarray, fits: list) -> tuple[np.ndarray, np.ndarray, np.nda
 def fit_combiner(raw: np.ndarray, train: tuple[int, int]) -> Combiner:
     """(T, F) raw values -> the fitted Combiner (train rows only; module docstring: the
     last two train rows serve only as future targets' inputs). Memoised on their bytes."""
-    a, b = int(train[0]), int(train[1])
-    key = (a, b, raw.shape[1], digest(raw[a:b]))
-    hit = _FITTED.get(key)
-    if hit is None:
-        hit = _fit_combiner(raw, (a, b))
-        _FITTED.put(key, hit)
-    return hit
+    return memo_on_train(_FITTED, _fit_combiner, raw, train)
 
 
 def _fit_combiner(raw: np.ndarray, train: tuple[int, int]) -> Combiner:

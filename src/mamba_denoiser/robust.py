@@ -32,14 +32,14 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from mamba_denoiser.classical import LRU, StateSpaceFit, digest, state_space_fits
+from mamba_denoiser.classical import LRU, StateSpaceFit, memo_on_train, state_space_fits
 
 # (ε, k) candidates; (0, 1) is the Gaussian law (the Kalman filter)
 EPS = (0.01, 0.02, 0.05, 0.1)
 RATIO = (3.0, 5.0, 10.0, 20.0)
 GRID = ((0.0, 1.0),) + tuple((e, k) for e in EPS for k in RATIO)
 BURN_IN = 20  # rows after the first observation left out of the likelihood (diffuse start)
-_FITTED = LRU(64)  # a pure memo of fit_robust on the exact bytes of the train rows
+_FITTED = LRU(64)  # fit_robust, memoised on the train rows (classical.memo_on_train)
 DIFFUSE = 1e6  # initial state variance of the non-stationary models (statsmodels uses 1e6)
 
 
@@ -182,13 +182,8 @@ def fit_robust(raw: np.ndarray, train: tuple[int, int]) -> tuple[list, list]:
     """(T, F) -> (each column's lowest-AIC state-space fit, its NoiseLaw), both None where
     no fit is possible (too short, constant: the column stays raw). Train rows only;
     memoised on their bytes."""
-    a, b = int(train[0]), int(train[1])
-    key = (a, b, raw.shape[1], digest(raw[a:b]))
-    hit = _FITTED.get(key)
-    if hit is None:
-        hit = _fit_robust(raw, (a, b))
-        _FITTED.put(key, hit)
-    return list(hit[0]), list(hit[1])
+    fits, laws = memo_on_train(_FITTED, _fit_robust, raw, train)
+    return list(fits), list(laws)
 
 
 def _fit_robust(raw: np.ndarray, train: tuple[int, int]) -> tuple[list, list]:

@@ -282,17 +282,22 @@ class PredictiveCandidate(_Unfitted):
         return CandidateOutput(out["mean"], out["div"])
 
 
-class KalmanCandidate:
+class _Classical:
+    """Classical filters: recursions over the whole history, causal mode only."""
+
+    causal_only: ClassVar[bool] = True
+    scope: ClassVar[str] = "feature"
+    streaming: ClassVar[bool] = False
+
+
+class KalmanCandidate(_Classical):
     """Per feature, the causal Kalman filter of its lowest-AIC state-space fit (train rows).
 
     ``fits``: the fits of an earlier run (``decisions()``), held instead of re-fitted, so
     a replay at a cut inside the train rows re-runs the filter only."""
 
     family: ClassVar[str] = "kalman"
-    causal_only: ClassVar[bool] = True
     linear: ClassVar[bool] = True
-    scope: ClassVar[str] = "feature"
-    streaming: ClassVar[bool] = False
     name = "kalman"
 
     @classmethod
@@ -324,16 +329,13 @@ class KalmanCandidate:
         return CandidateOutput(mean, div)
 
 
-class RobustCandidate:
+class RobustCandidate(_Classical):
     """Per feature, the Gaussian-sum filter of its lowest-AIC state-space fit under a noise
     law with outliers fitted on the train rows (robust.py): Kalman where the noise is
     Gaussian, robust to outliers where it is not. Nonlinear in y (the paired gate)."""
 
     family: ClassVar[str] = "robust"
-    causal_only: ClassVar[bool] = True
     linear: ClassVar[bool] = False
-    scope: ClassVar[str] = "feature"
-    streaming: ClassVar[bool] = False
     name = "robust"
 
     @classmethod
@@ -368,16 +370,14 @@ class RobustCandidate:
         return CandidateOutput(apply_robust(raw, self.fits, self.laws), None)
 
 
-class CombinerCandidate:
+class CombinerCandidate(_Classical):
     """Each feature's Kalman filter corrected with the current innovations of every feature
     of the cluster, weights fitted on the train rows against future targets (combiner.py):
     what a per-feature filter cannot see where features share factors. Linear: exact SURE."""
 
     family: ClassVar[str] = "combiner"
-    causal_only: ClassVar[bool] = True
     linear: ClassVar[bool] = True
     scope: ClassVar[str] = "group"  # one filter over the cluster's features
-    streaming: ClassVar[bool] = False
     name = "combiner"
 
     @classmethod
