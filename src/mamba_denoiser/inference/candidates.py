@@ -111,12 +111,24 @@ class _Unfitted:
     def decisions(self) -> None:
         return None
 
+    def _windows(self, raw, fn, progress, rows) -> dict[str, np.ndarray]:
+        """``fn`` over the serving plan's windows of the model (plan.run_windows)."""
+        kw = dict(mode=self.mode, batch_windows=self.batch, progress=progress, rows=rows)
+        return run_windows(self.model, raw, fn, **kw)
+
     @classmethod
     def from_decisions(cls, ctx: Context, held: Any) -> list:
         return cls.build(ctx)
 
 
-class DiffusionCandidate(_Unfitted):
+class _DiffusionHead(_Unfitted):
+    """Candidates of the ε-network (the diffusion head): any mode, nonlinear in y."""
+
+    causal_only: ClassVar[bool] = False
+    linear: ClassVar[bool] = False
+
+
+class DiffusionCandidate(_DiffusionHead):
     """The ε-network's posterior mean at one diffusion timestep t.
 
     constant (sampling.posterior_mean_n2s): "total_noise" (k = σ² + τ_t², the default: the
@@ -125,8 +137,6 @@ class DiffusionCandidate(_Unfitted):
     With ``sampler=sdedit`` the registry's "diffusion" entry builds SDEdit instead."""
 
     family: ClassVar[str] = "diffusion"
-    causal_only: ClassVar[bool] = False
-    linear: ClassVar[bool] = False
 
     @classmethod
     def build(cls, ctx: Context) -> list:
@@ -164,29 +174,18 @@ class DiffusionCandidate(_Unfitted):
             )
             return {"mean": m}
 
-        out = run_windows(
-            self.model,
-            raw,
-            fn,
-            mode=self.mode,
-            batch_windows=self.batch,
-            progress=progress,
-            rows=rows,
-        )
+        out = self._windows(raw, fn, progress, rows)
         return CandidateOutput(out["mean"], None)
 
 
-class SDEditCandidate(_Unfitted):
-    """SDEdit from t_start: diffuse, then the reverse process; mean and quantile bands."""
+class SDEditCandidate(_DiffusionHead):
+    """SDEdit from t_start: diffuse, then the reverse process; mean and quantile bands.
+    Built by the registry's "diffusion" entry (sampler=sdedit), which checks the head."""
 
     family: ClassVar[str] = "sdedit"
-    causal_only: ClassVar[bool] = False
-    linear: ClassVar[bool] = False
 
     @classmethod
     def build(cls, ctx: Context) -> list:
-        if not ctx.model.has_head("diffusion"):
-            return []
         kw = dict(mode=ctx.mode, seed=ctx.seed, batch_windows=ctx.batch_windows)
         return [cls(ctx.model, t, ctx.sampler_kw, **kw) for t in ctx.t_list]
 
@@ -225,15 +224,7 @@ class SDEditCandidate(_Unfitted):
             )
             return {"mean": res.mean, "mean_lo": res.lower, "mean_hi": res.upper}
 
-        out = run_windows(
-            self.model,
-            raw,
-            fn,
-            mode=self.mode,
-            batch_windows=self.batch,
-            progress=progress,
-            rows=rows,
-        )
+        out = self._windows(raw, fn, progress, rows)
         return CandidateOutput(out["mean"], None, out["mean_lo"], out["mean_hi"])
 
 
@@ -252,7 +243,7 @@ class PredictiveCandidate(_Unfitted):
         return [cls(ctx.model, ctx.sigma_w, batch_windows=ctx.batch_windows)]
 
     def __init__(self, model, sigma_w: np.ndarray, *, batch_windows=BATCH_WINDOWS):
-        self.model, self.batch = model, batch_windows
+        self.model, self.batch, self.mode = model, batch_windows, "causal"
         # The feature's own σ, not the training floor (predictive.SIGMA_FLOOR): the head
         # learnt Var(y | past) − floor², but where σ is far below the floor, updating with
         # the floor over-smooths (measured: trend features, default noise, −4.0 dB with the
@@ -270,15 +261,7 @@ class PredictiveCandidate(_Unfitted):
             )
             return {"mean": s_hat, "div": div}
 
-        out = run_windows(
-            self.model,
-            raw,
-            fn,
-            mode="causal",
-            batch_windows=self.batch,
-            progress=progress,
-            rows=rows,
-        )
+        out = self._windows(raw, fn, progress, rows)
         return CandidateOutput(out["mean"], out["div"])
 
 
