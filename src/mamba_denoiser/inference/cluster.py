@@ -1,17 +1,19 @@
 """One cluster's (T, F) block -> denoised block: plan -> candidates -> gate -> assemble.
 
 1. Plan (train rows only): σ per feature (classical.noise_sigma: the moment estimate, or
-   the lowest-AIC state-space fit's noise where that is clipped or disagrees; or given),
-   and a whiteness test of y (Ljung-Box): a white y passes through, because white signal
-   plus white noise cannot be told apart.
-2. Candidates (inference/candidates.py): the diffusion posterior mean at a few timesteps,
-   the predictive head, the Kalman filter; each applied causally to the whole block.
-3. Gate (inference/gate.py): SURE on the validation rows; per feature the candidate with
-   the best estimated gain above the margin, else raw.
+   the lowest-AIC state-space fit's noise where that is clipped, disagrees or is a trend;
+   or given), and a whiteness test of y (classical.whiteness): a white y passes through,
+   because white signal plus white noise cannot be told apart.
+2. Candidates (inference/candidates.py, REGISTRY): the diffusion posterior mean at a few
+   timesteps, the predictive head, the Kalman filter, the robust Gaussian-sum filter and
+   the group's combiner; each applied causally to the whole block.
+3. Gate (inference/gate.py), validation rows: SURE for linear candidates, the paired
+   future-target risk for nonlinear ones; per feature the best above the margin, else raw.
 4. Assemble: chosen features take their candidate's values; the rest are exactly raw.
 
-``replay`` re-runs with given decisions (σ, t grid, Kalman fits, each feature's choice),
-so the serving path alone is causal at cuts inside the rows the decisions were fitted on.
+``replay`` re-runs with given decisions (σ, t grid, each family's fits, each feature's
+choice and alone picks), so the serving path alone is causal at cuts inside the rows the
+decisions were fitted on.
 """
 
 from __future__ import annotations
