@@ -29,6 +29,7 @@ it missing and differ from the whole run's, which the check compares.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ class Served:
 
     out: np.ndarray
     record: str
+    outputs: tuple[str, ...] = ("the chosen mix",)  # what each block of F columns is
 
 
 def serve_fn(models, names: list[str], families: list[str], **kw) -> Callable[..., Served]:
@@ -85,7 +87,8 @@ def served_from(res, names: list[str], families: list[str], raw: np.ndarray) -> 
         }
         for cid, r in res.clusters.items()
     }
-    return Served(np.column_stack(cols), json.dumps(record, sort_keys=True))
+    labels = ("the chosen mix", *(f"{fam} alone" for fam in families))
+    return Served(np.column_stack(cols), json.dumps(record, sort_keys=True), labels)
 
 
 def cuts_in_test_split(bounds: dict, n_rows: int, window: int, n: int = N_CUTS) -> list[int]:
@@ -140,7 +143,7 @@ def compare(
     if not same.all():
         r, c = np.argwhere(~same)[0]
         col = names[c % len(names)]
-        output = "the chosen mix" if c < len(names) else f"output block {c // len(names)}"
+        output = base.outputs[c // len(names)]
         raise LeakageError(
             f"{what}: changing rows > {cut} changed {output} at row {lo + r}, column {col} "
             f"(|change| {np.nanmax(np.abs(a - b)):.3g}): the output looks ahead"
@@ -168,8 +171,6 @@ def run_checks(
 
     ``base``: the unperturbed run (every row served); ``replay``: its decisions per
     cluster. -> one record per check: name, cuts and seconds."""
-    import time
-
     x = frame[names].to_numpy(dtype=np.float64)
     T = len(frame)
     rng = np.random.default_rng(seed)
@@ -208,7 +209,7 @@ def run_checks(
         for c in cuts:
             got = run(c)
             if what == "shorter panel":  # its outputs end at the cut
-                got = Served(np.vstack([got.out, base.out[c + 1 :]]), got.record)
+                got = Served(np.vstack([got.out, base.out[c + 1 :]]), got.record, got.outputs)
             # a replay re-fits nothing, so it has no validation scores to compare
             compare(base, got, rows(c)[0], c, what, names, record=what != "decisions held")
         done.append({"check": what, "cuts": cuts, "seconds": time.perf_counter() - t0})
