@@ -23,7 +23,9 @@ from mamba_denoiser.models import MultivariateMambaDenoiser
 from mamba_denoiser.models.denoiser import HEADS
 from mamba_denoiser.vocabulary import ANCHOR_LEN, WINDOW_SIZE
 
-PREDICTIVE_DEFAULTS = {"n_components": 3, "weight": 1.0, "var_floor": 1e-4}
+# residual: the head starts at the robust filter's prediction (diffusion/residual.py); a
+# checkpoint without the key holds the plain head
+PREDICTIVE_DEFAULTS = {"n_components": 3, "weight": 1.0, "var_floor": 1e-4, "residual": False}
 # DenoiserModule's own arguments, which only training reads (optimiser, compile, how t is
 # drawn, provenance); the rest of its hyper-parameters are the network's. A test checks it.
 TRAINING_ONLY = (
@@ -81,6 +83,7 @@ class NetworkMixin:
                 "heads": heads,
                 "n_components": int(self.predictive["n_components"]),
                 "var_floor": float(self.predictive["var_floor"]),
+                "residual": bool(self.predictive["residual"]),
             }
             if noise_sigma is None or len(noise_sigma) != n_features:
                 raise ValueError(
@@ -114,6 +117,18 @@ class NetworkMixin:
         if mask is not None:  # a model without mask channels must not see NaN
             y = torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
         return self.model.predict_mixture(y)
+
+    @property
+    def residual(self) -> bool:
+        """Whether the predictive head is the residual one (needs the filter's priors)."""
+        return bool(getattr(self.model, "residual", False))
+
+    def predict_residual(self, y: torch.Tensor, mask: torch.Tensor, innov: torch.Tensor):
+        """The residual head's raw outputs (``MultivariateMambaDenoiser.predict_residual``)."""
+        if self.use_mask:
+            return self.model.predict_residual(y, mask, innov)
+        y = torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device))
+        return self.model.predict_residual(y, None, innov)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None):
         return self.model(x_t, t, mask=mask) if self.use_mask else self.model(x_t, t)

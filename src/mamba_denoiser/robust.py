@@ -79,9 +79,13 @@ def state_space_form(fit: StateSpaceFit) -> tuple[np.ndarray, float, np.ndarray]
 def _gaussian_sum(z, F, q, P0, w_out, r_core, r_out, burn_in):  # pragma: no cover - compiled
     """z (T, B) standardised, NaN = missing; per column F (B, 2, 2), q (B,), P0 (B, 2, 2),
     outlier weight w_out (B,), core / outlier noise variances (B,) -> (filtered s_t (T, B),
-    NaN where z is; log-likelihood (B,) after ``burn_in`` observed rows)."""
+    NaN where z is; log-likelihood (B,) after ``burn_in`` observed rows; the one-step
+    prediction's mean and variance of s_t given z_<t, (T, B) each, NaN before the first
+    observation: what the residual predictive head starts from)."""
     T, B = z.shape
     out = np.full((T, B), np.nan)
+    prior_m = np.full((T, B), np.nan)
+    prior_v = np.full((T, B), np.nan)
     loglik = np.zeros(B)
     for b in range(B):
         m0, m1 = 0.0, 0.0
@@ -108,6 +112,7 @@ def _gaussian_sum(z, F, q, P0, w_out, r_core, r_out, burn_in):  # pragma: no cov
                 pp00 = a00 * f00 + a01 * f01 + q[b]
                 pp01 = a00 * f10 + a01 * f11
                 pp11 = a10 * f10 + a11 * f11
+            prior_m[t, b], prior_v[t, b] = mp0, pp00
             if np.isnan(y):
                 m0, m1, p00, p01, p11 = mp0, mp1, pp00, pp01, pp11
                 continue
@@ -135,7 +140,7 @@ def _gaussian_sum(z, F, q, P0, w_out, r_core, r_out, burn_in):  # pragma: no cov
             seen += 1
             if seen > burn_in:
                 loglik[b] += total
-    return out, loglik
+    return out, loglik, prior_m, prior_v
 
 
 def _columns(fits: list[StateSpaceFit], laws: list[NoiseLaw]):
@@ -165,7 +170,7 @@ def fit_noise_laws(y: np.ndarray, fits: list[StateSpaceFit], train: tuple[int, i
     laws = [NoiseLaw(*g) for g in GRID]
     cols = _columns([f for f in fits for _ in GRID], laws * n_f)
     zz = np.ascontiguousarray(np.repeat(z, n_g, axis=1))  # (n, F * G), feature-major
-    _, loglik = _gaussian_sum(zz, *cols, BURN_IN)
+    _, loglik, _, _ = _gaussian_sum(zz, *cols, BURN_IN)
     best = np.nanargmax(np.where(np.isfinite(loglik), loglik, -np.inf).reshape(n_f, n_g), 1)
     return [laws[g] for g in best]
 
@@ -174,7 +179,7 @@ def robust_filter(y: np.ndarray, fits: list[StateSpaceFit], laws: list[NoiseLaw]
     """(T, F) raw values -> (T, F) the causal Gaussian-sum filter's estimate of the signal,
     native units; NaN where y is NaN."""
     z = np.ascontiguousarray(_standardise(y, fits))
-    out, _ = _gaussian_sum(z, *_columns(fits, laws), BURN_IN)
+    out, _, _, _ = _gaussian_sum(z, *_columns(fits, laws), BURN_IN)
     return out * np.array([f.scale for f in fits]) + np.array([f.center for f in fits])
 
 
@@ -203,3 +208,37 @@ def apply_robust(raw: np.ndarray, fits: list, laws: list) -> np.ndarray:
     if ok:  # every column in one compiled pass
         out[:, ok] = robust_filter(raw[:, ok], [fits[j] for j in ok], [laws[j] for j in ok])
     return out
+
+
+@dataclass(frozen=True)
+class Priors:
+    """The robust filter's one-step predictions, native units (NaN where a column has no
+    fit, and before its first observation): the start of the residual predictive head
+    (diffusion/predictive.py), which then uses the same noise law, so that untrained it
+    gives exactly the filter's output."""
+
+    mean: np.ndarray  # (T, F) E[s_t | y_<t] (collapsed to one Gaussian, as the filter does)
+    var: np.ndarray  # (T, F) Var[s_t | y_<t]
+    noise_var: np.ndarray  # (F, 2) core and outlier noise variances σ_c², σ_o²
+    eps: np.ndarray  # (F,) outlier weight ε (0: Gaussian noise, the Kalman filter)
+    filtered: np.ndarray  # (T, F) the filter's own output, E[s_t | y_<=t]
+
+
+def filter_priors(raw: np.ndarray, fits: list, laws: list) -> Priors:
+    """(T, F) raw values and each column's (fit, law) from ``fit_robust`` -> ``Priors``."""
+    T, n_f = raw.shape
+    mean, var, filt = (np.full((T, n_f), np.nan) for _ in range(3))
+    noise_var, eps = np.full((n_f, 2), np.nan), np.full(n_f, np.nan)
+    ok = [j for j, f in enumerate(fits) if f is not None]
+    if ok:
+        fs, ls = [fits[j] for j in ok], [laws[j] for j in ok]
+        cols = _columns(fs, ls)
+        z = np.ascontiguousarray(_standardise(raw[:, ok], fs))
+        out, _, m, v = _gaussian_sum(z, *cols, BURN_IN)
+        scale = np.array([f.scale for f in fs])
+        center = np.array([f.center for f in fs])
+        mean[:, ok], var[:, ok] = m * scale + center, v * scale**2
+        filt[:, ok] = out * scale + center
+        noise_var[ok, 0], noise_var[ok, 1] = cols[4] * scale**2, cols[5] * scale**2
+        eps[ok] = cols[3]
+    return Priors(mean=mean, var=var, noise_var=noise_var, eps=eps, filtered=filt)

@@ -254,7 +254,7 @@ def _gpu_for_parallel_job(cfg: DictConfig) -> Any:
 def _head_kwargs(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     """(heads, predictive kwargs) of DenoiserModule from conf/head/."""
     head = to_dict(cfg.get("head") or {"name": "diffusion"})
-    keys = ("n_components", "weight", "var_floor")
+    keys = ("n_components", "weight", "var_floor", "residual")
     return str(head.get("name", "diffusion")), {k: head[k] for k in keys if k in head}
 
 
@@ -471,6 +471,8 @@ def _datamodule(cfg: DictConfig, panel, setup: _Setup):
         setup.cluster["features"],
         window_size=setup.window,
         anchor_len=setup.anchor_len,
+        residual=setup.heads != "diffusion"
+        and bool((setup.network.get("predictive") or {}).get("residual")),
         **{k: cfg[k] for k in loader},
     )
     key = dm.fitted.differs_from(setup.hp["scaler"]) if setup.hp is not None else None

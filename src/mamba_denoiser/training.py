@@ -35,6 +35,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
 from mamba_denoiser.diffusion import predictive as pred
+from mamba_denoiser.diffusion import residual
 from mamba_denoiser.errors import NonFiniteLossError
 from mamba_denoiser.network import NetworkMixin, network_defaults
 
@@ -152,10 +153,19 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
 
     # ---- the predictive objective (predict_mixture: NetworkMixin) -----------------------
     def predictive_loss(
-        self, y: torch.Tensor, mask: torch.Tensor, mixture=None, *, with_sure: bool = False
+        self,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        mixture=None,
+        *,
+        with_sure: bool = False,
+        priors: dict[str, Tensor] | None = None,
     ) -> Loss:
         """Per-cell mean NLL of observed y (B, L, F) under the one-step mixture (computed
-        here unless given); ``with_sure`` adds the SURE terms of the closed-form denoiser."""
+        here unless given); ``with_sure`` adds the SURE terms of the closed-form denoiser.
+        A residual head needs ``priors`` (the batch's prior_mu, prior_var, noise_var, eps)."""
+        if self.residual:
+            return self._residual_loss(y, mask, mixture, priors, with_sure)
         mixture = self.predict_mixture(y, mask) if mixture is None else mixture
         sigma = self.noise_sigma_w
         nll = pred.window_nll(mixture, y, mask, sigma=sigma, anchor_len=self.anchor_len)
@@ -165,17 +175,45 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
                 s_hat, div, _ = pred.window_posterior(
                     mixture, y, mask, sigma=sigma, anchor_len=self.anchor_len
                 )
-                keep = ~torch.isnan(s_hat)
-                sure = pred.sure_cells(y.float(), s_hat, div, sigma)
-                n = keep.sum().clamp(min=1)
-                zero = torch.zeros((), device=y.device)
-                terms["predictive_sure_mse"] = torch.where(keep, sure, zero).sum() / n
-                s2 = torch.where(keep, sigma.square().expand_as(s_hat), zero).sum() / n
-                terms["predictive_sure_ratio"] = terms["predictive_sure_mse"] / s2.clamp(min=1e-12)
+                s2 = sigma.square().expand_as(s_hat)
+                terms.update(_sure_terms(y, s_hat, div, s2))
+        return nll, terms
+
+    def _residual_loss(self, y, mask, out, priors, with_sure) -> Loss:
+        """The residual head's NLL (diffusion/residual.py) over its scored cells, and the
+        SURE of its denoiser with the noise law's variance."""
+        if priors is None:
+            raise ValueError("a residual predictive head needs the batch's filter priors")
+        nv, ep = priors["noise_var"][0], priors["eps"][0]  # (F, J): the same in every window
+        if out is None:
+            innov = residual.innovations(y, mask, priors["prior_mu"], priors["prior_var"], nv, ep)
+            out = self.predict_residual(y, mask, innov)
+        s_hat, div, logp, keep = residual.window_outputs(
+            out,
+            y,
+            mask,
+            priors["prior_mu"],
+            priors["prior_var"],
+            nv,
+            ep,
+            anchor_len=self.anchor_len,
+        )
+        zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+        nll = -torch.where(keep, logp, zero).sum() / keep.sum().clamp(min=1)
+        terms = {"predictive_nll": nll.detach()}
+        if with_sure:
+            with torch.no_grad():
+                h = (torch.nan_to_num(nv, nan=1.0) * torch.nan_to_num(ep, nan=0.0)).sum(-1)
+                terms.update(_sure_terms(y, s_hat, div, h.expand_as(s_hat)))
         return nll, terms
 
     def joint_loss(
-        self, x0: Tensor, mask: Tensor, t: Tensor | None = None, eps: Tensor | None = None
+        self,
+        x0: Tensor,
+        mask: Tensor,
+        t: Tensor | None = None,
+        eps: Tensor | None = None,
+        priors: dict[str, Tensor] | None = None,
     ) -> Loss:
         """heads="both": the first ceil(B/2) windows get the diffusion loss at t (random if
         None; shape (ceil(B/2),)), the rest the predictive NLL, in one backbone pass."""
@@ -187,25 +225,41 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
         x_t = self._diffuse(xd, md, t, eps)
         is_pred = torch.arange(x0.shape[0], device=x0.device) >= n_d  # (B,)
         t_all = torch.cat([t, torch.zeros(x0.shape[0] - n_d, dtype=t.dtype, device=t.device)])
-        eps_hat, mixture = self.model.forward_heads(
-            torch.cat([x_t, yp.to(x_t.dtype)]), t_all, mask if self.use_mask else None, is_pred
-        )
+        x_in = torch.cat([x_t, yp.to(x_t.dtype)])
+        m_in = mask if self.use_mask else None
+        if self.residual:
+            p_pred = {k: v[n_d:] for k, v in priors.items()}
+            innov = residual.innovations(
+                x0,
+                mask,
+                priors["prior_mu"],
+                priors["prior_var"],
+                priors["noise_var"][0],
+                priors["eps"][0],
+            )  # the diffusion rows' innovations are zeroed by forward_heads
+            eps_hat, out = self.model.forward_heads(x_in, t_all, m_in, is_pred, innov=innov)
+            p_out = (out[0][n_d:], out[1][n_d:], out[2])
+        else:
+            p_pred = None
+            eps_hat, mixture = self.model.forward_heads(x_in, t_all, m_in, is_pred)
+            p_out = tuple(p[n_d:] for p in mixture)
         loss, terms = self._diffusion_terms(x_t, t, eps, eps_hat[:n_d], md)
-        nll, p_terms = self.predictive_loss(yp, mp, tuple(p[n_d:] for p in mixture))
+        nll, p_terms = self.predictive_loss(yp, mp, p_out, priors=p_pred)
         terms.update(p_terms)
         terms["diffusion_loss"] = loss.detach()
         return loss + self.predictive["weight"] * nll, terms
 
-    def objective(self, x0: torch.Tensor, mask: torch.Tensor):
-        """The training loss of this module's heads: (loss, logged terms)."""
+    def objective(self, x0: torch.Tensor, mask: torch.Tensor, priors=None):
+        """The training loss of this module's heads: (loss, logged terms). ``priors``: the
+        batch's filter priors, for a residual predictive head."""
         if self.heads == "diffusion":
             return self.diffusion_loss(x0, mask)
         if self.heads == "predictive":
-            return self.predictive_loss(x0, mask)
-        return self.joint_loss(x0, mask)
+            return self.predictive_loss(x0, mask, priors=priors)
+        return self.joint_loss(x0, mask, priors=priors)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, terms = self.objective(batch["x"], batch["mask"])
+        loss, terms = self.objective(batch["x"], batch["mask"], _priors(batch))
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at epoch {self.current_epoch}, step "
@@ -249,7 +303,7 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
             )
             loss = loss + d_loss
         if self.heads != "diffusion":
-            nll, p_terms = self.predictive_loss(x0, mask, with_sure=True)
+            nll, p_terms = self.predictive_loss(x0, mask, with_sure=True, priors=_priors(batch))
             terms.update(p_terms)
             loss = loss + (self.predictive["weight"] if self.heads == "both" else 1.0) * nll
         self.log_dict(
@@ -294,6 +348,26 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+PRIOR_KEYS = ("prior_mu", "prior_var", "noise_var", "eps")  # data/windows.py WindowDataset
+
+
+def _priors(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The residual head's filter priors in a batch, or None (a plain head's batch)."""
+    return {k: batch[k] for k in PRIOR_KEYS} if "prior_mu" in batch else None
+
+
+def _sure_terms(y: Tensor, s_hat: Tensor, div: Tensor, s2: Tensor) -> dict[str, Tensor]:
+    """Mean SURE over the cells where ŝ is defined, and its ratio to the mean noise
+    variance s2 (< 1: the denoiser removes noise)."""
+    keep = ~torch.isnan(s_hat)
+    sure = pred.sure_cells(y.float(), s_hat, div, s2.sqrt())
+    n = keep.sum().clamp(min=1)
+    zero = torch.zeros((), device=y.device)
+    mse = torch.where(keep, sure, zero).sum() / n
+    ratio = mse / (torch.where(keep, s2, zero).sum() / n).clamp(min=1e-12)
+    return {"predictive_sure_mse": mse, "predictive_sure_ratio": ratio}
 
 
 def warmup_ema_avg_fn(decay: float = 0.999):

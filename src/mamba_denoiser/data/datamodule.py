@@ -46,6 +46,7 @@ class ClusterDataModule(L.LightningDataModule):
         num_workers: int = 0,
         min_observed_frac: float = 0.5,
         anchor_len: int = ANCHOR_LEN,
+        residual: bool = False,
     ):
         super().__init__()
         # Causal denoising serves each row from the back half of a window, which must lie
@@ -103,6 +104,22 @@ class ClusterDataModule(L.LightningDataModule):
                 f"{window_size} rows; raise data.split.val or lower data.window_size"
             )
         self.fitted = zscore.with_window_scale(self.values, self.train_starts, window_size)
+        # the residual head's start: each feature's robust filter, fitted on train rows
+        self.priors = self._filter_priors(raw) if residual else None
+
+    def _filter_priors(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """The robust filter's one-step predictions in z units (``WindowDataset`` priors):
+        fitted on the train rows only, run causally over the whole history."""
+        from mamba_denoiser.robust import filter_priors, fit_robust
+
+        p = filter_priors(raw, *fit_robust(raw, self.bounds["train"]))
+        sd = self.fitted.std
+        return {
+            "mean": (p.mean - self.fitted.mean) / sd,
+            "var": p.var / sd**2,
+            "noise_var": p.noise_var / sd[:, None] ** 2,
+            "eps": np.stack([1 - p.eps, p.eps], axis=-1),
+        }
 
     @property
     def scaler(self) -> dict:
@@ -149,7 +166,9 @@ class ClusterDataModule(L.LightningDataModule):
                     f"number of devices {world}"
                 )
             self.batch_size_per_device = self.batch_size // world
-        kw = dict(scale=self.fitted.window_scale, anchor_len=self.fitted.anchor_len)
+        kw = dict(
+            scale=self.fitted.window_scale, anchor_len=self.fitted.anchor_len, priors=self.priors
+        )
         self.train_set = WindowDataset(self.values, self.train_starts, self.window_size, **kw)
         self.val_set = WindowDataset(self.values, self.val_starts, self.window_size, **kw)
 

@@ -121,6 +121,11 @@ class WindowDataset(Dataset):
     """Scale-free windows (L, F) of a z-scored (T, F) array; items are dicts
     {x (normalised, NaN where unobserved), mask, anchor, start}.
 
+    ``priors`` (the residual predictive head): a filter's one-step predictions in z units,
+    {"mean": (T, F), "var": (T, F), "noise_var": (F, J), "eps": (F, J)}; items then also
+    hold prior_mu and prior_var (B, L, F) in the window's units (the same anchor and
+    scale as x) and the noise law (B, F, J) in window units.
+
     `__getitems__` gathers a whole batch with one advanced-indexing call, so the
     DataLoader does no per-window Python work (use `collate_batch` as collate_fn).
     """
@@ -132,8 +137,15 @@ class WindowDataset(Dataset):
         window: int,
         scale: np.ndarray | None = None,
         anchor_len: int = ANCHOR_LEN,
+        priors: dict[str, np.ndarray] | None = None,
     ):
         self.values = torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32)  # (T, F)
+        self.priors = None
+        if priors is not None:
+            self.priors = {
+                k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32)
+                for k, v in priors.items()
+            }
         self.starts = torch.as_tensor(starts, dtype=torch.long)  # (N,)
         n_f = self.values.shape[1]
         scale = np.ones(n_f) if scale is None else np.asarray(scale)
@@ -148,7 +160,14 @@ class WindowDataset(Dataset):
         z = gather_windows(self.values, s, self.window)  # (B, L, F)
         mask = ~torch.isnan(z)
         x, anchor = normalise_windows(z, mask, self.scale, self.anchor_len)
-        return {"x": x, "mask": mask, "anchor": anchor, "start": s}
+        item = {"x": x, "mask": mask, "anchor": anchor, "start": s}
+        if self.priors is not None:
+            p, c = self.priors, self.scale
+            item["prior_mu"] = (gather_windows(p["mean"], s, self.window) - anchor) / c
+            item["prior_var"] = gather_windows(p["var"], s, self.window) / c.square()
+            item["noise_var"] = (p["noise_var"] / c.square()[:, None]).expand(len(s), -1, -1)
+            item["eps"] = p["eps"].expand(len(s), -1, -1)
+        return item
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([i]).items()}

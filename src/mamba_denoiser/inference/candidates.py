@@ -229,7 +229,12 @@ class SDEditCandidate(_DiffusionHead):
 
 
 class PredictiveCandidate(_Unfitted):
-    """The causal backbone's one-step mixture prediction, updated with y_t in closed form."""
+    """The causal backbone's one-step mixture prediction, updated with y_t in closed form.
+
+    A residual head (diffusion/residual.py) starts from each feature's robust filter,
+    fitted on the train rows as the robust candidate's (and recorded, so a replay re-runs
+    the filter only), and updates with that filter's noise law: untrained, it is the
+    filter."""
 
     family: ClassVar[str] = "predictive"
     causal_only: ClassVar[bool] = True
@@ -240,17 +245,37 @@ class PredictiveCandidate(_Unfitted):
     def build(cls, ctx: Context) -> list:
         if not ctx.model.has_head("predictive"):
             return []
-        return [cls(ctx.model, ctx.sigma_w, batch_windows=ctx.batch_windows)]
+        filters = None
+        if ctx.model.module.residual:
+            from mamba_denoiser.robust import fit_robust
 
-    def __init__(self, model, sigma_w: np.ndarray, *, batch_windows=BATCH_WINDOWS):
+            filters = fit_robust(ctx.raw, ctx.train)
+        return [cls(ctx.model, ctx.sigma_w, batch_windows=ctx.batch_windows, filters=filters)]
+
+    @classmethod
+    def from_decisions(cls, ctx: Context, held: Any) -> list:
+        if held is None or not ctx.model.has_head("predictive"):
+            return cls.build(ctx)
+        robust = RobustCandidate.from_decisions(ctx, held)[0]
+        filters = (robust.fits, robust.laws)
+        return [cls(ctx.model, ctx.sigma_w, batch_windows=ctx.batch_windows, filters=filters)]
+
+    def __init__(self, model, sigma_w: np.ndarray, *, batch_windows=BATCH_WINDOWS, filters=None):
         self.model, self.batch, self.mode = model, batch_windows, "causal"
         # The feature's own σ, not the training floor (predictive.SIGMA_FLOOR): the head
         # learnt Var(y | past) − floor², but where σ is far below the floor, updating with
         # the floor over-smooths (measured: trend features, default noise, −4.0 dB with the
         # floor vs +0.1 dB without). SURE (gate.py) uses the same σ.
         self.sigma_w = torch.as_tensor(sigma_w, dtype=torch.float32)
+        self.filters = filters  # (fits, laws) of a residual head, else None
+
+    def decisions(self) -> list | None:
+        """A residual head's filters, as the robust candidate records them."""
+        return None if self.filters is None else RobustCandidate(*self.filters).decisions()
 
     def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
+        if self.filters is not None:
+            return self._run_residual(raw, progress, rows)
         from mamba_denoiser.diffusion import predictive
 
         module = self.model.module
@@ -262,6 +287,31 @@ class PredictiveCandidate(_Unfitted):
             return {"mean": s_hat, "div": div}
 
         out = self._windows(raw, fn, progress, rows)
+        return CandidateOutput(out["mean"], out["div"])
+
+    def _run_residual(self, raw, progress, rows) -> CandidateOutput:
+        from mamba_denoiser.diffusion import residual
+        from mamba_denoiser.robust import filter_priors
+
+        module, anchor_len = self.model.module, self.model.anchor_len
+        p = filter_priors(raw, *self.filters)
+        unit = self.model.scaler.unit
+        nv = torch.as_tensor(p.noise_var / unit[:, None] ** 2, dtype=torch.float32)  # (F, 2)
+        ep = torch.as_tensor(np.stack([1 - p.eps, p.eps], -1), dtype=torch.float32)
+
+        def fn(w, mask, aux):
+            mu, var = aux["prior_mu"], aux["prior_var"]
+            with torch.no_grad():
+                innov = residual.innovations(w, mask, mu, var, nv, ep)
+                out = module.predict_residual(w, mask, innov)
+                s_hat, div, _, _ = residual.window_outputs(
+                    out, w, mask, mu, var, nv, ep, anchor_len=anchor_len
+                )
+            return {"mean": s_hat, "div": div}
+
+        aux = {"prior_mu": ("loc", p.mean), "prior_var": ("var", p.var)}
+        kw = dict(mode=self.mode, batch_windows=self.batch, progress=progress, rows=rows)
+        out = run_windows(self.model, raw, fn, aux=aux, **kw)
         return CandidateOutput(out["mean"], out["div"])
 
 

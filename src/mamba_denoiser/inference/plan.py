@@ -82,6 +82,7 @@ def run_windows(
     batch_windows: int = BATCH_WINDOWS,
     progress=None,
     rows: np.ndarray | None = None,
+    aux: dict[str, tuple[str, np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every window of the serving plan through ``fn``; outputs back on the panel's rows.
 
@@ -92,6 +93,10 @@ def run_windows(
     ``rows`` (T,) bool: only the windows that serve these rows are run, and the other rows
     are NaN; a wanted row's value is the one the whole run gives (a window's output depends
     on its own input only), which lets a leakage check re-run a few windows per cut.
+    ``aux``: name -> (kind, (T, F) native array) of per-row inputs that ``fn`` also needs,
+    passed as ``fn(w, mask, aux)`` in the window's units: kind "loc" (a value of the
+    feature: the same z-score, anchor and scale as y) or "var" (a variance: divided by
+    the squared unit). The residual head's filter predictions travel this way.
     """
     T, F = raw.shape
     starts, served, pos, w_idx = serving_plan(
@@ -102,8 +107,14 @@ def run_windows(
     sc = model.scaler
     z = torch.as_tensor(sc.to_z(raw))  # (T, F) float32
     pad = int(starts.max()) + model.window - T  # a causal plan's last chunk may run past T-1
+    aux_z = {
+        k: (kind, torch.as_tensor(sc.to_z(a) if kind == "loc" else a / sc.std**2))
+        for k, (kind, a) in (aux or {}).items()
+    }
     if pad > 0:  # unobserved padding: a causal network never reads it for rows <= T-1
         z = torch.cat([z, torch.full((pad, F), float("nan"), dtype=z.dtype)])
+        nan = torch.full((pad, F), float("nan"))
+        aux_z = {k: (kind, torch.cat([a, nan.to(a.dtype)])) for k, (kind, a) in aux_z.items()}
     n_win = len(starts)
     wins: dict[str, np.ndarray] = {}
     with torch.no_grad():
@@ -117,7 +128,11 @@ def run_windows(
             zw = gather_windows(z, s, model.window)  # (B, L, F)
             mask = ~torch.isnan(zw)
             w, anchor = sc.to_windows(zw, mask)
-            res = fn(w, mask)
+            if aux is None:
+                res = fn(w, mask)
+            else:
+                c = torch.as_tensor(sc.window_scale, dtype=anchor.dtype)
+                res = fn(w, mask, _aux_windows(aux_z, s, model.window, anchor, c))
             for key, v in res.items():
                 if key not in wins:
                     wins[key] = np.full((n_win, model.window, F), np.nan, np.float32)
@@ -142,6 +157,15 @@ def run_windows(
         if key.startswith("mean"):
             full = sc.to_native(full)
         out[key] = np.where(np.isnan(raw), np.nan, full)
+    return out
+
+
+def _aux_windows(aux_z, starts, window, anchor, c) -> dict[str, torch.Tensor]:
+    """``run_windows``'s aux inputs of one batch of windows, in window units (float32)."""
+    out = {}
+    for k, (kind, a) in aux_z.items():
+        aw = gather_windows(a, starts, window).to(anchor.dtype)  # (B, L, F)
+        out[k] = (aw - anchor) / c if kind == "loc" else aw / c.square()
     return out
 
 

@@ -38,6 +38,9 @@ from mamba_denoiser.models.ssm import SSMState
 
 DIRECTIONS = ("causal", "bidirectional")
 HEADS = ("diffusion", "predictive", "both")
+# residual head: extra component k starts at variance 10^k times the filter's prediction
+# (wider components for jumps); its weight starts at exactly 0 (diffusion/residual.py)
+EXTRA_VAR_STEP = math.log(10.0)
 
 
 def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -99,6 +102,7 @@ class MultivariateMambaDenoiser(nn.Module):
         heads: str = "diffusion",
         n_components: int = 3,
         var_floor: float = 1e-4,
+        residual: bool = False,
     ):
         super().__init__()
         if n_features < 1 or window_size < 1 or n_layers < 1:
@@ -118,6 +122,7 @@ class MultivariateMambaDenoiser(nn.Module):
         self.n_features, self.window_size, self.d_model = n_features, window_size, d_model
         self.use_mask, self.direction, self.heads = use_mask, direction, heads
         self.n_components, self.var_floor = n_components, var_floor
+        self.residual = bool(residual) and self.has_predictive_head
         in_dim = 2 * n_features if use_mask else n_features  # values (+ mask channels)
         self.input_proj = nn.Linear(in_dim, d_model)
         if self.has_diffusion_head:  # predictive-only models have no timestep input at all
@@ -152,7 +157,17 @@ class MultivariateMambaDenoiser(nn.Module):
                 v0 = torch.logspace(-1, 0, n_components) if n_components > 1 else torch.ones(1)
                 bias = torch.zeros(n_features, 3, n_components)
                 bias[:, 1] = torch.log(torch.expm1((v0 - var_floor).clamp(min=1e-6)))
+                if self.residual:  # corrections to the filter (diffusion/residual.py)
+                    bias.zero_()  # component 0 = the filter's prediction, exactly
+                    bias[:, 1] = EXTRA_VAR_STEP * torch.arange(n_components)
                 self.pred_head.bias.copy_(bias.flatten())
+            if self.residual:
+                # the filter's innovations as an input (zero: the backbone starts as it was),
+                # the zero-diagonal current-row layer, and the extra components' multiplier
+                self.innov_proj = nn.Linear(n_features, d_model, bias=False)
+                nn.init.zeros_(self.innov_proj.weight)
+                self.cross = nn.Parameter(torch.zeros(n_features, n_features))  # (F, F)
+                self.extra_weight = nn.Parameter(torch.zeros(n_features))  # λ (F,)
 
     @property
     def has_diffusion_head(self) -> bool:
@@ -208,12 +223,39 @@ class MultivariateMambaDenoiser(nn.Module):
         mixture = self._mixture_head(h, c)
         return (mixture, new_state) if return_state else mixture
 
+    def predict_residual(
+        self,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        innov: torch.Tensor,
+        state: list[SSMState] | None = None,
+        return_state: bool = False,
+    ):
+        """Residual head (``residual=True``): y, mask (B, L, F) as in ``predict_mixture``,
+        innov (B, L, F) the filter's standardised innovations (residual.innovations).
+        Returns (raw (B, L, F, 3, K) float32, the corrections at position l for row l+1;
+        cross (B, L, F), the zero-diagonal term of row l's other features for row l;
+        λ (F,)), to combine with the filter's prediction in ``residual.assemble``."""
+        if not self.residual:
+            raise ValueError("this model has no residual head; train it with residual: true")
+        batch = self._check_input(y)
+        c = self.pred_embed.expand(batch, -1)  # (B, D)
+        h, new_state = self._backbone(y, mask, c, state, return_state, extra=innov)
+        out = (self._raw_mixture(h, c), self._cross(innov), self.extra_weight)
+        return (out, new_state) if return_state else out
+
+    def _cross(self, innov: torch.Tensor) -> torch.Tensor:
+        """(B, L, F) -> (B, L, F): Σ_{j≠i} W_ij e_j, never feature i's own y_l."""
+        off = 1.0 - torch.eye(self.n_features, device=innov.device, dtype=innov.dtype)
+        return innov @ (self.cross.to(innov.dtype) * off).T
+
     def forward_heads(
         self,
         x: torch.Tensor,
         t: torch.Tensor,
         mask: torch.Tensor | None,
         predictive: torch.Tensor,
+        innov: torch.Tensor | None = None,
     ):
         """One backbone pass over a batch that mixes both tasks (heads="both" training).
 
@@ -221,6 +263,9 @@ class MultivariateMambaDenoiser(nn.Module):
         y where it is True; t: (B,) timesteps (ignored in predictive rows). Returns
         (ε̂ (B, L, F), (mu, var, logit_pi) each (B, L, F, K)); each head is evaluated on every
         row (they are linear, the backbone is the cost), the caller keeps its own rows.
+        A residual model takes ``innov`` (B, L, F), zero in the diffusion rows (x_t there is
+        not the observed y the innovations come from), and returns
+        (ε̂, (raw, cross, λ)) as ``predict_residual``.
         """
         if self.heads != "both":
             raise ValueError("forward_heads needs a model built with heads='both'")
@@ -228,6 +273,14 @@ class MultivariateMambaDenoiser(nn.Module):
         c_t = self.t_embed(self._timesteps(t, batch, x.device))  # (B, D)
         pred = torch.as_tensor(predictive, device=x.device).bool().view(-1, 1)
         c = torch.where(pred, self.pred_embed.to(c_t.dtype), c_t)
+        if self.residual:
+            innov = torch.where(pred.unsqueeze(-1), innov, torch.zeros_like(innov))
+            h, _ = self._backbone(x, mask, c, None, False, extra=innov)
+            return self._eps_head(h, c), (
+                self._raw_mixture(h, c),
+                self._cross(innov),
+                self.extra_weight,
+            )
         h, _ = self._backbone(x, mask, c, None, False)
         return self._eps_head(h, c), self._mixture_head(h, c)
 
@@ -246,8 +299,9 @@ class MultivariateMambaDenoiser(nn.Module):
             raise ValueError(f"t must be a scalar or of shape (B={batch},), got {tuple(t.shape)}")
         return t
 
-    def _backbone(self, x_t, mask, c, state, return_state):
-        """(B, L, F) inputs, (B, D) condition -> (h (B, L, D), new state list or [])."""
+    def _backbone(self, x_t, mask, c, state, return_state, extra=None):
+        """(B, L, F) inputs, (B, D) condition -> (h (B, L, D), new state list or []).
+        ``extra`` (B, L, F): the residual head's innovations, projected and added."""
         L = x_t.shape[1]
         if self.use_mask:
             if mask is None:
@@ -278,6 +332,8 @@ class MultivariateMambaDenoiser(nn.Module):
             raise ValueError(f"state must hold one SSMState per layer ({n}), got {len(state)}")
 
         h = self.input_proj(x_in.to(self.input_proj.weight.dtype))  # (B, L, D)
+        if extra is not None:
+            h = h + self.innov_proj(extra.to(h.dtype))
         if self.direction == "bidirectional":
             # Absolute position within the window. Only the bidirectional model gets it: a
             # causal model must not know where a chunk starts, or running a series in
@@ -299,12 +355,15 @@ class MultivariateMambaDenoiser(nn.Module):
         shift, scale = self.adaLN_out(c)
         return self.head(modulate(self.norm_out(h), shift, scale))  # (B, L, F)
 
-    def _mixture_head(self, h: torch.Tensor, c: torch.Tensor):
-        """(B, L, D) -> (mu, var, logit_pi), each (B, L, F, K), float32."""
+    def _raw_mixture(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, L, F, 3, K) float32: the predictive head's raw output."""
         shift, scale = self.pred_adaLN(c)
         raw = self.pred_head(modulate(self.pred_norm(h), shift, scale)).float()
-        raw = raw.unflatten(-1, (self.n_features, 3, self.n_components))  # (B, L, F, 3, K)
-        mu, raw_var, logit_pi = raw.unbind(-2)
+        return raw.unflatten(-1, (self.n_features, 3, self.n_components))
+
+    def _mixture_head(self, h: torch.Tensor, c: torch.Tensor):
+        """(B, L, D) -> (mu, var, logit_pi), each (B, L, F, K), float32."""
+        mu, raw_var, logit_pi = self._raw_mixture(h, c).unbind(-2)
         var = nn.functional.softplus(raw_var) + self.var_floor
         return mu, var, logit_pi
 

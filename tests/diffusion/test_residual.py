@@ -1,0 +1,124 @@
+"""The residual predictive head: starts exactly at the robust filter, its noise-law
+posterior has the known closed form, and its weight multiplier trains from exactly 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mamba_denoiser import robust
+from mamba_denoiser.data.scaler import Scaler
+from mamba_denoiser.diffusion import residual
+from mamba_denoiser.inference.candidates import PredictiveCandidate
+from mamba_denoiser.inference.models import ClusterModel
+from mamba_denoiser.network import ClusterNetwork
+
+
+def _panel(T=900, seed=0):
+    """Three features: AR(1) with 5 % outliers at 10x, a random walk, and an integrated
+    AR(1) trend; a late start and a gap, as real features have."""
+    rng = np.random.default_rng(seed)
+    s = np.zeros((T, 3))
+    for t in range(1, T):
+        s[t, 0] = 0.9 * s[t - 1, 0] + rng.normal()
+        s[t, 1] = s[t - 1, 1] + 0.5 * rng.normal()
+    s[:, 2] = np.cumsum(np.cumsum(0.05 * rng.normal(size=T)))
+    y = s + rng.normal(size=(T, 3)) * [1.0, 0.7, 0.3]
+    out = rng.random(T) < 0.05
+    y[out, 0] += rng.normal(0, 10, out.sum())
+    y[:120, 1] = np.nan
+    y[400:410, 2] = np.nan
+    return y, s
+
+
+def _model(raw, train, *, dtype=torch.float64, n_components=3):
+    F = raw.shape[1]
+    window = 60
+    net = ClusterNetwork(
+        cluster={"id": 0, "type": "mean_reverting", "features": [f"f{j}" for j in range(F)]},
+        window_size=window,
+        model={"d_model": 16, "n_layers": 1, "d_state": 4, "backend": "reference"},
+        heads="predictive",
+        predictive={"n_components": n_components, "residual": True},
+        noise_sigma=[0.3] * F,
+        scaler={"anchor_len": 10},
+    ).to(dtype)
+    sc = Scaler.zscore(raw, train, anchor_len=10)
+    z = sc.to_z(raw)
+    sc = sc.with_window_scale(z, np.arange(0, train[1] - window, 5), window)
+    return ClusterModel(
+        module=net.eval(),
+        path=None,
+        cluster=net_cluster(F),
+        window=window,
+        scaler=sc,
+        direction="causal",
+        heads="predictive",
+    )
+
+
+def net_cluster(F):
+    return {"id": 0, "type": "mean_reverting", "features": [f"f{j}" for j in range(F)]}
+
+
+def test_untrained_head_is_the_robust_filter_on_every_served_row():
+    raw, _ = _panel()
+    train = (0, 600)
+    fits, laws = robust.fit_robust(raw, train)
+    assert laws[0].eps > 0  # the outlier feature gets a law with outliers
+    model = _model(raw, train)
+    cand = PredictiveCandidate(model, np.full(3, 0.3), filters=(fits, laws))
+    out = cand.run(raw)
+    want = robust.apply_robust(raw, fits, laws)
+    served = np.isfinite(out.mean)
+    # every observed row after the first anchor_len rows is served, except each feature's
+    # first observation (no earlier one in its window: predictive.forecast_mask)
+    n_obs = np.isfinite(raw[model.anchor_len :]).sum()
+    assert n_obs - raw.shape[1] <= served[model.anchor_len :].sum() <= n_obs
+    err = np.abs(out.mean - want)[served] / np.nanstd(raw, axis=0)[np.where(served)[1]]
+    assert err.max() < 1e-5  # float32 windows: to 1e-5·σ
+
+
+def test_noise_law_posterior_matches_numerical_integration():
+    """One prior component N(μ, v), noise (1-ε) N(0, σc²) + ε N(0, σo²): ŝ = E[s | y] and
+    ∂ŝ/∂y against a quadrature of the posterior, and the evidence against its density."""
+    mu, v, sc2, so2, eps = 0.3, 0.8, 0.25, 9.0, 0.1
+    grid = np.linspace(-30, 30, 400_001)
+    prior = np.exp(-0.5 * (grid - mu) ** 2 / v)
+
+    def exact(y):
+        lik = (1 - eps) * np.exp(-0.5 * (y - grid) ** 2 / sc2) / np.sqrt(2 * np.pi * sc2)
+        lik += eps * np.exp(-0.5 * (y - grid) ** 2 / so2) / np.sqrt(2 * np.pi * so2)
+        w = prior * lik
+        return (w * grid).sum() / w.sum(), np.log(w.sum() * (grid[1] - grid[0]) / np.sqrt(2 * np.pi * v))
+
+    t = lambda *x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    for y in (0.1, 2.0, 6.0):
+        s_hat, div, logp = residual.posterior(
+            t(y), t([mu]), t([v]), torch.zeros(0, dtype=torch.float64), t(0.0),
+            t(sc2, so2), t(1 - eps, eps),
+        )
+        want, want_logp = exact(y)
+        assert float(s_hat) == pytest.approx(want, abs=1e-6)
+        assert float(logp) == pytest.approx(want_logp, abs=1e-6)
+        h = 1e-4
+        num = (exact(y + h)[0] - exact(y - h)[0]) / (2 * h)
+        assert float(div) == pytest.approx(num, abs=1e-5)
+
+
+def test_extra_components_start_at_weight_zero_and_get_a_gradient():
+    """ρ = 0 exactly (the evidence is the filter's, even at a 20-sd innovation), yet the
+    multiplier λ has a finite nonzero gradient when a wide component explains y better."""
+    lam = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    raw = torch.zeros(1, 1, 1, 3, 3, dtype=torch.float64)
+    raw[..., 1, 1], raw[..., 1, 2] = np.log(10.0), np.log(100.0)
+    pm, pv = torch.zeros(1, 1, 1, dtype=torch.float64), torch.ones(1, 1, 1, dtype=torch.float64)
+    mu, var, lq, rho = residual.assemble(raw, torch.zeros(1, 1, 1), lam, pm, pv)
+    nv, ep = torch.tensor([[0.5, 0.5]], dtype=torch.float64), torch.tensor([[1.0, 0.0]])
+    y = torch.full((1, 1, 1), 20.0 * np.sqrt(1.5), dtype=torch.float64)
+    _, _, logp = residual.posterior(y, mu, var, lq, rho, nv, ep.double())
+    want = -0.5 * (np.log(2 * np.pi * 1.5) + float(y) ** 2 / 1.5)
+    assert float(logp.detach()) == pytest.approx(want, rel=1e-12)
+    (-logp.sum()).backward()
+    assert torch.isfinite(lam.grad).all() and float(lam.grad) < 0  # raising λ helps
