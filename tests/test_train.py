@@ -450,7 +450,7 @@ def test_head_checkpoint_carries_sigma_and_loads_back(
     tmp_path, small_csv, clusters_json, head, monitor
 ):
     from mamba_denoiser.classical import noise_sigma
-    from mamba_denoiser.diffusion import predictive
+    from mamba_denoiser.diffusion import residual
     from mamba_denoiser.training import DenoiserModule
 
     cfg = make_cfg(tmp_path, small_csv, clusters_json, f"head={head}", "trainer.max_epochs=1")
@@ -477,14 +477,24 @@ def test_head_checkpoint_carries_sigma_and_loads_back(
     module.eval()
     w = torch.randn(2, WINDOW, 2)
     mask = torch.ones_like(w, dtype=torch.bool)
-    s_hat, div, _ = predictive.predict_windows(
-        module, w, mask, sigma=module.noise_sigma_w, anchor_len=hp["scaler"]["anchor_len"]
-    )
+    # the residual head (the default) around a filter predicting N(0, 1), noise N(0, 0.3²)
+    assert hp["predictive"]["residual"] is True
+    prior_mu, prior_var = torch.zeros_like(w), torch.ones_like(w)
+    nv, ep = torch.tensor([[0.09, 0.09]] * 2), torch.tensor([[1.0, 0.0]] * 2)
+    with torch.no_grad():
+        innov = residual.innovations(w, mask, prior_mu, prior_var, nv, ep)
+        out = module.predict_residual(w, mask, innov)
+        s_hat, div, _, _ = residual.window_outputs(
+            out, w, mask, prior_mu, prior_var, nv, ep, anchor_len=hp["scaler"]["anchor_len"]
+        )
     # c0 is mean-reverting: a constant anchor (stationary_anchor=constant), so every
     # position after the first has a one-step prediction (a window anchor would need 4 rows)
     assert hp["scaler"]["anchor_len"] == 0
     assert torch.isfinite(s_hat[:, 1:]).all() and torch.isnan(s_hat[:, :1]).all()
     assert ((div[:, 1:] > 0) & (div[:, 1:] < 1.5)).all()
+    # the predictive head's own weights, chosen on validation rows by its own metric
+    assert s["predictive_checkpoint"] == "filter" or s["predictive_checkpoint"].endswith(".ckpt")
+    assert np.isfinite(s["best_val_predictive_nll"])
     if head == "predictive":
         with pytest.raises(ValueError, match="no ε-prediction head"):
             module(w, torch.tensor([1, 2]), mask)

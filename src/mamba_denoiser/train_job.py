@@ -514,11 +514,17 @@ def _trainer(cfg: DictConfig, heads: str):
     import lightning as L
     from lightning.pytorch.callbacks import RichProgressBar
 
+    skip = {
+        # the figure draws the diffusion head's x̂0, which a predictive-only model lacks
+        "validation_figure": heads == "predictive",
+        # the predictive head's own best: only where the main checkpoint follows another
+        # metric (heads=both; heads=predictive's main checkpoint already follows it)
+        "predictive_checkpoint": heads != "both",
+    }
     callbacks = [
         hydra.utils.instantiate(c)
         for name, c in (cfg.callbacks or {}).items()
-        # the figure draws the diffusion head's x̂0, which a predictive-only model lacks
-        if not (name == "validation_figure" and heads == "predictive")
+        if not skip.get(name, False)
     ]
     interactive = sys.stdout.isatty()
     if interactive:
@@ -609,6 +615,7 @@ def _record_result(cfg, trainer, module, dm, cluster, init, best, summary, out: 
         train_windows=int(len(dm.train_starts)),
         val_windows=int(len(dm.val_starts)),
     )
+    summary.update(_predictive_choice(trainer, ckpt_cb, init))
     atomic_write_json(out / "summary.json", _clean(summary))
     _log_hparams(trainer, _flat_hparams(cfg, cluster, module.hparams), summary)
     if worse:
@@ -631,6 +638,26 @@ def _record_result(cfg, trainer, module, dm, cluster, init, best, summary, out: 
     log.info(
         "c%d done: best %s %.4f -> %s", cluster["id"], monitor, best, summary["best_checkpoint"]
     )
+
+
+PREDICTIVE_METRIC = "val/predictive_nll"
+
+
+def _predictive_choice(trainer, ckpt_cb, init: dict[str, float]) -> dict[str, Any]:
+    """Which weights serve the predictive head, chosen on VALIDATION rows by its own
+    metric: the best predictive checkpoint, or, for a residual head whose untrained state
+    (its filter, ``validate_at_init``) scored better, "filter"."""
+    cbs = [c for c in trainer.checkpoint_callbacks if c.monitor == PREDICTIVE_METRIC]
+    if not cbs or cbs[0].best_model_score is None:
+        return {}
+    cb = cbs[0]
+    best, start = float(cb.best_model_score), _get(init, PREDICTIVE_METRIC)
+    residual = bool(getattr(trainer.lightning_module, "residual", False))
+    use_filter = residual and start is not None and start <= best
+    return {
+        "best_val_predictive_nll": best,
+        "predictive_checkpoint": "filter" if use_filter else str(cb.best_model_path),
+    }
 
 
 class _RunRecord:

@@ -91,13 +91,20 @@ def test_noise_law_posterior_matches_numerical_integration():
         lik = (1 - eps) * np.exp(-0.5 * (y - grid) ** 2 / sc2) / np.sqrt(2 * np.pi * sc2)
         lik += eps * np.exp(-0.5 * (y - grid) ** 2 / so2) / np.sqrt(2 * np.pi * so2)
         w = prior * lik
-        return (w * grid).sum() / w.sum(), np.log(w.sum() * (grid[1] - grid[0]) / np.sqrt(2 * np.pi * v))
+        return (w * grid).sum() / w.sum(), np.log(
+            w.sum() * (grid[1] - grid[0]) / np.sqrt(2 * np.pi * v)
+        )
 
     t = lambda *x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     for y in (0.1, 2.0, 6.0):
         s_hat, div, logp = residual.posterior(
-            t(y), t([mu]), t([v]), torch.zeros(0, dtype=torch.float64), t(0.0),
-            t(sc2, so2), t(1 - eps, eps),
+            t(y),
+            t([mu]),
+            t([v]),
+            torch.zeros(0, dtype=torch.float64),
+            t(0.0),
+            t(sc2, so2),
+            t(1 - eps, eps),
         )
         want, want_logp = exact(y)
         assert float(s_hat) == pytest.approx(want, abs=1e-6)
@@ -122,3 +129,54 @@ def test_extra_components_start_at_weight_zero_and_get_a_gradient():
     assert float(logp.detach()) == pytest.approx(want, rel=1e-12)
     (-logp.sum()).backward()
     assert torch.isfinite(lam.grad).all() and float(lam.grad) < 0  # raising λ helps
+
+
+def test_residual_head_trains_in_one_pass_with_the_diffusion_head():
+    """heads=both with the residual head: joint loss = diffusion + weight · NLL on batches
+    that carry the filter's priors; one backward reaches the corrections, the innovation
+    projection, the zero-diagonal layer and λ, all finite."""
+    from mamba_denoiser.data.windows import WindowDataset
+    from mamba_denoiser.training import DenoiserModule
+
+    raw, _ = _panel(T=700)
+    train = (0, 500)
+    p = robust.filter_priors(raw, *robust.fit_robust(raw, train))
+    sc = Scaler.zscore(raw, train, anchor_len=10)
+    priors = {
+        "mean": (p.mean - sc.mean) / sc.std,
+        "var": p.var / sc.std**2,
+        "noise_var": p.noise_var / sc.std[:, None] ** 2,
+        "eps": np.stack([1 - p.eps, p.eps], -1),
+    }
+    ds = WindowDataset(sc.to_z(raw), np.arange(100, 400, 50), 60, anchor_len=10, priors=priors)
+    batch = ds.__getitems__(list(range(6)))
+    assert batch["prior_mu"].shape == batch["x"].shape and batch["noise_var"].shape == (6, 3, 2)
+    torch.manual_seed(0)
+    module = DenoiserModule(
+        cluster=net_cluster(3) | {"strategy": "tv"},
+        window_size=60,
+        scaler={"anchor_len": 10},
+        model={"d_model": 16, "n_layers": 1, "d_state": 4, "dropout": 0.0},
+        heads="both",
+        predictive={"weight": 0.5, "residual": True},
+        noise_sigma=[0.3] * 3,
+    )
+    with torch.no_grad():
+        for prm in module.parameters():
+            prm.add_(0.05 * torch.randn(prm.shape))
+    from mamba_denoiser.training import _priors
+
+    loss, terms = module.objective(batch["x"], batch["mask"], _priors(batch))
+    assert torch.isfinite(loss) and torch.isfinite(terms["predictive_nll"])
+    loss.backward()
+    params = dict(module.named_parameters())
+    for name in (
+        "model.pred_head.weight",
+        "model.innov_proj.weight",
+        "model.cross",
+        "model.extra_weight",
+        "model.head.weight",
+    ):
+        g = params[name].grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+    assert (params["model.cross"].grad.diagonal() == 0).all()  # never feature i's own y_l

@@ -246,7 +246,8 @@ class PredictiveCandidate(_Unfitted):
         if not ctx.model.has_head("predictive"):
             return []
         filters = None
-        if ctx.model.module.residual:
+        net = getattr(ctx.model, "predictive_module", None) or ctx.model.module
+        if getattr(net, "residual", False):
             from mamba_denoiser.robust import fit_robust
 
             filters = fit_robust(ctx.raw, ctx.train)
@@ -269,6 +270,11 @@ class PredictiveCandidate(_Unfitted):
         self.sigma_w = torch.as_tensor(sigma_w, dtype=torch.float32)
         self.filters = filters  # (fits, laws) of a residual head, else None
 
+    def _module(self):
+        """The network whose predictive head serves: the one train.py chose on validation
+        rows for this head (ClusterModel.predictive_module), else the cluster's."""
+        return getattr(self.model, "predictive_module", None) or self.model.module
+
     def decisions(self) -> list | None:
         """A residual head's filters, as the robust candidate records them."""
         return None if self.filters is None else RobustCandidate(*self.filters).decisions()
@@ -278,7 +284,7 @@ class PredictiveCandidate(_Unfitted):
             return self._run_residual(raw, progress, rows)
         from mamba_denoiser.diffusion import predictive
 
-        module = self.model.module
+        module = self._module()
 
         def fn(w, mask):
             s_hat, div, _ = predictive.predict_windows(
@@ -293,7 +299,7 @@ class PredictiveCandidate(_Unfitted):
         from mamba_denoiser.diffusion import residual
         from mamba_denoiser.robust import filter_priors
 
-        module, anchor_len = self.model.module, self.model.anchor_len
+        module, anchor_len = self._module(), self.model.anchor_len
         p = filter_priors(raw, *self.filters)
         unit = self.model.scaler.unit
         nv = torch.as_tensor(p.noise_var / unit[:, None] ** 2, dtype=torch.float32)  # (F, 2)

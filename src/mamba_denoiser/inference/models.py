@@ -24,6 +24,10 @@ class ClusterModel:
     direction: str
     heads: str = "diffusion"  # which heads were trained: diffusion | predictive | both
     source: dict[str, Any] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)  # the checkpoint's, as read
+    # the predictive head's weights where train.py chose other ones on validation rows (its
+    # own best checkpoint, or the untrained residual head = its filter); None: ``module``
+    predictive_module: Any = None
 
     @property
     def features(self) -> list[str]:
@@ -103,4 +107,5 @@ def load_cluster_model(path: str | Path, device: str = "cpu") -> ClusterModel:
         direction=str(hp["model"].get("direction", "causal")),  # the model's default
         heads=str(hp.get("heads", "diffusion")),
         source=dict(hp.get("source") or {}),
+        hparams=hp,
     )

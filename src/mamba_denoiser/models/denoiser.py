@@ -217,6 +217,8 @@ class MultivariateMambaDenoiser(nn.Module):
             raise ValueError(
                 "this model has no predictive head; train it with heads=predictive or both"
             )
+        if self.residual:
+            raise ValueError("a residual predictive head needs its filter: predict_residual")
         batch = self._check_input(y)
         c = self.pred_embed.expand(batch, -1)  # (B, D)
         h, new_state = self._backbone(y, mask, c, state, return_state)
