@@ -53,6 +53,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from mamba_denoiser.clustering.comovement import with_comovement
 from mamba_denoiser.clustering.stats import STAT_COLUMNS
 from mamba_denoiser.vocabulary import (  # noqa: F401  (re-exported: clustering.STRATEGY_...)
     CLUSTER_TYPES,
@@ -179,6 +180,8 @@ def cluster_features(
     gap_references: int = 10,
     n_bootstrap: int = 20,
     stability_threshold: float = STABILITY_THRESHOLD,
+    comovement: bool = True,
+    loadings: np.ndarray | None = None,
 ) -> ClusteringResult:
     """Cluster features (rows of ``stats``) into K statistically homogeneous groups.
 
@@ -196,6 +199,9 @@ def cluster_features(
         gap_references: number of uniform reference data sets for 'gap'.
         n_bootstrap: resamples of the features for 'stability'.
         stability_threshold: mean Jaccard every cluster needs for 'stability'.
+        comovement: append the features' common-factor loadings (``loadings``, from
+            comovement.factor_loadings; none given or none found: the statistics alone).
+        loadings: (n_features, r) |loadings| on the panel's common factors.
 
     Raises:
         ValueError: unknown criterion, non-finite statistics, too few features, k out
@@ -223,6 +229,7 @@ def cluster_features(
             gap_references=gap_references,
             n_bootstrap=int(n_bootstrap),
             stability_threshold=float(stability_threshold),
+            loadings=loadings if comovement else None,
         )
 
 
@@ -239,8 +246,11 @@ def _cluster_features(
     gap_references,
     n_bootstrap,
     stability_threshold,
+    loadings,
 ):
     X = standardise_stats(stats)
+    if loadings is not None:
+        X = with_comovement(X, np.asarray(loadings, dtype=np.float64))
     n = X.shape[0]
     features = [str(f) for f in stats.index]
 

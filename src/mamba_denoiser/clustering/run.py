@@ -31,6 +31,7 @@ CONFIG_KEYS = (
     "min_size",
     "n_bootstrap",
     "stability_threshold",
+    "comovement",
 )
 
 
@@ -71,7 +72,14 @@ def run_clustering(
     series = {f: panel.observed(f, "train") for f in panel.continuous}
     log.info("Computing %d statistics for %d features", 11, len(series))
     stats = compute_feature_stats(series, rolling_window=rolling_window)
-    result = cluster_features(stats, **options)
+    loadings = None
+    if options.get("comovement", True):
+        from mamba_denoiser.clustering.comovement import factor_loadings
+
+        train = panel.part("train")[list(stats.index)].to_numpy(dtype=np.float64)
+        loadings = factor_loadings(train, stats["adf_pvalue"].to_numpy())
+        log.info("Comovement: %d common factor(s) on the train rows", loadings.shape[1])
+    result = cluster_features(stats, **options, loadings=loadings)
     recorded = {**options, "rolling_window": rolling_window}
     doc = build_document(
         source=panel.summary(),
@@ -81,6 +89,8 @@ def run_clustering(
         passthrough=panel.passthrough,
         config={k: recorded[k] for k in CONFIG_KEYS},
     )
+    if loadings is not None:
+        doc["comovement"] = {"factors": int(loadings.shape[1])}
     # Everything is computed before anything is written: bad input leaves no partial output.
     atomic_write_csv(out_dir / "feature_stats.csv", stats.rename_axis("feature"), index=True)
     if plots:
