@@ -159,9 +159,11 @@ class Denoiser:
                 "were fitted on (a revised history); make a new Denoiser to refit"
             )
         if self._fitted_on is None:  # ids as text: a bundle's manifest records the split
-            ids = x.index
+            ids, n = x.index, len(x)  # the test part may run past a shorter history
             self._split_ids = {
-                k: [str(ids[a]), str(ids[b - 1])] for k, (a, b) in self.bounds.items()
+                k: [str(ids[a]), str(ids[min(b, n) - 1])]
+                for k, (a, b) in self.bounds.items()
+                if a < n
             }
         self._fitted_on = key
 

@@ -44,7 +44,7 @@ def _versions() -> dict[str, str]:
     import pandas
     import torch
 
-    from mamba_denoiser import __version__
+    from mamba_denoiser.version import __version__
 
     return {
         "mamba_denoiser": __version__,
