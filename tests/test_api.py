@@ -108,3 +108,25 @@ def test_update_refuses_revised_history_and_other_columns(sweep):
     pd.testing.assert_frame_equal(
         den.update(longer.iloc[600:601]), fresh.update(longer.iloc[600:601]), check_exact=True
     )
+
+
+def test_fit_trains_in_process_like_the_scripts_and_serves(tmp_path):
+    """Denoiser.fit: cluster.py + train.py (demo budget) on a frame, no subprocess; the
+    result is a run on disk that from_run serves with the same numbers."""
+    frame = make_small_frame(n_rows=600)
+    frame.index = pd.bdate_range("2001-01-01", periods=len(frame), name="date")
+    frame = frame.drop(columns="date_id")  # dates only: the row number becomes the id
+    den = Denoiser.fit(
+        frame,
+        workdir=tmp_path,
+        cluster_overrides=["data.window_size=16", "data.anchor_len=4", "clustering.k=2"],
+    )
+    assert sorted(den.features) == ["E1", "E2", "M1", "M2"]  # D1 (a dummy) passes through
+    sweeps = list((tmp_path / "outputs" / "train_multirun").glob("*/*/summary.json"))
+    assert len(sweeps) == len(den.models) >= 1
+    out = den.transform(frame)
+    again = Denoiser.from_run(log_dir=tmp_path / "outputs").transform(frame)
+    pd.testing.assert_frame_equal(out, again, check_exact=True)
+    pd.testing.assert_index_equal(out.index, frame.index)
+    with pytest.raises(PanelError, match="no id column 'date_id' and no DatetimeIndex"):
+        Denoiser.fit(frame.reset_index(drop=True), workdir=tmp_path / "b")

@@ -70,6 +70,42 @@ class Denoiser:
         bounds = {k: (int(v[0]), int(v[1])) for k, v in splits[0].items()}
         return cls(models, bounds, **kw)
 
+    @classmethod
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        *,
+        workdir: str | Path | None = None,
+        cluster_overrides: list[str] | tuple[str, ...] = (),
+        train_overrides: list[str] | tuple[str, ...] | None = None,
+        **kw,
+    ) -> Denoiser:
+        """Cluster and train on ``frame`` in this process (cluster.py + train.py's own code
+        and configs, fit_run.py), then fit the decisions on it (``transform(frame)``).
+
+        **The default is a demo budget** (``experiment=smoke``: a tiny model, a few batches
+        per cluster; seconds on a CPU), for trying the API, not for denoising well: train
+        with the scripts and use ``from_run`` for that, or pass a budget, e.g.
+        ``train_overrides=["experiment=cpu_all_clusters", "logger=csv"]``.
+        ``cluster_overrides``: Hydra overrides of cluster.py (``data.*``, ``clustering.*``,
+        e.g. ``["data.window_size=16", "clustering.k=2"]``); ``train_overrides``: of
+        train.py (replacing the demo's). ``workdir``: where outputs/ goes (a new temporary
+        folder if None). ``kw``: as for ``from_run`` (gate, candidates, gate_margin_db).
+        The id is ``kw["id_col"]`` (``date_id``) or the DatetimeIndex; rows are positional.
+        """
+        from mamba_denoiser.fit_run import DEMO_TRAIN, fit_run
+
+        sweep = fit_run(
+            frame,
+            workdir=workdir,
+            cluster_overrides=list(cluster_overrides),
+            train_overrides=list(DEMO_TRAIN if train_overrides is None else train_overrides),
+            id_col=kw.get("id_col", ID_COL),
+        )
+        den = cls.from_run(sweep, **kw)
+        den.transform(frame)
+        return den
+
     def save(self, folder: str | Path) -> Path:
         """Write one bundle folder (bundle.py): manifest.json (versions, sha256 of every
         file, the fitted rows' digest and split), clusters.json, a slim checkpoint per
