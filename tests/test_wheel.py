@@ -4,6 +4,7 @@ copies conf/ into mamba_denoiser/conf; console.py finds them)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -42,7 +43,10 @@ def _venv_with_wheel(tmp: Path) -> Path:
     src = shutil.copytree(ROOT, tmp / "src", ignore=SKIP)  # the build writes build/ there
     wheels = tmp / "wheels"
     pip = [sys.executable, "-m", "pip"]
-    _run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels, src], cwd=tmp)
+    # this env's setuptools when it has one (no download); else pip's isolated build
+    # fetches it from the package index, as `make install` does (Python >= 3.12 venvs)
+    offline = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    _run([*pip, "wheel", "-q", "--no-deps", *offline, "-w", wheels, src], cwd=tmp)
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp)
     wheel = next(wheels.glob("mamba_denoiser-*.whl"))
