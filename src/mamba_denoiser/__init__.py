@@ -3,7 +3,8 @@
 ``from mamba_denoiser import Denoiser``: a trained sweep applied from Python (api.py).
 """
 
-__version__ = "0.1.0"
+from mamba_denoiser.version import __version__
+
 __all__ = ["Denoiser", "__version__"]
 
 

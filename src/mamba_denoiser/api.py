@@ -6,6 +6,8 @@ each new day, causally, with the same numbers as denoise.py.
     den = Denoiser.from_run()              # the newest sweep under outputs/ (or a folder)
     clean = den.transform(history)         # a DataFrame: an id column or a DatetimeIndex
     today = den.update(new_rows)           # = den.transform(history + new_rows)[new rows]
+    den.save("bundle/")                    # one folder: checkpoints + decisions + manifest
+    den = Denoiser.load("bundle/")         # sha256-verified; serves the same numbers
 
 The first ``transform`` fits the per-feature decisions (σ, whiteness, the state-space and
 noise-law fits, the gate's choices) on the train and validation rows of the split the
@@ -15,6 +17,8 @@ causal plan does not depend on how many rows follow; docs/design.md "Denoising")
 ``update`` serves only the windows its new rows need (the filters' recursions still run
 over the history). Rows are positional: the history must start where the training data
 started, and the train and validation rows must be the ones the models were fitted on.
+``save`` / ``load`` (bundle.py) keep the models and the held decisions in one verified
+folder, so a loaded Denoiser serves bit-identical values without refitting anything.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Denoiser:
         self.window = max(m.window for m in models.values())
         self._decisions: dict[int, dict] | None = None
         self._fitted_on: str | None = None  # digest of the train + validation rows
+        self._split_ids: dict[str, list[str]] = {}  # part -> [first id, last id], as text
         self._history: pd.DataFrame | None = None  # features, in row order, id-indexed
         self._columns: list = []  # the history frame's columns (update's schema)
 
@@ -64,6 +69,73 @@ class Denoiser:
             raise ConfigError(f"{folder}: the checkpoints do not record one common split")
         bounds = {k: (int(v[0]), int(v[1])) for k, v in splits[0].items()}
         return cls(models, bounds, **kw)
+
+    @classmethod
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        *,
+        workdir: str | Path | None = None,
+        cluster_overrides: list[str] | tuple[str, ...] = (),
+        train_overrides: list[str] | tuple[str, ...] | None = None,
+        **kw,
+    ) -> Denoiser:
+        """Cluster and train on ``frame`` in this process (cluster.py + train.py's own code
+        and configs, fit_run.py), then fit the decisions on it (``transform(frame)``).
+
+        **The default is a demo budget** (``experiment=smoke``: a tiny model, a few batches
+        per cluster; seconds on a CPU), for trying the API, not for denoising well: train
+        with the scripts and use ``from_run`` for that, or pass a budget, e.g.
+        ``train_overrides=["experiment=cpu_all_clusters", "logger=csv"]``.
+        ``cluster_overrides``: Hydra overrides of cluster.py (``data.*``, ``clustering.*``,
+        e.g. ``["data.window_size=16", "clustering.k=2"]``); ``train_overrides``: of
+        train.py (replacing the demo's). ``workdir``: where outputs/ goes (a new temporary
+        folder if None). ``kw``: as for ``from_run`` (gate, candidates, gate_margin_db).
+        The id is ``kw["id_col"]`` (``date_id``) or the DatetimeIndex; rows are positional.
+        """
+        from mamba_denoiser.fit_run import DEMO_TRAIN, fit_run
+
+        sweep = fit_run(
+            frame,
+            workdir=workdir,
+            cluster_overrides=list(cluster_overrides),
+            train_overrides=list(DEMO_TRAIN if train_overrides is None else train_overrides),
+            id_col=kw.get("id_col", ID_COL),
+        )
+        den = cls.from_run(sweep, **kw)
+        den.transform(frame)
+        return den
+
+    def save(self, folder: str | Path) -> Path:
+        """Write one bundle folder (bundle.py): manifest.json (versions, sha256 of every
+        file, the fitted rows' digest and split), clusters.json, a slim checkpoint per
+        cluster and the held decisions. Needs a ``transform`` first (it fits them)."""
+        from mamba_denoiser.bundle import save_bundle
+
+        return save_bundle(self, folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Denoiser:
+        """A Denoiser from a ``save`` folder, every file checked against its sha256 first
+        (BundleError naming the file otherwise). It serves the saved decisions: its first
+        ``transform`` must get the same train and validation rows, and refits nothing."""
+        from mamba_denoiser.bundle import load_bundle
+
+        manifest, models, decisions = load_bundle(folder)
+        spec, data = manifest["denoiser"], manifest["data"]
+        bounds = {k: (int(v[0]), int(v[1])) for k, v in data["split"].items()}
+        den = cls(
+            models,
+            bounds,
+            id_col=spec["id_col"],
+            gate=spec["gate"],
+            candidates=spec.get("candidates"),
+            gate_margin_db=spec.get("gate_margin_db", 0.1),
+        )
+        den._decisions = decisions
+        den._fitted_on = data["fitted_rows_digest"]
+        den._split_ids = data.get("split_ids") or {}
+        return den
 
     # ---- the frames ---------------------------------------------------------------------
     def _features_of(self, frame: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -122,6 +194,13 @@ class Denoiser:
                 f"{what}: its train and validation rows differ from those the decisions "
                 "were fitted on (a revised history); make a new Denoiser to refit"
             )
+        if self._fitted_on is None:  # ids as text: a bundle's manifest records the split
+            ids, n = x.index, len(x)  # the test part may run past a shorter history
+            self._split_ids = {
+                k: [str(ids[a]), str(ids[min(b, n) - 1])]
+                for k, (a, b) in self.bounds.items()
+                if a < n
+            }
         self._fitted_on = key
 
     # ---- the API ------------------------------------------------------------------------
@@ -150,15 +229,30 @@ class Denoiser:
                 f"{gone}; give rows in the same schema"
             )
         x = self._features_of(rows, "update")
-        if len(x) and not x.index[0] > self._history.index[-1]:
+        last = self._history.index[-1]
+        if len(x) and not x.index[0] > last:
+            early = [str(i) for i in x.index if not i > last]
+            shown = ", ".join(early[:3]) + (", …" if len(early) > 3 else "")
             raise PanelError(
-                f"update: id {x.index[0]!r} is not after the last row seen "
-                f"({self._history.index[-1]!r}); revised history needs a new transform"
+                f"update: {len(early)} row(s) with ids [{shown}] are not after the last "
+                f"row seen ({last}): revised or repeated earlier "
+                "rows are refused; give only new rows, or transform the revised history"
             )
-        grown = pd.concat([self._history, x])
-        n_old, n_new = len(self._history), len(grown)
-        out = self._run(grown, rows=(max(n_old - self.window + 1, 0), n_new))
-        self._history = grown
         result = rows.copy()
-        result[self.features] = out[n_old:]
+        result[self.features] = self._serve(x, start=len(self._history), keep=True)
         return result
+
+    def _serve(self, x: pd.DataFrame, *, start: int, keep: bool) -> np.ndarray:
+        """The denoised rows of ``x`` appended to the held history's first ``start`` rows
+        (start = len(history): new rows, as update; less: rows that replace the history's
+        tail, as the scikit-learn wrapper's transform). Only the windows those rows need
+        are served. ``keep``: hold the grown history afterwards (update) or not (a pure
+        function of the fitted state, as scikit-learn expects of transform)."""
+        grown = pd.concat([self._history.iloc[:start], x])
+        if start < self.bounds["val"][1]:
+            self._check_fit_rows(grown, "transform")  # the fitted rows must stay the same
+        rows = None if start == 0 else (max(start - self.window + 1, 0), len(grown))
+        out = self._run(grown, rows=rows)
+        if keep:
+            self._history = grown
+        return out[start:]

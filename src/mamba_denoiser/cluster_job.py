@@ -13,7 +13,7 @@ import logging
 from omegaconf import DictConfig
 
 from mamba_denoiser.cli import fail_cleanly
-from mamba_denoiser.stage import output_dir, prefit_fits, to_dict
+from mamba_denoiser.stage import given_data, output_dir, prefit_fits, to_dict
 
 log = logging.getLogger("mamba_denoiser")
 
@@ -28,7 +28,7 @@ def run_cluster(cfg: DictConfig) -> dict:
 
     out = output_dir(cfg)
     with fail_cleanly(out):
-        panel = panel_from_config(to_dict(cfg.data))
+        panel = panel_from_config(given_data(cfg)[0])  # data.path=FILE alone: a CSV
         # every clustering.* key is a keyword of run_clustering (conf/cluster.yaml)
         doc = run_clustering(panel, out, plots=cfg.plots, **to_dict(cfg.clustering))
         prefit_fits(cfg, panel, panel.continuous)

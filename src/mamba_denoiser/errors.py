@@ -34,3 +34,8 @@ class DataOptionsError(ValueError):
 
 class PanelError(ValueError):
     """Bad input: the message names the file, column or row and what to do."""
+
+
+class BundleError(CheckpointError):
+    """A saved Denoiser bundle (Denoiser.save) that is missing a file, was changed after
+    saving, or is not a bundle; the message names the file and what to do."""

@@ -40,19 +40,23 @@ def command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def given_data(cfg: DictConfig) -> tuple[dict, set[str]]:
+    """(cfg.data as a dict, the data keys given on the command line), where `data.path=FILE`
+    without `data=csv` already reads FILE as a CSV (data/remembered.py path_means_csv)."""
+    from mamba_denoiser.data.remembered import given_data_keys, path_means_csv
+
+    return path_means_csv(to_dict(cfg.data), given_data_keys(command_line_overrides()))
+
+
 def remembered_data(cfg: DictConfig, recorded: dict | None, recorded_by: str) -> dict:
     """cfg.data, or where no data option was given, the options `recorded_by` (a
     clusters.json or checkpoint) recorded; a given option that changes how the data are
     read and disagrees with the record is a ConfigError naming both (data/remembered.py)."""
-    from mamba_denoiser.data.remembered import (
-        DataOptionsError,
-        given_data_keys,
-        merge_data_options,
-    )
+    from mamba_denoiser.data.remembered import DataOptionsError, merge_data_options
 
-    given = given_data_keys(command_line_overrides())
+    composed, given = given_data(cfg)
     try:
-        data, used = merge_data_options(to_dict(cfg.data), recorded, given, recorded_by=recorded_by)
+        data, used = merge_data_options(composed, recorded, given, recorded_by=recorded_by)
     except DataOptionsError as e:
         raise ConfigError(str(e)) from None
     if used and not given:

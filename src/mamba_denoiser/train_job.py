@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from mamba_denoiser.artifacts import check_fit_data, check_split
 from mamba_denoiser.cli import ROOT_ENV, fail_cleanly, route_lightning_logs
 from mamba_denoiser.errors import ClustersError, ConfigError
-from mamba_denoiser.stage import output_dir, remembered_data, to_dict, use_fit_cache
+from mamba_denoiser.stage import given_data, output_dir, remembered_data, to_dict, use_fit_cache
 from mamba_denoiser.vocabulary import ANCHOR_LEN
 
 log = logging.getLogger("mamba_denoiser")
@@ -176,7 +176,7 @@ def _data_options(cfg: DictConfig) -> dict[str, Any]:
         return remembered_data(cfg, src.get("data_config"), str(cfg.ckpt_path))
     path = cfg.clusters or cfg.cluster.get("clusters_file")
     if not path:
-        return to_dict(cfg.data)
+        return given_data(cfg)[0]
     from mamba_denoiser.clustering.artifact import load_clusters
 
     clusters = load_clusters(path)

@@ -8,6 +8,7 @@ from mamba_denoiser.data.remembered import (
     DataOptionsError,
     given_data_keys,
     merge_data_options,
+    path_means_csv,
 )
 
 RECORDED = {
@@ -68,3 +69,25 @@ def test_conflicts_name_both_values_and_the_record():
     msg = str(e.value)
     assert "data.window_size=30 (recorded: 60)" in msg
     assert "data.split.train=0.6 (recorded: 0.7)" in msg and "c.json" in msg
+
+
+def test_a_path_without_a_data_choice_means_a_csv():
+    """`denoise.py data.path=new.csv` (no data=csv): the built-in group's default must not
+    turn a user's file into the synthetic panel's cache (it ended in KeyError 'n_rows')."""
+    composed, given = path_means_csv({**BUILTIN, "path": "/data/new.csv"}, {"path"})
+    assert composed["kind"] == "csv" and "n_rows" not in composed and given == {"path", "kind"}
+    out, _ = merge_data_options(composed, RECORDED, given, recorded_by="c.json")
+    assert out == {**RECORDED, "path": "/data/new.csv"}
+    # with no record (cluster.py) it is read as a CSV too
+    assert path_means_csv(BUILTIN, {"path"})[0]["kind"] == "csv"
+    # data=synthetic data.path=... is an explicit choice: kept
+    assert path_means_csv(BUILTIN, {"kind", "path"})[0] == BUILTIN
+
+
+def test_the_composed_default_kind_never_replaces_a_recorded_csv():
+    # data.noise_scale=5 alone over a recorded CSV: still the CSV, not a half built-in panel
+    out, _ = merge_data_options(BUILTIN, RECORDED, {"noise_scale"}, recorded_by="c")
+    assert out["kind"] == "csv" and out["path"] == RECORDED["path"]
+    # data=synthetic over a recorded CSV: the built-in panel, with its generator knobs
+    out, _ = merge_data_options(BUILTIN, RECORDED, {"kind"}, recorded_by="c")
+    assert out["kind"] == "synthetic" and out["n_rows"] == 9000 and out["seed"] == 0

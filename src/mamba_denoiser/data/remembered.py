@@ -10,6 +10,10 @@ name the data itself (the file, or the built-in panel's knobs: denoising other d
 the same models is legitimate, and each stage's sha256 check says so). An option that
 changes how the data are read (split, window, targets, ...) and disagrees with the record
 is an error naming both values: the checkpoints were fitted under the recorded one.
+
+`data.path=FILE` given without a `data=` choice means a CSV (``path_means_csv``): the
+default group is the built-in panel, whose `path` is only its cache file, and reading a
+user's file as that cache would regenerate the synthetic panel over it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,20 @@ def given_data_keys(overrides: Sequence[str]) -> set[str]:
         elif k.startswith("data."):
             keys.add(k[len("data.") :])
     return keys
+
+
+def path_means_csv(composed: Mapping[str, Any], given: set[str]) -> tuple[dict[str, Any], set]:
+    """(options, given keys) with a `data.path` given without `data=...` read as a CSV.
+
+    >>> opts, keys = path_means_csv({"kind": "synthetic", "n_rows": 9, "path": "a.csv"}, {"path"})
+    >>> opts, sorted(keys)
+    ({'kind': 'csv', 'path': 'a.csv'}, ['kind', 'path'])
+    """
+    if "path" in given and "kind" not in given and composed.get("kind") == "synthetic":
+        out = {k: v for k, v in composed.items() if k not in SYNTHETIC_ONLY}
+        out["kind"] = "csv"
+        return out, given | {"kind"}
+    return dict(composed), set(given)
 
 
 def _get(d: Mapping[str, Any], dotted: str) -> Any:
@@ -89,11 +107,15 @@ def merge_data_options(
             f"{'s' if len(conflicts) > 1 else ''}. Drop the option to use it, or re-run the "
             "earlier stages with yours"
         )
-    kind = composed.get("kind", out.get("kind"))
+    # Only a given `data=` choice changes the kind: the composed default (the built-in
+    # panel) is not a choice, and switching to it would drop the recorded CSV.
+    kind = composed.get("kind") if "kind" in given else out.get("kind")
     if kind != out.get("kind"):  # e.g. data=csv over a recorded built-in panel
         out = {k: v for k, v in out.items() if k not in SYNTHETIC_ONLY}
         out["kind"] = kind
         out["path"] = composed.get("path")
+        if kind == "synthetic":  # the built-in panel over a recorded CSV: its knobs
+            out.update({k: composed[k] for k in SYNTHETIC_ONLY if k in composed})
     for key in given:
         if key.split(".")[0] in IDENTITY_KEYS and key != "kind":
             _set(out, key, _get(composed, key))

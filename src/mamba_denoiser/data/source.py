@@ -128,6 +128,12 @@ def panel_from_config(data: Mapping[str, Any]) -> Panel:
     kind = data.get("kind", "csv")
     path = data.get("path")
     if kind == "synthetic":
+        missing = [k for k in ("n_rows", "seed") if k not in data]
+        if missing:  # a hand-made options dict; the synthetic group always has them
+            raise PanelError(
+                f"data.kind=synthetic without data.{missing[0]}: choose data=synthetic for "
+                "the built-in panel, or data=csv data.path=FILE for your own"
+            )
         path = ensure_synthetic_csv(
             path,
             n_rows=int(data["n_rows"]),
