@@ -82,7 +82,8 @@ def load_models(folder: str | Path) -> dict[int, Any]:
     found: dict[int, Any] = {}
     for path in sorted(candidates, key=lambda p: p.stat().st_mtime):  # newest last, wins
         m = load_cluster_model(path)
-        m.predictive_module = _predictive_module(path, m)
+        m.predictive_source = _predictive_source(path, m)
+        m.predictive_module = predictive_module(m)
         cid = int(m.cluster["id"])
         if cid in found:
             log.warning("two checkpoints for c%d; using the newer: %s", cid, path)
@@ -90,13 +91,11 @@ def load_models(folder: str | Path) -> dict[int, Any]:
     return dict(sorted(found.items()))
 
 
-def _predictive_module(path: Path, model):
-    """The weights that serve the predictive head, as train.py chose them on validation
-    rows (summary.json "predictive_checkpoint"): its own best checkpoint, "filter" (a
-    residual head untrained: exactly its filter), or None (the main checkpoint's)."""
+def _predictive_source(path: Path, model) -> str | None:
+    """Which weights serve the predictive head, as train.py chose them on validation rows
+    (summary.json "predictive_checkpoint"): "filter" (a residual head untrained: exactly
+    its filter), another checkpoint's path, or None (the main checkpoint's)."""
     from mamba_denoiser.checkpoint import resolve_checkpoint
-    from mamba_denoiser.inference import load_cluster_model
-    from mamba_denoiser.network import ClusterNetwork
 
     summary = path.parent.parent / "summary.json"  # <job>/checkpoints/<file>.ckpt
     try:
@@ -105,15 +104,28 @@ def _predictive_module(path: Path, model):
         return None
     if not choice or not model.has_head("predictive"):
         return None
-    if choice == "filter":  # every correction starts at exactly 0: whatever the backbone's
+    if choice == "filter":
+        return choice
+    pred = resolve_checkpoint(summary, choice)
+    if not pred.is_file() or pred.resolve() == path.resolve():
+        return None
+    return str(pred)
+
+
+def predictive_module(model):
+    """The network of ``model.predictive_source`` (None: serve ``model.module``)."""
+    from mamba_denoiser.inference import load_cluster_model
+    from mamba_denoiser.network import ClusterNetwork
+
+    source = model.predictive_source
+    if source is None:
+        return None
+    if source == "filter":  # every correction starts at exactly 0: whatever the backbone's
         import torch  # random start, the head gives its filter's numbers
 
         with torch.random.fork_rng():  # leave the caller's random stream as it was
             return ClusterNetwork.from_hparams(model.hparams).eval()
-    pred = resolve_checkpoint(summary, choice)
-    if not pred.is_file() or pred.resolve() == path.resolve():
-        return None
-    return load_cluster_model(pred).module
+    return load_cluster_model(source).module
 
 
 def recorded_data_config(clusters, models: dict) -> dict | None:

@@ -106,14 +106,21 @@ def save_bundle(den: Any, folder: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         (tmp / "checkpoints").mkdir()
-        ckpts = {}
+        ckpts, predictive = {}, {}
         for cid, m in den.models.items():
             rel = f"checkpoints/c{cid}.ckpt"
             _slim_checkpoint(m.path, tmp / rel)
             ckpts[str(cid)] = rel
+            source = getattr(m, "predictive_source", None)
+            if source == "filter":  # train.py chose the untrained residual head (its filter)
+                predictive[str(cid)] = source
+            elif source is not None:  # the predictive head's own best checkpoint
+                predictive[str(cid)] = f"checkpoints/c{cid}.predictive.ckpt"
+                _slim_checkpoint(Path(source), tmp / predictive[str(cid)])
         _write_json(tmp / CLUSTERS, _clusters_doc(den.models))
         _write_json(tmp / DECISIONS, {str(cid): d for cid, d in den._decisions.items()})
-        files = sorted([CLUSTERS, DECISIONS, *ckpts.values()])
+        extra = [p for p in predictive.values() if p != "filter"]
+        files = sorted([CLUSTERS, DECISIONS, *ckpts.values(), *extra])
         first = next(iter(den.models.values()))
         manifest = {
             "format": FORMAT,
@@ -135,6 +142,7 @@ def save_bundle(den: Any, folder: str | Path) -> Path:
                 **den.kw,
                 "features": den.features,
                 "checkpoints": ckpts,
+                "predictive": predictive,
             },
         }
         _write_json(tmp / MANIFEST, manifest)  # last: its presence means the set is complete
@@ -199,9 +207,15 @@ def load_bundle(folder: str | Path) -> tuple[dict, dict[int, Any], dict[int, dic
     folder = Path(folder)
     manifest = read_manifest(folder)
     spec = manifest["denoiser"]
+    from mamba_denoiser.artifacts import predictive_module
+
     models = {
         int(cid): load_cluster_model(folder / rel) for cid, rel in spec["checkpoints"].items()
     }
+    for cid, source in spec.get("predictive", {}).items():
+        m = models[int(cid)]
+        m.predictive_source = source if source == "filter" else str(folder / source)
+        m.predictive_module = predictive_module(m)
     decisions = {int(k): v for k, v in json.loads((folder / DECISIONS).read_text()).items()}
     if set(decisions) != set(models):
         raise BundleError(

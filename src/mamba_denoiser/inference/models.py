@@ -28,6 +28,7 @@ class ClusterModel:
     # the predictive head's weights where train.py chose other ones on validation rows (its
     # own best checkpoint, or the untrained residual head = its filter); None: ``module``
     predictive_module: Any = None
+    predictive_source: str | None = None  # "filter", a checkpoint path, or None
 
     @property
     def features(self) -> list[str]:
