@@ -195,6 +195,16 @@ class SyntheticPanel:
         noise_df: continuous feature -> degrees of freedom of its Student-t noise, or None
             for Gaussian noise.
         noise_scale, noise_dist: the noise knobs the panel was made with.
+        params: continuous feature -> its planted parameters (evaluation/headroom.py
+            builds exact state-space models from them): ``process``; ``scale`` and
+            ``offset`` (native = scale * x + offset); ``start`` (first observed row);
+            ``ref_scale`` and ``noise_sd`` (the noise std before scaling, so
+            noise_std = scale * noise_sd); the own dynamics (``phi`` for ou_*, trend,
+            sv_returns, vol_positive; ``drift`` for trend; ``h_std`` for sv_returns and
+            vol_positive; ``mean_stay`` and ``jump_rate`` for jump_regime); with
+            noise_dist="factors" and a factor family: ``share`` (c), ``loading`` (signed
+            sqrt(c)), ``factor_phi`` (None: white) and for random_walk / trend the realised
+            ``moves_mean`` / ``moves_std`` the own part was standardised with.
     """
 
     frame: pd.DataFrame
@@ -205,6 +215,7 @@ class SyntheticPanel:
     noise_df: dict[str, int | None] = field(default_factory=dict)
     noise_scale: float = 1.0
     noise_dist: str = "mixed"
+    params: dict[str, dict] = field(default_factory=dict)
 
     @property
     def feature_columns(self) -> list[str]:
@@ -263,6 +274,7 @@ def make_synthetic_panel(
     clean_cols: dict[str, np.ndarray] = {}
     noise_std: dict[str, float] = {}
     noise_df: dict[str, int | None] = {}
+    params: dict[str, dict] = {}
     factors: dict[str, np.ndarray] = {}  # noise_dist="factors": family -> unit factor
     for i, name in enumerate(names):
         rng = np.random.default_rng((seed, i))
@@ -271,7 +283,7 @@ def make_synthetic_panel(
             values = _dummy(rng, n_rows, ternary=int(name[1:]) >= 7)
             noisy_cols[name] = clean_cols[name] = values
             continue
-        clean, ref_scale, propagate = _GENERATORS[proc](rng, n_rows)
+        clean, ref_scale, propagate, own = _GENERATORS[proc](rng, n_rows)
         lo, hi = _NOISE_RATIO[proc]
         sd = noise_scale * rng.uniform(lo, hi) * ref_scale
         # The default draw always happens, so the main stream (and with it the units,
@@ -283,7 +295,10 @@ def make_synthetic_panel(
             clean = clean + propagate(_jumps(np.random.default_rng((seed, i, 2)), n_rows, sd))
         if noise_dist == "factors" and proc in _FACTOR_PHI:
             fac = factors.setdefault(proc, _factor(seed, proc, n_rows))
-            clean = _with_factor(np.random.default_rng((seed, i, 3)), clean, ref_scale, fac, proc)
+            clean, loading = _with_factor(
+                np.random.default_rng((seed, i, 3)), clean, ref_scale, fac, proc
+            )
+            own.update(loading, factor_phi=_FACTOR_PHI[proc])
         noise = sd * unit
         scale = 10.0 ** rng.uniform(-2.0, 3.0)
         offset = 0.0 if proc in _POSITIVE else scale * rng.uniform(-5.0, 5.0) * ref_scale
@@ -293,6 +308,15 @@ def make_synthetic_panel(
         noisy_cols[name] = np.where(observed, scale * (clean + noise) + offset, np.nan)
         noise_std[name] = float(scale * sd)
         noise_df[name] = df
+        params[name] = {
+            "process": proc,
+            "scale": float(scale),
+            "offset": float(offset),
+            "start": int(start),
+            "ref_scale": float(ref_scale),
+            "noise_sd": float(sd),
+            **own,
+        }
 
     targets = _targets(np.random.default_rng((seed, len(names))), n_rows, clean_cols)
     date_id = np.arange(n_rows, dtype=np.int64)
@@ -308,6 +332,7 @@ def make_synthetic_panel(
         noise_df=noise_df,
         noise_scale=noise_scale,
         noise_dist=noise_dist,
+        params=params,
     )
 
 
@@ -331,8 +356,9 @@ def _ar1(rng: np.random.Generator, n: int, phi: float, shocks: np.ndarray | None
     return lfilter([1.0], [1.0, -phi], e)
 
 
-# Each generator returns (clean, reference scale, propagate): propagate maps extra
-# innovations (noise_dist="jumps") to their effect on the level, or is None.
+# Each generator returns (clean, reference scale, propagate, params): propagate maps extra
+# innovations (noise_dist="jumps") to their effect on the level, or is None; params are
+# the planted own-dynamics parameters (SyntheticPanel.params).
 
 
 def _ar1_filter(phi: float):
@@ -341,12 +367,12 @@ def _ar1_filter(phi: float):
 
 def _ou_fast(rng, n):
     phi = rng.uniform(0.3, 0.6)
-    return _ar1(rng, n, phi), 1.0 / np.sqrt(1 - phi * phi), _ar1_filter(phi)
+    return _ar1(rng, n, phi), 1.0 / np.sqrt(1 - phi * phi), _ar1_filter(phi), {"phi": phi}
 
 
 def _ou_slow(rng, n):
     phi = rng.uniform(0.9, 0.97)
-    return _ar1(rng, n, phi), 1.0 / np.sqrt(1 - phi * phi), _ar1_filter(phi)
+    return _ar1(rng, n, phi), 1.0 / np.sqrt(1 - phi * phi), _ar1_filter(phi), {"phi": phi}
 
 
 def _trend(rng, n):
@@ -355,11 +381,11 @@ def _trend(rng, n):
     v = _ar1(rng, n, phi)
     v_std = 1.0 / np.sqrt(1 - phi * phi)
     drift = rng.uniform(-0.05, 0.05) * v_std
-    return np.cumsum(v + drift), v_std, np.cumsum
+    return np.cumsum(v + drift), v_std, np.cumsum, {"phi": phi, "drift": float(drift)}
 
 
 def _random_walk(rng, n):
-    return np.cumsum(rng.standard_normal(n)), 1.0, np.cumsum
+    return np.cumsum(rng.standard_normal(n)), 1.0, np.cumsum, {}
 
 
 def _jump_regime(rng, n):
@@ -370,8 +396,11 @@ def _jump_regime(rng, n):
     if rng.random() < 0.5:
         regime = 1 - regime
     sigma = np.where(regime == 1, 3.0, 1.0)
-    jumps = (rng.random(n) < rng.uniform(0.004, 0.01)) * rng.normal(0.0, 8.0, n)
-    return np.cumsum(sigma * rng.standard_normal(n) + jumps), 1.0, None
+    u = rng.random(n)  # drawn before the rate, as the generator always has
+    rate = rng.uniform(0.004, 0.01)
+    jumps = (u < rate) * rng.normal(0.0, 8.0, n)
+    params = {"mean_stay": float(mean_stay), "jump_rate": float(rate)}
+    return np.cumsum(sigma * rng.standard_normal(n) + jumps), 1.0, None, params
 
 
 def _sv_returns(rng, n):
@@ -379,7 +408,7 @@ def _sv_returns(rng, n):
     h_std = rng.uniform(0.6, 0.8)
     h = h_std * np.sqrt(1 - phi * phi) * _ar1(rng, n, phi)
     x = np.exp(h - h_std**2) * rng.standard_normal(n)  # exp(-h_std^2): unit-ish variance
-    return x, float(x.std()), None
+    return x, float(x.std()), None, {"phi": phi, "h_std": h_std}
 
 
 def _vol_positive(rng, n):
@@ -393,7 +422,7 @@ def _vol_positive(rng, n):
     shocks /= np.sqrt(1.0 + p * 2 * size**2 - (p * size) ** 2)
     h = h_std * np.sqrt(1 - phi * phi) * _ar1(rng, n, phi, shocks)
     x = 1.0 + np.exp(h)
-    return x, float(x.std()), None
+    return x, float(x.std()), None, {"phi": phi, "h_std": h_std}
 
 
 _GENERATORS = {
@@ -445,15 +474,19 @@ def _factor(seed: int, proc: str, n: int) -> np.ndarray:
 def _with_factor(rng, clean: np.ndarray, ref_scale: float, factor: np.ndarray, proc: str):
     """The clean signal with a share c ~ U(_FACTOR_SHARE) of its variance (OU: level;
     random walk, trend: moves) from the family factor, with a random sign; the rest is the
-    feature's own signal, so its reference scale and dynamics family are kept."""
+    feature's own signal, so its reference scale and dynamics family are kept.
+    Returns (clean, planted): share, loading and for random walk / trend the realised
+    mean and std of the moves the own part is standardised with."""
     c = rng.uniform(*_FACTOR_SHARE)
     load = np.sqrt(c) * rng.choice([-1.0, 1.0])
+    planted = {"share": float(c), "loading": float(load)}
     if proc in ("ou_fast", "ou_slow"):
-        return ref_scale * (load * factor + np.sqrt(1 - c) * clean / ref_scale)
+        return ref_scale * (load * factor + np.sqrt(1 - c) * clean / ref_scale), planted
     moves = np.diff(clean, prepend=0.0)  # random walk: e_t; trend: v_t + drift
     drift = moves.mean()
     own = (moves - drift) / moves.std()
-    return np.cumsum(ref_scale * (load * factor + np.sqrt(1 - c) * own) + drift)
+    planted.update(moves_mean=float(drift), moves_std=float(moves.std()))
+    return np.cumsum(ref_scale * (load * factor + np.sqrt(1 - c) * own) + drift), planted
 
 
 def _jumps(rng: np.random.Generator, n: int, sd: float) -> np.ndarray:
