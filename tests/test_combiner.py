@@ -78,3 +78,16 @@ def test_the_divergence_is_exact_and_the_filter_causal(factor_panel):
     assert (moved[t, i] - out[t, i]) / h == pytest.approx(div[t, i], rel=1e-4)
     np.testing.assert_array_equal(moved[:t], out[:t])  # rows before t untouched
     assert ((moved[t] - out[t]) != 0).sum() > 1  # the bump reaches the other features
+
+
+def test_rows_do_not_depend_on_how_many_follow():
+    """Row t of the combiner's product is bit-identical whatever the number of rows (a
+    live run sees fewer rows than the backtest)."""
+    from mamba_denoiser.combiner import rowwise_matmul
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3000, 52)), rng.standard_normal((52, 13))
+    full = rowwise_matmul(a, b)
+    for cut in (1, 255, 256, 257, 1000, 2999):
+        assert np.array_equal(rowwise_matmul(a[:cut], b), full[:cut])
+    np.testing.assert_allclose(full, a @ b, rtol=1e-12, atol=1e-12)
