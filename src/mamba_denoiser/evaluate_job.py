@@ -39,7 +39,6 @@ from mamba_denoiser.errors import ConfigError
 from mamba_denoiser.evaluation.report import (
     ANCHOR,
     choices_table,
-    console_tables,
     evaluation_report,
     gate_table,
     grouped,
@@ -51,6 +50,7 @@ from mamba_denoiser.evaluation.report import (
 from mamba_denoiser.evaluation.truth import builtin_truth, load_truth_file
 from mamba_denoiser.io import atomic_write_csv, atomic_write_text, console
 from mamba_denoiser.stage import load_trained, output_dir, prefit, to_dict
+from mamba_denoiser.tables import console_tables
 
 log = logging.getLogger("mamba_denoiser")
 
@@ -574,7 +574,7 @@ def _downstream(cfg, panel, names, sets):
 
 def _print_key(tables: dict, den: dict, names: list[str], con=None) -> None:
     """The key tables on the console, every number in full at the console's width (80
-    columns included): wide tables are transposed or split (report.console_tables)."""
+    columns included): wide tables are transposed or split (tables.console_tables)."""
     con = con or console()
     for n, d in den.items():
         print(f"{n}: {d.n_changed} of {len(names)} features changed")

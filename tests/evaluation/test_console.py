@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from mamba_denoiser.evaluate_job import _print_key
-from mamba_denoiser.evaluation.report import cell_text as _cell
-from mamba_denoiser.evaluation.report import console_tables
+from mamba_denoiser.tables import cell_text as _cell
+from mamba_denoiser.tables import console_tables
 
 FAMILIES = ["jump_regime", "ou_fast", "ou_slow", "random_walk", "sv_returns", "trend", "vol_pos"]
 METHODS = [
