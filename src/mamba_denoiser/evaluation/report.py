@@ -1,7 +1,8 @@
 """Tables of evaluate.py and its report.
 
 - The tables: quality against known clean values, lags, the σ plan, the choices, the
-  gate's predictions against the test rows (``quality_table`` ... ``choices_table``).
+  gate's predictions against the test rows (``quality_table`` ... ``choices_table``),
+  carried together as a ``ReportTables``.
 - ``key_tables``: the ones evaluate.py prints on the console.
 - ``evaluation_report``: report.md from the tables and the run's facts.
 
@@ -14,7 +15,8 @@ unit-testable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,32 @@ def grouped(table: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:
 
 
 # ---- evaluate.py's tables of the run ----------------------------------------------------
+
+
+@dataclass
+class ReportTables:
+    """evaluate.py's tables, each written to ``tables/<field>.csv``; None where not made
+    (the quality tables need clean values, ``downstream`` the targets, the two-sided ones a
+    two-sided method). ``gate_by_feature.attrs["method"]`` names the method it describes,
+    ``downstream.attrs["scored_rows"]`` the rows its folds score."""
+
+    noise: pd.DataFrame  # σ plan per feature
+    choices: pd.DataFrame  # per feature, what each causal method and the anchor chose
+    snr_causal_by_feature: pd.DataFrame | None = None
+    snr_causal_by_family: pd.DataFrame | None = None
+    snr_causal_by_type: pd.DataFrame | None = None
+    lag_causal_by_type: pd.DataFrame | None = None
+    gate_by_feature: pd.DataFrame | None = None
+    snr_two_sided_by_family: pd.DataFrame | None = None
+    snr_two_sided_by_type: pd.DataFrame | None = None
+    downstream: pd.DataFrame | None = None
+
+    def items(self) -> Iterator[tuple[str, pd.DataFrame]]:
+        """(name, table) of the tables made, in field order."""
+        for f in fields(self):
+            tab = getattr(self, f.name)
+            if tab is not None:
+                yield f.name, tab
 
 
 def noise_table(
@@ -128,16 +156,63 @@ def gate_table(res, test_gain: pd.Series, family: Mapping, noise: pd.DataFrame) 
     return pd.DataFrame(rows).set_index("feature")
 
 
+def run_tables(
+    *,
+    noise: Mapping[str, tuple],  # feature -> (σ, source, white, Ljung-Box p)
+    names: Sequence[str],  # the cluster features, in cluster order
+    ftype: Mapping[str, str],  # feature -> cluster type
+    truth,  # evaluation.truth.Truth, or None without clean values
+    true_sd: Mapping[str, float],  # the true noise std where known
+    raw: np.ndarray,  # (T, F) observed
+    test_rows: slice,
+    den: Mapping[str, Any],  # method -> PanelResult
+    anchor,  # evaluation.anchor's best classical per feature
+    causal: Sequence[str],  # the causal methods, in order
+    causal_out: Mapping[str, np.ndarray],  # causal output name -> (T, F)
+    two_out: Mapping[str, np.ndarray],  # two-sided output name -> (T, F)
+) -> ReportTables:
+    """evaluate.py's tables but the forecasting one: the σ plan and the choices; with known
+    clean values, SNR gain and lag on the TEST rows (the gate looked at the validation
+    rows), by family and by type, and the gate's predictions against the test rows."""
+    family = truth.family if truth is not None else None
+    noise_tab = noise_table(noise, names, ftype, family, true_sd)
+    tables = ReportTables(noise_tab, choices_table(den, anchor, names, causal))
+    if truth is None:
+        return tables
+    known = truth.known
+    idx = [names.index(f) for f in known]
+    clean, raw = truth.clean[:, idx], raw[:, idx]
+
+    def sub(d):
+        return {k: v[:, idx] for k, v in d.items()}
+
+    q_causal = quality_table(raw, clean, sub(causal_out), known, test_rows)
+    tables.snr_causal_by_feature = q_causal
+    tables.snr_causal_by_family = grouped(q_causal, truth.family)
+    tables.snr_causal_by_type = grouped(q_causal, ftype)
+    lags = lag_table(clean, sub(causal_out), known, test_rows)
+    tables.lag_causal_by_type = grouped(lags, ftype)
+    if causal:
+        gate = gate_table(den[causal[0]], q_causal[causal[0]], truth.family, noise_tab)
+        gate.attrs["method"] = causal[0]
+        tables.gate_by_feature = gate
+    if two_out:
+        q_two = quality_table(raw, clean, sub(two_out), known, test_rows)
+        tables.snr_two_sided_by_family = grouped(q_two, truth.family)
+        tables.snr_two_sided_by_type = grouped(q_two, ftype)
+    return tables
+
+
 # ---- evaluate.py's key tables on the console ----------------------------------------------
 
 
-def key_tables(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
+def key_tables(tables: ReportTables) -> list[tuple[str, pd.DataFrame]]:
     """(title, text cells) of the key tables for the console (console_tables): causal SNR
     gain by family, methods as rows; one forecasting table per model, a row per metric and
     a column per feature set (+ market)."""
     shown = []
-    if "snr_causal_by_family" in tables:
-        tab = _transpose(tables["snr_causal_by_family"])  # methods as rows
+    if tables.snr_causal_by_family is not None:
+        tab = _transpose(tables.snr_causal_by_family)  # methods as rows
         cells = pd.DataFrame(
             {
                 col: [cell_text(v, count=idx == "features") for idx, v in tab[col].items()]
@@ -146,8 +221,8 @@ def key_tables(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, pd.DataFra
         )
         cells.insert(0, "method", [str(i) for i in tab.index])
         shown.append(("Causal SNR gain (dB) on test rows, by family", cells))
-    if "downstream" in tables:
-        d = tables["downstream"]
+    if tables.downstream is not None:
+        d = tables.downstream
         market = d[d["model"] == "market"]
         metrics = [c for c in d.columns if c not in ("features", "model")]
         for model in dict.fromkeys(d.loc[d["model"] != "market", "model"]):
@@ -197,7 +272,7 @@ def evaluation_report(
     methods: Sequence[Mapping[str, Any]],  # name, sampler, mode
     changed: Mapping[str, int],  # method -> features changed
     checks: Sequence[str],  # the leakage checks passed
-    tables: Mapping[str, pd.DataFrame],
+    tables: ReportTables,
     truth,  # evaluation.truth.Truth, or None without clean values
     seconds: float,
     downstream_enabled: bool,
@@ -206,7 +281,7 @@ def evaluation_report(
 ) -> str:
     """report.md: data and split, variants and features changed, passed checks, quality,
     σ plan, forecasting."""
-    lines = _report_head(panel, checkpoints, methods, changed, len(tables["noise"]), seconds, root)
+    lines = _report_head(panel, checkpoints, methods, changed, len(tables.noise), seconds, root)
     lines += [
         "## Leakage checks (run every time; a failure stops the run; the linear look-ahead "
         "statistic stops it only for outputs the exact perturbation test did not cover)",
@@ -228,7 +303,7 @@ def evaluation_report(
         "std where known) and `tables/choices.csv` (per feature, what each causal method and "
         "the anchor chose).",
         "",
-        to_markdown(_source_counts(tables["noise"]), digits=2, index_name="σ source"),
+        to_markdown(_source_counts(tables.noise), digits=2, index_name="σ source"),
         "",
     ]
     lines += _downstream_section(panel, tables, downstream_enabled, n_splits)
@@ -270,22 +345,22 @@ def _quality_section(tables, truth, root) -> list[str]:
         "",
         "### Causal (row t uses rows <= t), by planted family",
         "",
-        to_markdown(_transpose(tables["snr_causal_by_family"]), index_name="method"),
+        to_markdown(_transpose(tables.snr_causal_by_family), index_name="method"),
         "",
         "### Causal, by cluster type",
         "",
-        to_markdown(_transpose(tables["snr_causal_by_type"]), index_name="method"),
+        to_markdown(_transpose(tables.snr_causal_by_type), index_name="method"),
         "",
     ]
-    if "snr_two_sided_by_family" in tables:
+    if tables.snr_two_sided_by_family is not None:
         lines += [
             "### Two-sided (uses future rows; analysis only), by planted family",
             "",
-            to_markdown(_transpose(tables["snr_two_sided_by_family"]), index_name="method"),
+            to_markdown(_transpose(tables.snr_two_sided_by_family), index_name="method"),
             "",
         ]
-    if "gate_by_feature" in tables:
-        gate = tables["gate_by_feature"]
+    if tables.gate_by_feature is not None:
+        gate = tables.gate_by_feature
         lines += [
             f"### Per feature: the gate's prediction against the test rows "
             f"(`{gate.attrs.get('method', '')}`)",
@@ -302,17 +377,17 @@ def _quality_section(tables, truth, root) -> list[str]:
     return lines + [
         "### Lag of causal outputs behind the clean signal (rows; mean by type)",
         "",
-        to_markdown(_transpose(tables["lag_causal_by_type"]), digits=1, index_name="method"),
+        to_markdown(_transpose(tables.lag_causal_by_type), digits=1, index_name="method"),
         "",
     ]
 
 
 def _downstream_section(panel, tables, enabled: bool, n_splits: int) -> list[str]:
     b = panel.bounds
-    if "downstream" in tables:
-        d = tables["downstream"].set_index("features")
+    if tables.downstream is not None:
+        d = tables.downstream.set_index("features")
         keep = [c for c in DOWNSTREAM_COLUMNS if c in d.columns]
-        lo, hi = tables["downstream"].attrs.get("scored_rows", (b["test"][0], panel.n_rows))
+        lo, hi = tables.downstream.attrs.get("scored_rows", (b["test"][0], panel.n_rows))
         return [
             "## Forecasting the raw forward return (purged walk-forward, out of sample)",
             "",
