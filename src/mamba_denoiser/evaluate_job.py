@@ -102,10 +102,15 @@ class _Outputs:
 
 
 def _method_kw(method: dict, cfg) -> dict:
+    """The options of denoise_panel for one method: its sampler's settings are the sampler
+    group's (conf/sampler/<sampler>.yaml, loaded by the variants file under ``samplers``),
+    then the method's own ``sampler_kw``."""
+    kw = dict(to_dict(cfg.get("samplers") or {}).get(method["sampler"]) or {})
+    kw.pop("name", None)
     return dict(
         mode=method["mode"],
         sampler=method["sampler"],
-        sampler_kw=dict(method.get("sampler_kw") or {}),
+        sampler_kw={**kw, **(method.get("sampler_kw") or {})},
         candidates=method.get("candidates"),
         seed=int(cfg.seed),
         gate_margin_db=float(cfg.gate_margin_db),
