@@ -73,7 +73,7 @@ def test_report_tables_and_checks(trained, tmp_path):
     assert "## Quality against the known clean signal" in report
     assert "## Forecasting the raw forward return" in report
     tabs = res["tables"]
-    q = tabs["snr_causal_by_feature"]
+    q = tabs.snr_causal_by_feature
     assert set(q.index) == {"E1", "E2", "M1", "M2"}
     assert (q["raw"] == 0).all()  # the raw reference is 0 dB by definition
     anchor = "best classical (val SURE)"
@@ -83,17 +83,17 @@ def test_report_tables_and_checks(trained, tmp_path):
     # each candidate family alone is reported beside the mix
     assert any(c.startswith("causal_posterior_mean: kalman alone") for c in q.columns)
     # the anchor picks, per feature, raw or one baseline: its gain is that baseline's
-    ch = tabs["choices"][f"{anchor}: chosen"]
+    ch = tabs.choices[f"{anchor}: chosen"]
     for f in q.index:
         want = 0.0 if ch[f] == "raw" else q.loc[f, f"{ch[f]} (causal)"]
         assert q.loc[f, anchor] == pytest.approx(want, abs=1e-9)
-    by_family = tabs["snr_causal_by_family"]
+    by_family = tabs.snr_causal_by_family
     assert set(by_family.index) == {"ou", "random_walk"}  # the planted families
-    by_type = tabs["snr_causal_by_type"]
+    by_type = tabs.snr_causal_by_type
     assert set(by_type.index) == {"mean_reverting", "random_walk"}
-    noise = tabs["noise"]
+    noise = tabs.noise
     assert noise["sigma"].notna().all() and noise["source"].str.len().gt(0).all()
-    ds = tabs["downstream"]
+    ds = tabs.downstream
     assert {"raw", "denoised (causal_posterior_mean)", f"anchor ({anchor})"} <= set(ds["features"])
     lo, hi = ds.attrs["scored_rows"]
     test0 = int(N_ROWS * 0.85)  # the default 70/15/15 split
@@ -118,8 +118,8 @@ def test_own_clean_values_and_families(trained, tmp_path):
         "downstream.enabled=false",
     )
     tabs = res["tables"]
-    assert set(tabs["snr_causal_by_feature"].index) == {"E1", "M1"}
-    assert set(tabs["snr_causal_by_family"].index) == {"fast", "slow"}
+    assert set(tabs.snr_causal_by_feature.index) == {"E1", "M1"}
+    assert set(tabs.snr_causal_by_family.index) == {"fast", "slow"}
     bad = own.copy()
     bad["date_id"] = bad["date_id"] + 1  # ids that do not match the data
     bad.to_csv(tmp_path / "bad.csv", index=False)

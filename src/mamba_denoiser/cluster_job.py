@@ -23,8 +23,8 @@ def run_cluster(cfg: DictConfig) -> dict:
     directory and print the cluster table. Returns the clusters.json document."""
     from mamba_denoiser.clustering.run import cluster_table, run_clustering
     from mamba_denoiser.data.source import panel_from_config
-    from mamba_denoiser.evaluation.report import console_tables
     from mamba_denoiser.io import console
+    from mamba_denoiser.tables import console_tables
 
     out = output_dir(cfg)
     with fail_cleanly(out):

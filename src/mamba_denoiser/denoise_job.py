@@ -267,8 +267,8 @@ def _feature_cells(c: dict, f: str, v: dict) -> list[str]:
 
 def _table_md(info: dict) -> str:
     """denoise_summary.md: what changed, why the rest stayed raw, a row per cluster and
-    per feature (report.markdown_table; the report module pulls in pandas: imported here)."""
-    from mamba_denoiser.evaluation.report import markdown_table
+    per feature (tables.markdown_table; that module pulls in pandas: imported here)."""
+    from mamba_denoiser.tables import markdown_table
 
     n, m = info["n_changed"], info["n_features"]
     lines = [
@@ -307,12 +307,12 @@ def _table_md(info: dict) -> str:
 
 def _table_rich(info: dict, width: int | None = None):
     """The per-cluster table for the console, every cell in full at `width` columns (the
-    console's by default): split into several tables when too wide (report.console_tables)."""
+    console's by default): split into several tables when too wide (tables.console_tables)."""
     import pandas as pd
     from rich.console import Group
 
-    from mamba_denoiser.evaluation.report import console_tables
     from mamba_denoiser.io import console
+    from mamba_denoiser.tables import console_tables
 
     mode = "offline, uses FUTURE rows" if info["uses_future_rows"] else "causal"
     rows = [_cells(c) for c in info["clusters"]]

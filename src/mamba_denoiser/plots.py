@@ -253,3 +253,65 @@ def plot_cumulative_returns(ids: np.ndarray, curves: dict[str, np.ndarray], path
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def example_features(names: Sequence[str], ftype: dict, changed: set) -> list[str]:
+    """One changed feature per cluster type (the first in ``names``), types in the order
+    they first appear."""
+    picks = dict.fromkeys(
+        next((f for f in names if ftype[f] == t and f in changed), None)
+        for t in dict.fromkeys(ftype.values())
+    )
+    return [f for f in picks if f is not None]
+
+
+def plot_evaluation(
+    out: Path,
+    ids: np.ndarray,
+    names: Sequence[str],
+    ftype: dict,
+    raw: np.ndarray,  # (T, F) observed
+    truth,  # evaluation.truth.Truth, or None without clean values
+    label: str,
+    res,  # the PanelResult of the method named `label`
+    snr_by_family=None,  # the causal SNR gain table by family, or None
+    curves: dict[str, np.ndarray] | None = None,
+) -> None:
+    """evaluate.py's plots in ``out``: SNR gain by family, cumulative strategy returns, one
+    changed feature per cluster type (observed, denoised, clean where known)."""
+    out = Path(out)
+    if snr_by_family is not None:
+        t = snr_by_family.drop(columns=["features"], errors="ignore")
+        keep = [c for c in t.columns if "alone" not in c]  # a readable number of bars
+        plot_grouped_bars(
+            t[keep],
+            out / "snr_causal_by_family.png",
+            title="Causal SNR gain by planted family (test rows)",
+        )
+    if curves:
+        plot_cumulative_returns(
+            ids,
+            curves,
+            out / "cumulative_returns.png",
+            title="Strategy excess return, out of sample",
+        )
+    changed = {
+        f for r in res.clusters.values() for f, v in r.info["features"].items() if v["denoised"]
+    }
+    picks = example_features(names, ftype, changed)
+    if not picks:
+        return
+    clean = None
+    if truth is not None:  # only where clean values are known; else the residual is vs raw
+        clean = {f: truth.clean[:, names.index(f)] for f in picks if f in truth.known}
+    plot_denoised_examples(
+        ids,
+        {f: raw[:, names.index(f)] for f in picks},
+        {f: res.mean[f] for f in picks},
+        out / "examples.png",
+        lower={f: res.lower[f] for f in picks} if res.lower else None,
+        upper={f: res.upper[f] for f in picks} if res.upper else None,
+        clean=clean,
+        title=f"{label}: one changed feature per cluster type, last 400 rows (right: last "
+        "100); below: residual",
+    )

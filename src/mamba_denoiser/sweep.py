@@ -150,8 +150,8 @@ def failure_line(rows: list[dict[str, Any]]) -> str:
 
 
 def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Path:
-    from mamba_denoiser.evaluation.report import markdown_table  # pulls in pandas
     from mamba_denoiser.io import atomic_write_text
+    from mamba_denoiser.tables import markdown_table  # pulls in pandas
 
     lines = [markdown_table(COLUMNS, [_row(r, Path(sweep_dir)) for r in rows]), ""]
     if failure_line(rows):
@@ -173,12 +173,12 @@ def summary_rich_table(
     rows: list[dict[str, Any]], sweep_dir: str | Path | None = None, width: int | None = None
 ):
     """The sweep table for the console: split into several tables when too wide for it, so
-    no number is cut (evaluation/report.console_tables)."""
+    no number is cut (tables.console_tables)."""
     import pandas as pd
     from rich.console import Group
 
-    from mamba_denoiser.evaluation.report import console_tables
     from mamba_denoiser.io import console
+    from mamba_denoiser.tables import console_tables
 
     cells = pd.DataFrame(
         [_row(r, Path(sweep_dir) if sweep_dir else None) for r in rows], columns=list(COLUMNS)

@@ -530,8 +530,7 @@ def _trainer(cfg: DictConfig, heads: str):
     if interactive:
         callbacks.append(RichProgressBar())
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values()]
-    trainer_kw = to_dict(cfg.trainer)
-    trainer_kw.pop("_target_", None)
+    trainer_kw = to_dict(cfg.trainer)  # Trainer's keyword arguments (conf/trainer/)
     trainer_kw["devices"] = _gpu_for_parallel_job(cfg)
     return L.Trainer(
         **trainer_kw,

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 
-from mamba_denoiser.diffusion import VPSDE, diffusion_noise, posterior_mean
+from mamba_denoiser.diffusion import VPSDE, diffusion_noise, posterior_mean_renoised
 from mamba_denoiser.diffusion.sampling import posterior_mean_n2s
 
 SDE = VPSDE()
@@ -175,7 +175,7 @@ def estimates(C_s: np.ndarray, sigma: float, y: np.ndarray) -> dict[str, np.ndar
         s_hat = posterior_mean_n2s(eps_fn, SDE, y_t, mask, sigma=sigma, t=t, constant="total_noise")
         out[f"total-noise tau=sigma*{frac:g}"] = last(s_hat)
         g = torch.Generator().manual_seed(1)
-        s_hat = posterior_mean(
+        s_hat = posterior_mean_renoised(
             eps_fn, SDE, y_t, mask, sigma=sigma, t=t, n_draws=N_DRAWS, generator=g, max_batch=40_000
         )
         out[f"re-noised tau=sigma*{frac:g}"] = last(s_hat)

@@ -30,7 +30,7 @@ from mamba_denoiser.diffusion import (
     diffusion_noise,
     guidance_is_causal,
     high_frequency_energy,
-    posterior_mean,
+    posterior_mean_renoised,
     resolvable,
     sdedit,
     total_variation,
@@ -79,7 +79,7 @@ def test_posterior_mean_is_the_bayes_shrinkage_in_expectation(t):
     B, L, F = 64, 32, 3
     y = v.sqrt() * torch.randn(B, L, F, generator=g)
     mask = torch.ones(B, L, F, dtype=torch.bool)
-    mean, std = posterior_mean(
+    mean, std = posterior_mean_renoised(
         gaussian_eps(v), SDE, y, mask, sigma=sigma, t=t, n_draws=64, generator=g, return_std=True
     )
     a = ab(t)
@@ -104,7 +104,7 @@ def test_posterior_mean_shapes_nan_and_what_eps_fn_sees():
         seen.append((x.clone(), t.clone(), m.clone()))
         return torch.zeros_like(x)
 
-    out = posterior_mean(eps_fn, SDE, y, mask, sigma=0.5, t=10, n_draws=4, generator=gen())
+    out = posterior_mean_renoised(eps_fn, SDE, y, mask, sigma=0.5, t=10, n_draws=4, generator=gen())
     assert out.shape == (B, L, F) and out.dtype == torch.float32
     assert torch.equal(torch.isnan(out), ~mask)
     x, t, m = seen[0]
@@ -119,25 +119,25 @@ def test_posterior_mean_chunks_and_seeds():
     mask = torch.ones_like(y, dtype=torch.bool)
     kw = dict(sigma=torch.tensor([0.2, 0.5, 1.0]), t=30, n_draws=6)
     eps = gaussian_eps(2.0)
-    full = posterior_mean(eps, SDE, y, mask, generator=gen(3), **kw)
-    chunked = posterior_mean(eps, SDE, y, mask, generator=gen(3), max_batch=4, **kw)
+    full = posterior_mean_renoised(eps, SDE, y, mask, generator=gen(3), **kw)
+    chunked = posterior_mean_renoised(eps, SDE, y, mask, generator=gen(3), max_batch=4, **kw)
     torch.testing.assert_close(full, chunked, rtol=0, atol=0)
-    assert not torch.equal(full, posterior_mean(eps, SDE, y, mask, generator=gen(4), **kw))
+    assert not torch.equal(full, posterior_mean_renoised(eps, SDE, y, mask, generator=gen(4), **kw))
 
 
 def test_posterior_mean_refuses_bad_sigma_and_t():
     y, mask = torch.zeros(1, 4, 2), torch.ones(1, 4, 2, dtype=torch.bool)
     eps = gaussian_eps(1.0)
     with pytest.raises(ValueError, match="sigma must be finite"):
-        posterior_mean(eps, SDE, y, mask, sigma=torch.tensor([0.1, float("nan")]), t=5)
+        posterior_mean_renoised(eps, SDE, y, mask, sigma=torch.tensor([0.1, float("nan")]), t=5)
     with pytest.raises(ValueError, match="2 entries"):
-        posterior_mean(eps, SDE, y, mask, sigma=torch.ones(3), t=5)
+        posterior_mean_renoised(eps, SDE, y, mask, sigma=torch.ones(3), t=5)
     with pytest.raises(ValueError, match="integer"):
-        posterior_mean(eps, SDE, y, mask, sigma=0.1, t=1000)
+        posterior_mean_renoised(eps, SDE, y, mask, sigma=0.1, t=1000)
     bad = y.clone()
     bad[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
-        posterior_mean(eps, SDE, bad, mask, sigma=0.1, t=5)
+        posterior_mean_renoised(eps, SDE, bad, mask, sigma=0.1, t=5)
 
 
 # ---------------------------------------------------------------- Noise2Score form
@@ -366,7 +366,7 @@ def _later_rows_changed(y, mask, l0):
 
 
 CAUSAL_RUNS = {
-    "posterior_mean": lambda eps, y, m, g: posterior_mean(
+    "posterior_mean": lambda eps, y, m, g: posterior_mean_renoised(
         eps,
         SDE,
         y,

@@ -11,8 +11,9 @@ import pytest
 from rich.console import Console
 
 from mamba_denoiser.evaluate_job import _print_key
-from mamba_denoiser.evaluation.report import cell_text as _cell
-from mamba_denoiser.evaluation.report import console_tables
+from mamba_denoiser.evaluation.report import ReportTables
+from mamba_denoiser.tables import cell_text as _cell
+from mamba_denoiser.tables import console_tables
 
 FAMILIES = ["jump_regime", "ou_fast", "ou_slow", "random_walk", "sv_returns", "trend", "vol_pos"]
 METHODS = [
@@ -61,7 +62,9 @@ def _tables(seed=0):
         {"model": "market", "features": "-", "n_rows": 1290, "mean_position": 1.0, "sharpe": 0.15}
     )
     down = pd.DataFrame(rows)[["model", "features", *METRICS]]
-    return {"snr_causal_by_family": snr, "downstream": down}
+    return ReportTables(
+        noise=pd.DataFrame(), choices=pd.DataFrame(), snr_causal_by_family=snr, downstream=down
+    )
 
 
 def _render(tables, width):
@@ -81,7 +84,7 @@ def test_evaluate_key_tables_show_every_number_in_full(width):
     assert "…" not in text
     assert max(len(line) for line in text.splitlines()) <= width
     tokens = _tokens(text)
-    snr, down = tables["snr_causal_by_family"], tables["downstream"]
+    snr, down = tables.snr_causal_by_family, tables.downstream
     want = {_cell(v) for v in snr.drop(columns="features").to_numpy().ravel()}
     want |= {_cell(v, count=True) for v in snr["features"]}
     numeric = down[METRICS[1:]].to_numpy().ravel()

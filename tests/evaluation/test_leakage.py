@@ -176,7 +176,7 @@ def test_evaluate_stops_on_look_ahead_unless_the_exact_test_passed(caplog):
     """evaluate.py's policy: the linear statistic stops a run, except for an output whose
     causal path passed the exact future-perturbation test; then it is reported and said
     why (a nonlinear causal filter may predict linear innovations)."""
-    from mamba_denoiser.evaluate_job import _lookahead_check
+    from mamba_denoiser.evaluation.leakage import lookahead_check as _lookahead_check
 
     rng = np.random.default_rng(0)
     raw = np.cumsum(rng.standard_normal((3000, 4)), axis=0) + rng.standard_normal((3000, 4))

@@ -122,7 +122,7 @@ def run_clustering(
 
 def cluster_table(doc: dict[str, Any]):
     """(title, cells): Cluster | Features (count and %) | Type | Strategy, as text, for
-    evaluation.report.console_tables (cluster_job prints it)."""
+    tables.console_tables (cluster_job prints it)."""
     import pandas as pd
 
     n = sum(c["n_features"] for c in doc["clusters"])

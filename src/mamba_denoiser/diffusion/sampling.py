@@ -3,7 +3,7 @@
 The network was trained on observed, NOISY windows y = s + n, n ~ N(0, σ²) white with a
 per-feature σ (in the units of y), as a DDPM ε-predictor: x_t = √ᾱ_t y + √(1-ᾱ_t) ε.
 
-Posterior mean, re-noised form (``posterior_mean``, Tweedie). Given y,
+Posterior mean, re-noised form (``posterior_mean_renoised``, Tweedie). Given y,
 x_t = √ᾱ s + √(ᾱσ² + 1 - ᾱ) ξ, and ε̂ ≈ E[ε | x_t] = -√(1-ᾱ) ∇ log p(x_t), so
 Tweedie's formula w.r.t. s gives
 
@@ -340,7 +340,7 @@ def _check_t(sde: VPSDE, t, name: str) -> int:
 
 
 @torch.no_grad()
-def posterior_mean(
+def posterior_mean_renoised(
     eps_fn: EpsFn,
     sde: VPSDE,
     y: torch.Tensor,
@@ -409,7 +409,7 @@ def posterior_mean_n2s(
 
     constant: "noise2score", k = σ² (Tweedie for the observation noise, with the smoothed
     score in place of p_y's); "total_noise", k = σ² + τ_t² (Tweedie for the total noise,
-    i.e. ``posterior_mean``'s constant without the re-noising). Both tend to E[s | y] as
+    i.e. ``posterior_mean_renoised``'s constant without the re-noising). Both tend to E[s | y] as
     τ_t -> 0; on Gaussian windows "total_noise" is the less biased at a given τ_t, and
     amplifies ε̂ errors by (σ/τ + τ/σ) σ against σ/τ · σ (module docstring).
 

@@ -43,16 +43,18 @@ volatility-adjusted Sharpe, with the buy-and-hold market (position 1) alongside.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mamba_denoiser.evaluation.leakage import check_no_targets
@@ -86,14 +88,17 @@ def purged_walk_forward_splits(
     test_size: int | None = None,
     min_train: int = 252,
 ) -> list[Split]:
-    """Expanding-window walk-forward folds with purge and embargo.
+    """Expanding-window walk-forward folds with purge and embargo: scikit-learn's
+    ``TimeSeriesSplit(n_splits, test_size=test_size, gap=max(embargo, horizon - 1))``.
 
     The last ``n_splits * test_size`` rows form the test blocks, in time order
     (test_size defaults to n_rows // (n_splits + 1)). Fold k trains on rows
     i < a_k - embargo with i + horizon <= a_k, a_k the first row of its block, so
     a_k - max(train) > embargo. Raises ValueError if a fold would train on fewer than
-    ``min_train`` rows.
+    ``min_train`` rows. One block (``n_splits=1``) is the last fold of two.
     """
+    from sklearn.model_selection import TimeSeriesSplit
+
     if n_splits < 1 or embargo < 0 or horizon < 1:
         raise ValueError(
             f"need n_splits >= 1, embargo >= 0, horizon >= 1; got {n_splits}, {embargo}, {horizon}"
@@ -102,18 +107,19 @@ def purged_walk_forward_splits(
     first = n_rows - n_splits * test_size
     if test_size < 1 or first < 0:
         raise ValueError(f"{n_splits} test blocks of {test_size} rows do not fit {n_rows} rows")
-    splits = []
-    for k in range(n_splits):
-        a = first + k * test_size
-        stop = min(a - embargo, a - horizon + 1)  # train rows are 0..stop-1
-        if stop < min_train:
-            raise ValueError(
-                f"fold {k}: {max(stop, 0)} train rows before row {a} after embargo "
-                f"{embargo} / horizon {horizon}, need >= {min_train}; use fewer or "
-                f"smaller test blocks"
-            )
-        splits.append(Split(train=np.arange(stop), test=np.arange(a, a + test_size)))
-    return splits
+    gap = max(embargo, horizon - 1)  # row i trains only if i < a - embargo and i + horizon <= a
+    if first - gap < min_train:  # the first fold trains on the fewest rows
+        raise ValueError(
+            f"fold 0: {max(first - gap, 0)} train rows before row {first} after embargo "
+            f"{embargo} / horizon {horizon}, need >= {min_train}; use fewer or "
+            f"smaller test blocks"
+        )
+    # TimeSeriesSplit needs two folds at least: one block is the first fold of two over rows
+    # that end test_size later (the same train rows and block)
+    k = max(n_splits, 2)
+    rows = np.zeros((n_rows + (k - n_splits) * test_size, 1))
+    folds = TimeSeriesSplit(n_splits=k, test_size=test_size, gap=gap).split(rows)
+    return [Split(train=train, test=test) for train, test in folds][:n_splits]
 
 
 @dataclass
@@ -125,25 +131,49 @@ class OOSPredictions:
     fold: np.ndarray
 
 
-def _ridge_design(train_x: np.ndarray, test_x: np.ndarray):
-    """Impute with train medians, add train-gap indicators, clip to the train range,
-    standardise on train rows."""
-    has_obs = np.isfinite(train_x).any(axis=0)
-    train_x, test_x = train_x[:, has_obs], test_x[:, has_obs]
-    median = np.nanmedian(train_x, axis=0)
-    low, high = np.nanmin(train_x, axis=0), np.nanmax(train_x, axis=0)
-    gaps = ~np.isfinite(train_x).all(axis=0)  # indicator only where train has gaps
+class ObservedColumns(TransformerMixin, BaseEstimator):
+    """Keeps the columns with at least one observed (finite) train value: a column with
+    none has nothing to fit on, for the imputer or the trees."""
 
-    def design(x):
-        miss = ~np.isfinite(x)
-        # Clipping to the train range: a random-walk level drifts out of it in the test
-        # block, and a linear model would extrapolate it into absurd forecasts (trees
-        # saturate the same way by construction).
-        filled = np.clip(np.where(miss, median, x), low, high)
-        return np.hstack([filled, miss[:, gaps].astype(np.float64)])
+    def fit(self, X, y=None):
+        self.keep_ = np.isfinite(np.asarray(X, dtype=np.float64)).any(axis=0)
+        return self
 
-    scaler = StandardScaler().fit(design(train_x))
-    return scaler.transform(design(train_x)), scaler.transform(design(test_x))
+    def transform(self, X):
+        return np.asarray(X, dtype=np.float64)[:, self.keep_]
+
+
+class TrainRangeClip(TransformerMixin, BaseEstimator):
+    """Clips every column to its train range, NaN kept. A random-walk level drifts out of
+    it in the test block, and a linear model would extrapolate it into absurd forecasts
+    (trees saturate the same way by construction)."""
+
+    def fit(self, X, y=None):
+        X = np.asarray(X, dtype=np.float64)
+        self.low_, self.high_ = np.nanmin(X, axis=0), np.nanmax(X, axis=0)
+        return self
+
+    def transform(self, X):
+        return np.clip(np.asarray(X, dtype=np.float64), self.low_, self.high_)
+
+
+def design_pipeline(model) -> Pipeline:
+    """``model`` behind the preprocessing every fold fits on its train rows only: the
+    columns observed in train; for a HistGradientBoostingRegressor nothing else (its
+    native NaN handling), for any other model the NaN-free design: values clipped to the
+    train range, gaps filled with the train median plus a missing indicator for each column
+    with train gaps, standardised on the train rows."""
+    if isinstance(model, HistGradientBoostingRegressor):
+        return Pipeline([("observed", ObservedColumns()), ("model", model)])
+    return Pipeline(
+        [
+            ("observed", ObservedColumns()),
+            ("clip", TrainRangeClip()),  # before the fill: the median lies in the range
+            ("impute", SimpleImputer(strategy="median", add_indicator=True)),
+            ("scale", StandardScaler()),
+            ("model", model),
+        ]
+    )
 
 
 def _make_model(name: str, seed: int):
@@ -232,14 +262,8 @@ def walk_forward_predict(
         train = split.train[np.isfinite(y[split.train])]
         fold[split.test] = k
         for name, make in makers.items():
-            model = make()
-            if isinstance(model, HistGradientBoostingRegressor):  # native NaN handling
-                keep = np.isfinite(x[train]).any(axis=0)
-                xtr, xte = x[train][:, keep], x[split.test][:, keep]
-            else:
-                xtr, xte = _ridge_design(x[train], x[split.test])
-            model.fit(xtr, y[train])
-            pred = np.asarray(model.predict(xte), dtype=np.float64).reshape(-1)
+            model = design_pipeline(make()).fit(x[train], y[train])
+            pred = np.asarray(model.predict(x[split.test]), dtype=np.float64).reshape(-1)
             preds.iloc[split.test, preds.columns.get_loc(name)] = pred
     return OOSPredictions(predictions=preds, fold=fold)
 
@@ -363,3 +387,75 @@ def run_downstream(
     )
     table = score_predictions(oos, forward_returns, risk_free_rate, k=k)
     return DownstreamResult(metrics=table, predictions=oos, splits=splits)
+
+
+def forecast_panel(
+    panel,
+    names: Sequence[str],
+    sets: Mapping[str, np.ndarray],
+    *,
+    n_splits: int = 5,
+    models: Sequence[ModelSpec] = MODELS,
+    k: float = 0.5,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """evaluate.py's forecasting: purged walk-forward forecasts of the panel's raw forward
+    return from each feature set (name -> (T, F) values of the cluster features ``names``;
+    the panel's other non-target columns as they are), every scored block inside the test
+    split: no scored feature row was seen by the checkpoint selection, the SURE gate or any
+    fit.
+
+    Returns the metrics table, one row per set and model plus the market once (last;
+    ``attrs["scored_rows"]`` the rows the folds score), and the strategies' excess returns
+    by name (the first model's, "<set> (<model>)", and "market"). Raises ValueError when
+    the test split is too short for ``n_splits`` blocks of 20 rows, for a bad model
+    ("models: ...") or for folds or a model that refuse the data ("<set> features: ...").
+    """
+    targets = set(panel.targets)
+    T = panel.n_rows
+    test0 = panel.bounds["test"][0]
+    base_cols = [c for c in panel.frame.columns if c != panel.id_col and c not in targets]
+    fwd = panel.frame["forward_returns"].to_numpy(dtype=np.float64)
+    rf = panel.frame["risk_free_rate"].to_numpy(dtype=np.float64)
+    test_size = (T - test0) // n_splits
+    if test_size < 20:
+        raise ValueError(
+            f"the test split has {T - test0} rows: too few for {n_splits} downstream blocks; "
+            "lower downstream.n_splits or give more rows"
+        )
+    try:
+        model0 = next(iter(resolve_models(models, seed)))  # the curves' model
+    except ValueError as e:
+        raise ValueError(f"models: {e}") from None
+    frames, curves = [], {}
+    for set_name, arr in sets.items():
+        feats = panel.frame[base_cols].copy()
+        feats[list(names)] = arr
+        try:
+            res = run_downstream(
+                feats,
+                fwd,
+                rf,
+                n_splits=n_splits,
+                embargo=int(panel.split.embargo),
+                models=models,
+                k=k,
+                seed=seed,
+                target_columns=list(panel.targets),
+                test_size=test_size,
+            )
+        except ValueError as e:  # folds that do not fit, or a model refusing the data
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{set_name} features: {first}") from None
+        t = res.metrics.copy()
+        t.insert(0, "features", set_name)
+        frames.append(t.reset_index())
+        pred = res.predictions.predictions[model0].to_numpy()
+        pos = position_from_prediction(pred, k=k)
+        curves[f"{set_name} ({model0})"] = rf * (1 - pos) + pos * fwd - rf
+    curves["market"] = np.where(np.isfinite(pos), fwd - rf, np.nan)
+    # the market row is the same for every feature set: keep it once, last
+    market = frames[0][frames[0]["model"] == "market"].assign(features="-")
+    table = pd.concat([f[f["model"] != "market"] for f in frames] + [market], ignore_index=True)
+    table.attrs["scored_rows"] = (T - n_splits * test_size, T)
+    return table, curves

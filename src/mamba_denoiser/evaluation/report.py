@@ -1,13 +1,13 @@
-"""Tables of evaluate.py and its report; the package's one table renderer per medium.
+"""Tables of evaluate.py and its report.
 
 - The tables: quality against known clean values, lags, the σ plan, the choices, the
-  gate's predictions against the test rows (``quality_table`` ... ``choices_table``).
-- ``markdown_table``: THE GitHub markdown table (header, rule, one line per row of text
-  cells); ``to_markdown`` formats a frame's numbers for it. sweep.py and denoise_job.py
-  write their markdown tables with it too.
-- ``console_tables``: THE console table (rich), every cell in full at the console's width,
-  split, never cut; sweep.py, denoise_job.py and evaluate_job use it.
+  gate's predictions against the test rows (``quality_table`` ... ``choices_table``),
+  carried together as a ``ReportTables``.
+- ``key_tables``: the ones evaluate.py prints on the console.
 - ``evaluation_report``: report.md from the tables and the run's facts.
+
+Rendering (markdown and console tables, cell text) is the package's one table module,
+mamba_denoiser/tables.py, shared by every stage.
 
 Pure functions of arrays, frames and plain values (no models, no Hydra), so they are
 unit-testable.
@@ -15,8 +15,8 @@ unit-testable.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mamba_denoiser.evaluation.metrics import lag, snr_gain_db
+from mamba_denoiser.tables import cell_text, to_markdown
 
 ANCHOR = "best classical (val SURE)"  # the anchor: per feature raw or the best classical filter
 
@@ -64,120 +65,33 @@ def grouped(table: pd.DataFrame, groups: Mapping[str, str]) -> pd.DataFrame:
     return out
 
 
-# ---- markdown tables -------------------------------------------------------------------
-
-
-def markdown_table(columns: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
-    """The package's one GitHub markdown table (no tabulate dependency): a header, the
-    rule, one line per row; cells are written as given (str), no trailing newline."""
-    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def to_markdown(frame: pd.DataFrame, digits: int = 2, index_name: str = "") -> str:
-    """`frame` as a markdown table, its index the first column: floats with `digits`
-    decimals, counts (a "features" row or column) as integers, missing as '-'."""
-    head = [index_name or (frame.index.name or "")] + [str(c) for c in frame.columns]
-    rows = []
-    for idx, row in frame.iterrows():
-        cells = [str(idx)]
-        for col, v in row.items():
-            if isinstance(v, (float, np.floating)):
-                count = "features" in (idx, col) and np.isfinite(v)  # counts print as integers
-                cells.append(
-                    "-" if not np.isfinite(v) else f"{v:.0f}" if count else f"{v:.{digits}f}"
-                )
-            else:
-                cells.append(str(v))
-        rows.append(cells)
-    return markdown_table(head, rows)
-
-
-# ---- console tables ---------------------------------------------------------------------
-
-LABEL_MIN = 16  # label columns may fold down to this many characters
-_NUMERIC = re.compile(r"^[-+0-9.,/%e ]*$|^nan$")  # right-justified: numbers, "3/12", "-"
-
-
-def _fit_widths(mins: list[int], stages: list[list[int]], room: int) -> list[int]:
-    """Start every column at its minimum, then hand out the remaining room one character
-    at a time to the columns still short of the first stage's target, then the next's."""
-    widths = list(mins)
-    left = room - sum(widths)
-    for target in stages:
-        while left > 0:
-            short = [i for i, (w, n) in enumerate(zip(widths, target)) if w < n]
-            if not short:
-                break
-            for i in short[:left]:
-                widths[i] += 1
-            left -= min(len(short), left)
-    return widths
-
-
-def console_tables(cells: pd.DataFrame, *, width: int, title: str = "", keys: int = 1) -> list:
-    """Rich tables that show every cell of `cells` (text) in full within `width` columns.
-
-    The first `keys` columns are labels: repeated in every table, they may wrap (and fold
-    words longer than LABEL_MIN). Every other cell wraps only at spaces, so a number (one
-    word) is never cut, wrapped or ellipsised; the value columns are split over as many
-    tables as needed for their widest words to fit, in near-equal consecutive groups.
-    """
-    from rich.table import Table
-
-    cols = [str(c) for c in cells.columns]
-    text = [[str(v) for v in cells.iloc[:, j]] for j in range(len(cols))]
-
-    def longest(strings, split):
-        return max(
-            [len(p) for s in strings for p in (s.split() if split else s.splitlines())] + [1]
-        )
-
-    naturals = [max(longest(t, False), len(c)) for c, t in zip(cols, text)]
-    heads = [min(longest([c], True), n) for c, n in zip(cols, naturals)]
-    mins = [
-        min(naturals[j], LABEL_MIN, longest(text[j] + [cols[j]], True))
-        if j < keys
-        else longest(text[j], True)
-        for j in range(len(cols))
-    ]
-
-    def need(group):  # rich's default box: 2 padding + 1 rule per column, +1 rule
-        js = list(range(keys)) + group
-        return sum(mins[j] for j in js) + 3 * len(js) + 1
-
-    values = list(range(keys, len(cols)))
-    groups: list[list[int]] = []
-    for j in values:  # greedy, to count the tables needed
-        if groups and need(groups[-1] + [j]) <= width:
-            groups[-1].append(j)
-        else:
-            groups.append([j])
-    n = len(groups)
-    even = [list(a) for a in np.array_split(values, n)] if n > 1 else groups
-    if all(need(g) <= width for g in even):
-        groups = [[int(j) for j in g] for g in even]
-    tables = []
-    for k, group in enumerate(groups or [[]]):
-        js = list(range(keys)) + group
-        ws = _fit_widths(
-            [mins[j] for j in js],
-            [[heads[j] for j in js], [naturals[j] for j in js]],  # whole header words first
-            width - 3 * len(js) - 1,
-        )
-        part = f" ({k + 1}/{len(groups)})" if len(groups) > 1 else ""
-        t = Table(title=(title + part) if title else None)
-        for j, w in zip(js, ws):
-            right = j >= keys and all(_NUMERIC.match(v) for v in text[j])
-            t.add_column(cols[j], width=w, overflow="fold", justify="right" if right else "left")
-        for i in range(len(cells)):
-            t.add_row(*[text[j][i] for j in js])
-        tables.append(t)
-    return tables
-
-
 # ---- evaluate.py's tables of the run ----------------------------------------------------
+
+
+@dataclass
+class ReportTables:
+    """evaluate.py's tables, each written to ``tables/<field>.csv``; None where not made
+    (the quality tables need clean values, ``downstream`` the targets, the two-sided ones a
+    two-sided method). ``gate_by_feature.attrs["method"]`` names the method it describes,
+    ``downstream.attrs["scored_rows"]`` the rows its folds score."""
+
+    noise: pd.DataFrame  # σ plan per feature
+    choices: pd.DataFrame  # per feature, what each causal method and the anchor chose
+    snr_causal_by_feature: pd.DataFrame | None = None
+    snr_causal_by_family: pd.DataFrame | None = None
+    snr_causal_by_type: pd.DataFrame | None = None
+    lag_causal_by_type: pd.DataFrame | None = None
+    gate_by_feature: pd.DataFrame | None = None
+    snr_two_sided_by_family: pd.DataFrame | None = None
+    snr_two_sided_by_type: pd.DataFrame | None = None
+    downstream: pd.DataFrame | None = None
+
+    def items(self) -> Iterator[tuple[str, pd.DataFrame]]:
+        """(name, table) of the tables made, in field order."""
+        for f in fields(self):
+            tab = getattr(self, f.name)
+            if tab is not None:
+                yield f.name, tab
 
 
 def noise_table(
@@ -242,35 +156,63 @@ def gate_table(res, test_gain: pd.Series, family: Mapping, noise: pd.DataFrame) 
     return pd.DataFrame(rows).set_index("feature")
 
 
+def run_tables(
+    *,
+    noise: Mapping[str, tuple],  # feature -> (σ, source, white, Ljung-Box p)
+    names: Sequence[str],  # the cluster features, in cluster order
+    ftype: Mapping[str, str],  # feature -> cluster type
+    truth,  # evaluation.truth.Truth, or None without clean values
+    true_sd: Mapping[str, float],  # the true noise std where known
+    raw: np.ndarray,  # (T, F) observed
+    test_rows: slice,
+    den: Mapping[str, Any],  # method -> PanelResult
+    anchor,  # evaluation.anchor's best classical per feature
+    causal: Sequence[str],  # the causal methods, in order
+    causal_out: Mapping[str, np.ndarray],  # causal output name -> (T, F)
+    two_out: Mapping[str, np.ndarray],  # two-sided output name -> (T, F)
+) -> ReportTables:
+    """evaluate.py's tables but the forecasting one: the σ plan and the choices; with known
+    clean values, SNR gain and lag on the TEST rows (the gate looked at the validation
+    rows), by family and by type, and the gate's predictions against the test rows."""
+    family = truth.family if truth is not None else None
+    noise_tab = noise_table(noise, names, ftype, family, true_sd)
+    tables = ReportTables(noise_tab, choices_table(den, anchor, names, causal))
+    if truth is None:
+        return tables
+    known = truth.known
+    idx = [names.index(f) for f in known]
+    clean, raw = truth.clean[:, idx], raw[:, idx]
+
+    def sub(d):
+        return {k: v[:, idx] for k, v in d.items()}
+
+    q_causal = quality_table(raw, clean, sub(causal_out), known, test_rows)
+    tables.snr_causal_by_feature = q_causal
+    tables.snr_causal_by_family = grouped(q_causal, truth.family)
+    tables.snr_causal_by_type = grouped(q_causal, ftype)
+    lags = lag_table(clean, sub(causal_out), known, test_rows)
+    tables.lag_causal_by_type = grouped(lags, ftype)
+    if causal:
+        gate = gate_table(den[causal[0]], q_causal[causal[0]], truth.family, noise_tab)
+        gate.attrs["method"] = causal[0]
+        tables.gate_by_feature = gate
+    if two_out:
+        q_two = quality_table(raw, clean, sub(two_out), known, test_rows)
+        tables.snr_two_sided_by_family = grouped(q_two, truth.family)
+        tables.snr_two_sided_by_type = grouped(q_two, ftype)
+    return tables
+
+
 # ---- evaluate.py's key tables on the console ----------------------------------------------
 
 
-def cell_text(v, *, count: bool = False, digits: int = 3) -> str:
-    """A table cell: integers (and counts) as integers, other numbers with `digits`
-    decimals (a value that rounds to zero as 0, never -0), missing as '-'."""
-    if v is None or v is pd.NA or v is pd.NaT:
-        return "-"
-    if isinstance(v, (bool, np.bool_)):
-        return str(v)
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        if not np.isfinite(v):
-            return "-"
-        if count and float(v).is_integer():
-            return str(int(v))
-        r = round(float(v), digits)
-        return f"{(r if r != 0 else 0.0):.{digits}f}"
-    return str(v)
-
-
-def key_tables(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
+def key_tables(tables: ReportTables) -> list[tuple[str, pd.DataFrame]]:
     """(title, text cells) of the key tables for the console (console_tables): causal SNR
     gain by family, methods as rows; one forecasting table per model, a row per metric and
     a column per feature set (+ market)."""
     shown = []
-    if "snr_causal_by_family" in tables:
-        tab = _transpose(tables["snr_causal_by_family"])  # methods as rows
+    if tables.snr_causal_by_family is not None:
+        tab = _transpose(tables.snr_causal_by_family)  # methods as rows
         cells = pd.DataFrame(
             {
                 col: [cell_text(v, count=idx == "features") for idx, v in tab[col].items()]
@@ -279,8 +221,8 @@ def key_tables(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, pd.DataFra
         )
         cells.insert(0, "method", [str(i) for i in tab.index])
         shown.append(("Causal SNR gain (dB) on test rows, by family", cells))
-    if "downstream" in tables:
-        d = tables["downstream"]
+    if tables.downstream is not None:
+        d = tables.downstream
         market = d[d["model"] == "market"]
         metrics = [c for c in d.columns if c not in ("features", "model")]
         for model in dict.fromkeys(d.loc[d["model"] != "market", "model"]):
@@ -330,7 +272,7 @@ def evaluation_report(
     methods: Sequence[Mapping[str, Any]],  # name, sampler, mode
     changed: Mapping[str, int],  # method -> features changed
     checks: Sequence[str],  # the leakage checks passed
-    tables: Mapping[str, pd.DataFrame],
+    tables: ReportTables,
     truth,  # evaluation.truth.Truth, or None without clean values
     seconds: float,
     downstream_enabled: bool,
@@ -339,7 +281,7 @@ def evaluation_report(
 ) -> str:
     """report.md: data and split, variants and features changed, passed checks, quality,
     σ plan, forecasting."""
-    lines = _report_head(panel, checkpoints, methods, changed, len(tables["noise"]), seconds, root)
+    lines = _report_head(panel, checkpoints, methods, changed, len(tables.noise), seconds, root)
     lines += [
         "## Leakage checks (run every time; a failure stops the run; the linear look-ahead "
         "statistic stops it only for outputs the exact perturbation test did not cover)",
@@ -361,7 +303,7 @@ def evaluation_report(
         "std where known) and `tables/choices.csv` (per feature, what each causal method and "
         "the anchor chose).",
         "",
-        to_markdown(_source_counts(tables["noise"]), digits=2, index_name="σ source"),
+        to_markdown(_source_counts(tables.noise), digits=2, index_name="σ source"),
         "",
     ]
     lines += _downstream_section(panel, tables, downstream_enabled, n_splits)
@@ -403,22 +345,22 @@ def _quality_section(tables, truth, root) -> list[str]:
         "",
         "### Causal (row t uses rows <= t), by planted family",
         "",
-        to_markdown(_transpose(tables["snr_causal_by_family"]), index_name="method"),
+        to_markdown(_transpose(tables.snr_causal_by_family), index_name="method"),
         "",
         "### Causal, by cluster type",
         "",
-        to_markdown(_transpose(tables["snr_causal_by_type"]), index_name="method"),
+        to_markdown(_transpose(tables.snr_causal_by_type), index_name="method"),
         "",
     ]
-    if "snr_two_sided_by_family" in tables:
+    if tables.snr_two_sided_by_family is not None:
         lines += [
             "### Two-sided (uses future rows; analysis only), by planted family",
             "",
-            to_markdown(_transpose(tables["snr_two_sided_by_family"]), index_name="method"),
+            to_markdown(_transpose(tables.snr_two_sided_by_family), index_name="method"),
             "",
         ]
-    if "gate_by_feature" in tables:
-        gate = tables["gate_by_feature"]
+    if tables.gate_by_feature is not None:
+        gate = tables.gate_by_feature
         lines += [
             f"### Per feature: the gate's prediction against the test rows "
             f"(`{gate.attrs.get('method', '')}`)",
@@ -435,17 +377,17 @@ def _quality_section(tables, truth, root) -> list[str]:
     return lines + [
         "### Lag of causal outputs behind the clean signal (rows; mean by type)",
         "",
-        to_markdown(_transpose(tables["lag_causal_by_type"]), digits=1, index_name="method"),
+        to_markdown(_transpose(tables.lag_causal_by_type), digits=1, index_name="method"),
         "",
     ]
 
 
 def _downstream_section(panel, tables, enabled: bool, n_splits: int) -> list[str]:
     b = panel.bounds
-    if "downstream" in tables:
-        d = tables["downstream"].set_index("features")
+    if tables.downstream is not None:
+        d = tables.downstream.set_index("features")
         keep = [c for c in DOWNSTREAM_COLUMNS if c in d.columns]
-        lo, hi = tables["downstream"].attrs.get("scored_rows", (b["test"][0], panel.n_rows))
+        lo, hi = tables.downstream.attrs.get("scored_rows", (b["test"][0], panel.n_rows))
         return [
             "## Forecasting the raw forward return (purged walk-forward, out of sample)",
             "",

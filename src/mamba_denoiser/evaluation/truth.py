@@ -31,11 +31,12 @@ class Truth:
     source: str
 
 
-def builtin_truth(panel, names: list[str]) -> Truth | None:
-    """The synthetic panel's clean values and planted families, or None for other data."""
+def builtin_truth(panel, names: list[str], meta: dict | None = None) -> Truth | None:
+    """The synthetic panel's clean values and planted families, or None for other data.
+    ``meta``: the panel's truth file (data.source.load_truth) where already read."""
     from mamba_denoiser.data.source import load_truth, truth_paths
 
-    meta = load_truth(panel.source)
+    meta = load_truth(panel.source) if meta is None else meta
     if meta is None:
         return None
     clean_path = truth_paths(panel.source)[0]
