@@ -479,13 +479,14 @@ def test_head_checkpoint_carries_sigma_and_loads_back(
     mask = torch.ones_like(w, dtype=torch.bool)
     # the residual head (the default) around a filter predicting N(0, 1), noise N(0, 0.3²)
     assert hp["predictive"]["residual"] is True
-    prior_mu, prior_var = torch.zeros_like(w), torch.ones_like(w)
+    prior_mu, prior_var = torch.zeros_like(w), torch.ones(*w.shape, 2)
     nv, ep = torch.tensor([[0.09, 0.09]] * 2), torch.tensor([[1.0, 0.0]] * 2)
+    fw = torch.tensor([[1.0, 0.0]] * 2)  # no jump
     with torch.no_grad():
-        innov = residual.innovations(w, mask, prior_mu, prior_var, nv, ep)
+        innov = residual.innovations(w, mask, prior_mu, prior_var[..., 0], nv, ep)
         out = module.predict_residual(w, mask, innov)
         s_hat, div, _, _ = residual.window_outputs(
-            out, w, mask, prior_mu, prior_var, nv, ep, anchor_len=hp["scaler"]["anchor_len"]
+            out, w, mask, prior_mu, prior_var, nv, ep, fw, anchor_len=hp["scaler"]["anchor_len"]
         )
     # c0 is mean-reverting: a constant anchor (stationary_anchor=constant), so every
     # position after the first has a one-step prediction (a window anchor would need 4 rows)

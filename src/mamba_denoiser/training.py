@@ -184,19 +184,13 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
         SURE of its denoiser with the noise law's variance."""
         if priors is None:
             raise ValueError("a residual predictive head needs the batch's filter priors")
-        nv, ep = priors["noise_var"][0], priors["eps"][0]  # (F, J): the same in every window
+        mu, var, nv, ep, fw = _filter_terms(priors)
         if out is None:
-            innov = residual.innovations(y, mask, priors["prior_mu"], priors["prior_var"], nv, ep)
-            out = self.predict_residual(y, mask, innov)
+            out = self.predict_residual(
+                y, mask, residual.innovations(y, mask, mu, var[..., 0], nv, ep)
+            )
         s_hat, div, logp, keep = residual.window_outputs(
-            out,
-            y,
-            mask,
-            priors["prior_mu"],
-            priors["prior_var"],
-            nv,
-            ep,
-            anchor_len=self.anchor_len,
+            out, y, mask, mu, var, nv, ep, fw, anchor_len=self.anchor_len
         )
         zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
         nll = -torch.where(keep, logp, zero).sum() / keep.sum().clamp(min=1)
@@ -229,14 +223,9 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
         m_in = mask if self.use_mask else None
         if self.residual:
             p_pred = {k: v[n_d:] for k, v in priors.items()}
-            innov = residual.innovations(
-                x0,
-                mask,
-                priors["prior_mu"],
-                priors["prior_var"],
-                priors["noise_var"][0],
-                priors["eps"][0],
-            )  # the diffusion rows' innovations are zeroed by forward_heads
+            mu, var, nv, ep, _ = _filter_terms(priors)
+            # the diffusion rows' innovations are zeroed by forward_heads
+            innov = residual.innovations(x0, mask, mu, var[..., 0], nv, ep)
             eps_hat, out = self.model.forward_heads(x_in, t_all, m_in, is_pred, innov=innov)
             p_out = (out[0][n_d:], out[1][n_d:], out[2])
         else:
@@ -350,7 +339,14 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-PRIOR_KEYS = ("prior_mu", "prior_var", "noise_var", "eps")  # data/windows.py WindowDataset
+PRIOR_KEYS = ("prior_mu", "prior_var", "noise_var", "eps", "jump")  # data/windows.py WindowDataset
+
+
+def _filter_terms(priors: dict[str, Tensor]):
+    """(prior_mu (B, L, F), prior_var (B, L, F, 2), noise_var, eps, jump weights (F, ·)):
+    the laws are the same in every window of a batch."""
+    p = priors
+    return p["prior_mu"], p["prior_var"], p["noise_var"][0], p["eps"][0], p["jump"][0]
 
 
 def _priors(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:

@@ -15,16 +15,19 @@ from mamba_denoiser.inference.models import ClusterModel
 from mamba_denoiser.network import ClusterNetwork
 
 
-def _panel(T=900, seed=0):
-    """Three features: AR(1) with 5 % outliers at 10x, a random walk, and an integrated
-    AR(1) trend; a late start and a gap, as real features have."""
+def _panel(T=3000, seed=0):
+    """Four features: AR(1) with 5 % outliers at 10x, a random walk, an integrated AR(1)
+    trend, and an AR(1) whose level jumps (3 % of rows, 10x its innovation sd); a late
+    start and a gap, as real features have."""
     rng = np.random.default_rng(seed)
-    s = np.zeros((T, 3))
+    s = np.zeros((T, 4))
     for t in range(1, T):
         s[t, 0] = 0.9 * s[t - 1, 0] + rng.normal()
         s[t, 1] = s[t - 1, 1] + 0.5 * rng.normal()
+        jump = 10.0 * rng.normal() if rng.random() < 0.03 else 0.0
+        s[t, 3] = 0.98 * s[t - 1, 3] + 0.3 * rng.normal() + jump
     s[:, 2] = np.cumsum(np.cumsum(0.05 * rng.normal(size=T)))
-    y = s + rng.normal(size=(T, 3)) * [1.0, 0.7, 0.3]
+    y = s + rng.normal(size=(T, 4)) * [1.0, 0.7, 0.3, 1.0]
     out = rng.random(T) < 0.05
     y[out, 0] += rng.normal(0, 10, out.sum())
     y[:120, 1] = np.nan
@@ -64,11 +67,12 @@ def net_cluster(F):
 
 def test_untrained_head_is_the_robust_filter_on_every_served_row():
     raw, _ = _panel()
-    train = (0, 600)
+    train = (0, 2000)
     fits, laws = robust.fit_robust(raw, train)
-    assert laws[0].eps > 0  # the outlier feature gets a law with outliers
+    assert laws[0].eps > 0 and laws[0].jump == 0  # outliers in the noise
+    assert laws[3].jump > 0 and laws[3].eps == 0  # jumps in the signal, not outliers
     model = _model(raw, train)
-    cand = PredictiveCandidate(model, np.full(3, 0.3), filters=(fits, laws))
+    cand = PredictiveCandidate(model, np.full(4, 0.3), filters=(fits, laws))
     out = cand.run(raw)
     want = robust.apply_robust(raw, fits, laws)
     served = np.isfinite(out.mean)
@@ -98,13 +102,7 @@ def test_noise_law_posterior_matches_numerical_integration():
     t = lambda *x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     for y in (0.1, 2.0, 6.0):
         s_hat, div, logp = residual.posterior(
-            t(y),
-            t([mu]),
-            t([v]),
-            torch.zeros(0, dtype=torch.float64),
-            t(0.0),
-            t(sc2, so2),
-            t(1 - eps, eps),
+            t(y), t([mu]), t([v]), t([0.0]), t(0.0), t(sc2, so2), t(1 - eps, eps)
         )
         want, want_logp = exact(y)
         assert float(s_hat) == pytest.approx(want, abs=1e-6)
@@ -120,11 +118,12 @@ def test_extra_components_start_at_weight_zero_and_get_a_gradient():
     lam = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     raw = torch.zeros(1, 1, 1, 3, 3, dtype=torch.float64)
     raw[..., 1, 1], raw[..., 1, 2] = np.log(10.0), np.log(100.0)
-    pm, pv = torch.zeros(1, 1, 1, dtype=torch.float64), torch.ones(1, 1, 1, dtype=torch.float64)
-    mu, var, lq, rho = residual.assemble(raw, torch.zeros(1, 1, 1), lam, pm, pv)
+    pm, pv = torch.zeros(1, 1, 1, dtype=torch.float64), torch.ones(1, 1, 1, 2, dtype=torch.float64)
+    fw = torch.tensor([[1.0, 0.0]], dtype=torch.float64)  # no jump in the filter
+    mu, var, lw, rho = residual.assemble(raw, torch.zeros(1, 1, 1), lam, pm, pv, fw)
     nv, ep = torch.tensor([[0.5, 0.5]], dtype=torch.float64), torch.tensor([[1.0, 0.0]])
     y = torch.full((1, 1, 1), 20.0 * np.sqrt(1.5), dtype=torch.float64)
-    _, _, logp = residual.posterior(y, mu, var, lq, rho, nv, ep.double())
+    _, _, logp = residual.posterior(y, mu, var, lw, rho, nv, ep.double(), n_filter=2)
     want = -0.5 * (np.log(2 * np.pi * 1.5) + float(y) ** 2 / 1.5)
     assert float(logp.detach()) == pytest.approx(want, rel=1e-12)
     (-logp.sum()).backward()
@@ -145,21 +144,23 @@ def test_residual_head_trains_in_one_pass_with_the_diffusion_head():
     priors = {
         "mean": (p.mean - sc.mean) / sc.std,
         "var": p.var / sc.std**2,
+        "var_jump": p.var_jump / sc.std**2,
         "noise_var": p.noise_var / sc.std[:, None] ** 2,
         "eps": np.stack([1 - p.eps, p.eps], -1),
+        "jump": np.stack([1 - p.jump, p.jump], -1),
     }
     ds = WindowDataset(sc.to_z(raw), np.arange(100, 400, 50), 60, anchor_len=10, priors=priors)
     batch = ds.__getitems__(list(range(6)))
-    assert batch["prior_mu"].shape == batch["x"].shape and batch["noise_var"].shape == (6, 3, 2)
+    assert batch["prior_mu"].shape == batch["x"].shape and batch["noise_var"].shape == (6, 4, 2)
     torch.manual_seed(0)
     module = DenoiserModule(
-        cluster=net_cluster(3) | {"strategy": "tv"},
+        cluster=net_cluster(4) | {"strategy": "tv"},
         window_size=60,
         scaler={"anchor_len": 10},
         model={"d_model": 16, "n_layers": 1, "d_state": 4, "dropout": 0.0},
         heads="both",
         predictive={"weight": 0.5, "residual": True},
-        noise_sigma=[0.3] * 3,
+        noise_sigma=[0.3] * 4,
     )
     with torch.no_grad():
         for prm in module.parameters():

@@ -117,8 +117,10 @@ class ClusterDataModule(L.LightningDataModule):
         return {
             "mean": (p.mean - self.fitted.mean) / sd,
             "var": p.var / sd**2,
+            "var_jump": p.var_jump / sd**2,
             "noise_var": p.noise_var / sd[:, None] ** 2,
             "eps": np.stack([1 - p.eps, p.eps], axis=-1),
+            "jump": np.stack([1 - p.jump, p.jump], axis=-1),
         }
 
     @property

@@ -122,9 +122,9 @@ class WindowDataset(Dataset):
     {x (normalised, NaN where unobserved), mask, anchor, start}.
 
     ``priors`` (the residual predictive head): a filter's one-step predictions in z units,
-    {"mean": (T, F), "var": (T, F), "noise_var": (F, J), "eps": (F, J)}; items then also
-    hold prior_mu and prior_var (B, L, F) in the window's units (the same anchor and
-    scale as x) and the noise law (B, F, J) in window units.
+    {"mean": (T, F), "var", "var_jump": (T, F), "noise_var": (F, J), "eps": (F, J),
+    "jump": (F, 2)}; items then also hold prior_mu (B, L, F) and prior_var (B, L, F, 2)
+    in the window's units (the same anchor and scale as x), and the laws (B, F, ·).
 
     `__getitems__` gathers a whole batch with one advanced-indexing call, so the
     DataLoader does no per-window Python work (use `collate_batch` as collate_fn).
@@ -164,9 +164,11 @@ class WindowDataset(Dataset):
         if self.priors is not None:
             p, c = self.priors, self.scale
             item["prior_mu"] = (gather_windows(p["mean"], s, self.window) - anchor) / c
-            item["prior_var"] = gather_windows(p["var"], s, self.window) / c.square()
+            var = torch.stack([p["var"], p["var_jump"]], -1)  # (T, F, 2)
+            item["prior_var"] = gather_windows(var, s, self.window) / c.square()[:, None]
             item["noise_var"] = (p["noise_var"] / c.square()[:, None]).expand(len(s), -1, -1)
             item["eps"] = p["eps"].expand(len(s), -1, -1)
+            item["jump"] = p["jump"].expand(len(s), -1, -1)
         return item
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

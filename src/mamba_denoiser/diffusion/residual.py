@@ -3,8 +3,9 @@ prediction, and its closed-form denoiser under a noise law with outliers
 (docs/design.md, "Predictive head"; the plain head is diffusion/predictive.py).
 
 Window units throughout. Per feature, the train-fitted robust filter (robust.py; the
-Kalman filter where its noise law is Gaussian) gives the one-step prediction of the clean
-value, N(μ_F, v_F), from y_<l over the whole history, and a noise law
+Kalman filter where its laws are Gaussian) gives the one-step prediction of the clean
+value from y_<l over the whole history, N(μ_F, v_F) without a jump at row l and
+N(μ_F, v_F^jump) with one (weights 1 − δ, δ), and a noise law
 
     n ~ Σ_j ε_j N(0, σ_j²),      j = core, outlier         (ε_outlier = 0: Gaussian)
 
@@ -13,6 +14,7 @@ every feature of the group) and, through a zero-diagonal layer, the current row'
 innovations of the OTHER features (``cross``; never y_l of the feature itself) give
 
     component 0:   μ_0 = μ_F + √v_F (a_0 + cross),   v_0 = v_F e^{b_0}
+                   (and its jump twin, v_0^jump = v_F^jump e^{b_0}, weight δ within)
     component k≥1: μ_k = μ_F + √v_F a_k,             v_k = v_F e^{b_k}
     weights:       π_0 = 1 − ρ,  π_k = ρ q_k,  q = softmax(c_1..c_{K-1}),
                    ρ = clamp(λ, 0, 1) · sigmoid(c_0)
@@ -51,14 +53,13 @@ def innovations(
     y: torch.Tensor,  # (B, L, F) window units, NaN where unobserved
     mask: torch.Tensor,  # (B, L, F) bool
     prior_mu: torch.Tensor,  # (B, L, F) the filter's prediction of s_l, NaN where none
-    prior_var: torch.Tensor,  # (B, L, F)
-    noise_var: torch.Tensor,  # (B, F, J) or (F, J) noise-law variances
-    eps: torch.Tensor,  # (B, F, J) or (F, J) noise-law weights
+    prior_var: torch.Tensor,  # (B, L, F) its variance (without a jump)
+    noise_var: torch.Tensor,  # (F, J) noise-law variances
+    eps: torch.Tensor,  # (F, J) noise-law weights
 ) -> torch.Tensor:
     """(B, L, F) the filter's standardised one-step innovations (y_l − μ_F)/√(v_F + E σ²),
     squashed to ±INNOVATION_CLIP; 0 where y_l or the prediction is missing."""
-    h = (noise_var * eps).sum(-1)  # total noise variance
-    h = h.unsqueeze(-2) if h.dim() == 2 else h.unsqueeze(-2)  # (B or 1, 1, F)
+    h = (noise_var * eps).sum(-1)  # (F,) total noise variance
     e = (y - prior_mu) / (prior_var + h).sqrt()
     e = INNOVATION_CLIP * torch.tanh(e / INNOVATION_CLIP)
     ok = mask.bool() & torch.isfinite(e)
@@ -70,60 +71,69 @@ def assemble(
     cross: torch.Tensor,  # (B, L, F) the zero-diagonal current-row term
     lam: torch.Tensor,  # (F,) the extra components' multiplier
     prior_mu: torch.Tensor,  # (B, L, F)
-    prior_var: torch.Tensor,  # (B, L, F)
+    prior_var: torch.Tensor,  # (B, L, F, S) the filter's S sub-components (no jump, jump)
+    filter_w: torch.Tensor,  # (F, S) their weights (1 − δ, δ)
 ):
-    """-> (mu (B, L, F, K), var (B, L, F, K), logit_q (B, L, F, K-1), rho (B, L, F))."""
+    """-> (mu, var, log_w) each (B, L, F, S + K − 1), rho (B, L, F): the filter's S
+    sub-components (with component 0's corrections) first, then the K − 1 extras; log_w is
+    the log weight within each group (module docstring: ρ weighs the groups)."""
     a, b, c = raw.float().unbind(-2)  # (B, L, F, K) each
-    a = a + torch.nn.functional.pad(cross.float().unsqueeze(-1), (0, a.shape[-1] - 1))
-    sd = prior_var.clamp(min=0).sqrt().unsqueeze(-1)
-    mu = prior_mu.unsqueeze(-1) + sd * a
-    var = prior_var.unsqueeze(-1) * b.clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND).exp()
+    S = prior_var.shape[-1]
+    sd = prior_var[..., 0].clamp(min=0).sqrt().unsqueeze(-1)  # (B, L, F, 1)
+    mu0 = prior_mu.unsqueeze(-1)
+    shift0 = (a[..., :1] + cross.float().unsqueeze(-1)) * sd
+    var_b = b.clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND).exp()
+    mu = torch.cat([(mu0 + shift0).expand(*mu0.shape[:-1], S), mu0 + sd * a[..., 1:]], -1)
+    var = torch.cat([prior_var * var_b[..., :1], prior_var[..., :1] * var_b[..., 1:]], -1)
+    log_fw = filter_w.float().log().expand(*prior_mu.shape, S)
+    log_w = torch.cat([log_fw, torch.log_softmax(c[..., 1:], dim=-1)], -1)
     rho = lam.float().clamp(0.0, 1.0) * torch.sigmoid(c[..., 0])
     if a.shape[-1] == 1:  # no extra component to give weight to
         rho = torch.zeros_like(rho)
-    return mu, var, c[..., 1:], rho
+    return mu, var, log_w, rho
 
 
 def _pair_terms(y, mu, var, noise_var, eps):
-    """Per (k, j) pair: (S, r, log ε_j + log N(y; μ_k, S)), each (..., K, J)."""
+    """Per (component, noise) pair: (S, r, log ε_j + log N(y; μ_c, S)), each (..., C, J)."""
     nv = noise_var.unsqueeze(-2)  # (..., 1, J)
-    S = var.unsqueeze(-1) + nv  # (..., K, J)
-    r = (y.unsqueeze(-1) - mu).unsqueeze(-1)  # (..., K, 1)
+    S = var.unsqueeze(-1) + nv  # (..., C, J)
+    r = (y.unsqueeze(-1) - mu).unsqueeze(-1)  # (..., C, 1)
     log_n = eps.log().unsqueeze(-2) - 0.5 * (_LOG_2PI + S.log() + r.square() / S)
     return S, r, log_n
 
 
-def log_evidence(y, mu, var, logit_q, rho, noise_var, eps):
-    """(log p(y | y_<l), log ℓ_kj (..., K, J), log q (..., K-1)); ρ = 0 exactly gives the
-    filter's own evidence (module docstring)."""
-    _, _, log_n = _pair_terms(y, mu, var, noise_var, eps)
-    l0 = torch.logsumexp(log_n[..., 0, :], dim=-1)  # (...,)
-    if mu.shape[-1] == 1:
-        return l0, log_n, logit_q
-    log_q = torch.log_softmax(logit_q, dim=-1)
-    le = torch.logsumexp(log_n[..., 1:, :] + log_q.unsqueeze(-1), dim=(-2, -1))
-    delta = (le - l0).clamp(-80.0, 80.0)  # keeps expm1 finite; ρ·expm1 stays exact at ρ = 0
-    return l0 + torch.log1p(rho * torch.expm1(delta)), log_n, log_q
-
-
 def posterior(
     y: torch.Tensor,  # (...,) observed value (finite; callers zero the unobserved)
-    mu: torch.Tensor,  # (..., K)
-    var: torch.Tensor,  # (..., K)
-    logit_q: torch.Tensor,  # (..., K-1)
-    rho: torch.Tensor,  # (...,)
+    mu: torch.Tensor,  # (..., C)
+    var: torch.Tensor,  # (..., C)
+    log_w: torch.Tensor,  # (..., C) log weights within each group
+    rho: torch.Tensor,  # (...,) the extras' group weight
     noise_var: torch.Tensor,  # (..., J) broadcastable
     eps: torch.Tensor,  # (..., J) broadcastable
+    *,
+    n_filter: int = 1,  # the first n_filter components are the filter's group
 ):
-    """(ŝ, ∂ŝ/∂y, log p(y | y_<l)), each (...,): the posterior mean over the K×J pairs, its
-    exact divergence and the evidence (the NLL's negative)."""
-    total, log_n, log_q = log_evidence(y, mu, var, logit_q, rho, noise_var, eps)
-    S, r, _ = _pair_terms(y, mu, var, noise_var, eps)
-    # prior weight of component k: 1 − ρ, then ρ q_k, multiplied (not added in logs) so
-    # that ρ = 0 gives weights exactly 0 and finite gradients
-    w = torch.exp(log_n - total[..., None, None])  # (..., K, J) ε_j N_kj / p(y)
-    pk = torch.cat([(1 - rho).unsqueeze(-1), rho.unsqueeze(-1) * log_q.exp()], dim=-1)
-    w = w * pk.unsqueeze(-1)
+    """(ŝ, ∂ŝ/∂y, log p(y | y_<l)), each (...,): the posterior mean over the C×J pairs, its
+    exact divergence and the evidence, the groups weighted 1 − ρ (filter) and ρ (extras)
+    as in the module docstring (ρ = 0 exact, with a finite gradient)."""
+    S, r, log_n = _pair_terms(y, mu, var, noise_var, eps)
+    log_n = log_n + log_w.unsqueeze(-1)  # (..., C, J)
+    l0 = torch.logsumexp(log_n[..., :n_filter, :], dim=(-2, -1))
+    if mu.shape[-1] > n_filter:
+        le = torch.logsumexp(log_n[..., n_filter:, :], dim=(-2, -1))
+        delta = (le - l0).clamp(-80.0, 80.0)  # keeps expm1 finite; exact at ρ = 0
+        total = l0 + torch.log1p(rho * torch.expm1(delta))
+        group = torch.cat(
+            [
+                (1 - rho).unsqueeze(-1).expand(*rho.shape, n_filter),
+                rho.unsqueeze(-1).expand(*rho.shape, mu.shape[-1] - n_filter),
+            ],
+            -1,
+        )
+    else:
+        total, group = l0, torch.ones_like(mu)
+    # weights multiplied by the group's (not added in logs): ρ = 0 gives exactly 0
+    w = torch.exp(log_n - total[..., None, None]) * group.unsqueeze(-1)  # (..., C, J)
     g = var.unsqueeze(-1) / S
     m = mu.unsqueeze(-1) + g * r
     s_hat = (w * m).sum((-2, -1))
@@ -133,20 +143,22 @@ def posterior(
     return s_hat, div, total
 
 
-def _sanitised(prior_mu, prior_var, noise_var, eps):
+def _sanitised(prior_mu, prior_var, noise_var, eps, filter_w):
     """NaN-free copies (a feature without a filter fit, rows before its first observation)
     and where the prediction is usable: NaN in an unused branch of torch.where still
     poisons gradients."""
-    ok = torch.isfinite(prior_mu) & torch.isfinite(prior_var) & (prior_var > 0)
+    ok = torch.isfinite(prior_mu) & torch.isfinite(prior_var).all(-1) & (prior_var > 0).all(-1)
     zero, one = (torch.tensor(v, dtype=prior_mu.dtype, device=prior_mu.device) for v in (0, 1))
     law_ok = torch.isfinite(noise_var).all(-1, keepdim=True) & (noise_var > 0).all(-1, True)
-    gauss = torch.zeros_like(eps)
-    gauss[..., 0] = 1.0
+    law_ok = law_ok & torch.isfinite(filter_w).all(-1, keepdim=True)
+    first = torch.zeros_like(eps)
+    first[..., 0] = 1.0  # one component: the Gaussian law, no jump
     return (
         torch.where(ok, prior_mu, zero),
-        torch.where(ok, prior_var, one),
+        torch.where(ok.unsqueeze(-1), prior_var, one),
         torch.where(law_ok, noise_var, one),
-        torch.where(law_ok, eps, gauss),
+        torch.where(law_ok, eps, first),
+        torch.where(law_ok, filter_w, first),
         ok,
     )
 
@@ -156,9 +168,10 @@ def window_outputs(
     y: torch.Tensor,  # (B, L, F) window units, NaN where unobserved
     mask: torch.Tensor,  # (B, L, F) bool
     prior_mu: torch.Tensor,  # (B, L, F) window units, NaN where none
-    prior_var: torch.Tensor,  # (B, L, F)
+    prior_var: torch.Tensor,  # (B, L, F, 2) without / with a jump
     noise_var: torch.Tensor,  # (F, J) window units
     eps: torch.Tensor,  # (F, J)
+    filter_w: torch.Tensor,  # (F, 2) (1 − δ, δ)
     *,
     anchor_len: int,
 ):
@@ -166,11 +179,13 @@ def window_outputs(
     ``keep`` (observed, a valid one-step position as in predictive.forecast_mask, and a
     filter prediction); ŝ, div and the evidence are NaN elsewhere."""
     raw, cross, lam = out
-    mu_f, var_f, nv, ep, ok = _sanitised(prior_mu, prior_var, noise_var, eps)
+    mu_f, var_f, nv, ep, fw, ok = _sanitised(prior_mu, prior_var, noise_var, eps, filter_w)
     raw = shift_forward(raw.float(), fill=0.0)  # position l: the output at l-1, for row l
-    mu, var, logit_q, rho = assemble(raw, cross, lam, mu_f, var_f)
+    mu, var, log_w, rho = assemble(raw, cross, lam, mu_f, var_f, fw)
     y0 = torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device)).float()
-    s_hat, div, logp = posterior(y0, mu, var, logit_q, rho, nv.float(), ep.float())
+    s_hat, div, logp = posterior(
+        y0, mu, var, log_w, rho, nv.float(), ep.float(), n_filter=var_f.shape[-1]
+    )
     keep = mask.bool() & ok & forecast_mask(mask, anchor_len)
     nan = torch.full((), float("nan"), dtype=s_hat.dtype, device=s_hat.device)
     return (

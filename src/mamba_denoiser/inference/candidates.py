@@ -304,18 +304,24 @@ class PredictiveCandidate(_Unfitted):
         unit = self.model.scaler.unit
         nv = torch.as_tensor(p.noise_var / unit[:, None] ** 2, dtype=torch.float32)  # (F, 2)
         ep = torch.as_tensor(np.stack([1 - p.eps, p.eps], -1), dtype=torch.float32)
+        fw = torch.as_tensor(np.stack([1 - p.jump, p.jump], -1), dtype=torch.float32)
 
         def fn(w, mask, aux):
-            mu, var = aux["prior_mu"], aux["prior_var"]
+            mu = aux["prior_mu"]
+            var = torch.stack([aux["prior_var"], aux["prior_var_jump"]], -1)  # (B, L, F, 2)
             with torch.no_grad():
-                innov = residual.innovations(w, mask, mu, var, nv, ep)
+                innov = residual.innovations(w, mask, mu, var[..., 0], nv, ep)
                 out = module.predict_residual(w, mask, innov)
                 s_hat, div, _, _ = residual.window_outputs(
-                    out, w, mask, mu, var, nv, ep, anchor_len=anchor_len
+                    out, w, mask, mu, var, nv, ep, fw, anchor_len=anchor_len
                 )
             return {"mean": s_hat, "div": div}
 
-        aux = {"prior_mu": ("loc", p.mean), "prior_var": ("var", p.var)}
+        aux = {
+            "prior_mu": ("loc", p.mean),
+            "prior_var": ("var", p.var),
+            "prior_var_jump": ("var", p.var_jump),
+        }
         kw = dict(mode=self.mode, batch_windows=self.batch, progress=progress, rows=rows)
         out = run_windows(self.model, raw, fn, aux=aux, **kw)
         return CandidateOutput(out["mean"], out["div"])
