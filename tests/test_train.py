@@ -495,7 +495,9 @@ def test_head_checkpoint_carries_sigma_and_loads_back(
     assert ((div[:, 1:] > 0) & (div[:, 1:] < 1.5)).all()
     # the predictive head's own weights, chosen on validation rows by its own metric
     assert s["predictive_checkpoint"] == "filter" or s["predictive_checkpoint"].endswith(".ckpt")
-    assert np.isfinite(s["best_val_predictive_nll"])
+    assert np.isfinite(s["best_val_predictive"])
+    want = "val/predictive_risk" if head == "both" else "val/predictive_nll"
+    assert s["predictive_monitor"] == want
     if head == "predictive":
         with pytest.raises(ValueError, match="no ε-prediction head"):
             module(w, torch.tensor([1, 2]), mask)

@@ -509,7 +509,7 @@ def _module(cfg: DictConfig, panel, setup: _Setup, dm):
     )
 
 
-def _trainer(cfg: DictConfig, heads: str):
+def _trainer(cfg: DictConfig, heads: str, residual: bool = False):
     import hydra
     import lightning as L
     from lightning.pytorch.callbacks import RichProgressBar
@@ -522,7 +522,7 @@ def _trainer(cfg: DictConfig, heads: str):
         "predictive_checkpoint": heads != "both",
     }
     callbacks = [
-        hydra.utils.instantiate(c)
+        hydra.utils.instantiate(c, **_monitor_override(name, residual))
         for name, c in (cfg.callbacks or {}).items()
         if not skip.get(name, False)
     ]
@@ -639,22 +639,32 @@ def _record_result(cfg, trainer, module, dm, cluster, init, best, summary, out: 
     )
 
 
-PREDICTIVE_METRIC = "val/predictive_nll"
+PREDICTIVE_METRICS = ("val/predictive_risk", "val/predictive_nll")
+
+
+def _monitor_override(name: str, residual: bool) -> dict[str, str]:
+    """The residual head's checkpoint follows its future-target risk, an estimate of its
+    signal error under any noise law (training._future_risk); the plain head its NLL."""
+    if name != "predictive_checkpoint":
+        return {}
+    return {"monitor": PREDICTIVE_METRICS[0] if residual else PREDICTIVE_METRICS[1]}
 
 
 def _predictive_choice(trainer, ckpt_cb, init: dict[str, float]) -> dict[str, Any]:
     """Which weights serve the predictive head, chosen on VALIDATION rows by its own
     metric: the best predictive checkpoint, or, for a residual head whose untrained state
     (its filter, ``validate_at_init``) scored better, "filter"."""
-    cbs = [c for c in trainer.checkpoint_callbacks if c.monitor == PREDICTIVE_METRIC]
+    cbs = [c for c in trainer.checkpoint_callbacks if c.monitor in PREDICTIVE_METRICS]
     if not cbs or cbs[0].best_model_score is None:
         return {}
     cb = cbs[0]
-    best, start = float(cb.best_model_score), _get(init, PREDICTIVE_METRIC)
+    best, start = float(cb.best_model_score), _get(init, cb.monitor)
     residual = bool(getattr(trainer.lightning_module, "residual", False))
     use_filter = residual and start is not None and start <= best
     return {
-        "best_val_predictive_nll": best,
+        "predictive_monitor": cb.monitor,
+        "best_val_predictive": best,
+        "init_val_predictive": start,
         "predictive_checkpoint": "filter" if use_filter else str(cb.best_model_path),
     }
 
@@ -737,7 +747,10 @@ def run_train(cfg: DictConfig) -> float:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         dm = _datamodule(cfg, panel, setup)
         module = _module(cfg, panel, setup, dm)
-        trainer = record.trainer = _trainer(cfg, setup.heads)
+        residual = bool((setup.network.get("predictive") or {}).get("residual"))
+        trainer = record.trainer = _trainer(
+            cfg, setup.heads, residual and setup.heads != "diffusion"
+        )
         _log_start(cluster, dm, module, summary)
         init = _validate_at_init(cfg, trainer, module, dm, summary)
         trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)

@@ -199,6 +199,8 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
             with torch.no_grad():
                 h = (torch.nan_to_num(nv, nan=1.0) * torch.nan_to_num(ep, nan=0.0)).sum(-1)
                 terms.update(_sure_terms(y, s_hat, div, h.expand_as(s_hat)))
+                if "target" in priors:
+                    terms["predictive_risk"] = _future_risk(s_hat, priors["target"])
         return nll, terms
 
     def joint_loss(
@@ -351,7 +353,19 @@ def _filter_terms(priors: dict[str, Tensor]):
 
 def _priors(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
     """The residual head's filter priors in a batch, or None (a plain head's batch)."""
-    return {k: batch[k] for k in PRIOR_KEYS} if "prior_mu" in batch else None
+    if "prior_mu" not in batch:
+        return None
+    return {k: batch[k] for k in (*PRIOR_KEYS, "target") if k in batch}
+
+
+def _future_risk(s_hat: Tensor, target: Tensor) -> Tensor:
+    """Mean (ŝ − u)² over the cells where both exist: u the future target, so this is the
+    estimate's MSE to the clean signal plus a constant that no model changes (the noise
+    and innovations after row t), for any noise law: what selects the residual head."""
+    ok = torch.isfinite(s_hat) & torch.isfinite(target)
+    zero = torch.zeros((), dtype=s_hat.dtype, device=s_hat.device)
+    sq = torch.where(ok, s_hat - torch.where(ok, target, zero), zero).square()
+    return sq.sum() / ok.sum().clamp(min=1)
 
 
 def _sure_terms(y: Tensor, s_hat: Tensor, div: Tensor, s2: Tensor) -> dict[str, Tensor]:

@@ -169,6 +169,8 @@ class WindowDataset(Dataset):
             item["noise_var"] = (p["noise_var"] / c.square()[:, None]).expand(len(s), -1, -1)
             item["eps"] = p["eps"].expand(len(s), -1, -1)
             item["jump"] = p["jump"].expand(len(s), -1, -1)
+            if "target" in p:  # future targets, a location like x
+                item["target"] = (gather_windows(p["target"], s, self.window) - anchor) / c
         return item
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
