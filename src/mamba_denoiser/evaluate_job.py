@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 from mamba_denoiser.cli import fail_cleanly
 from mamba_denoiser.data.source import load_truth
 from mamba_denoiser.errors import ConfigError
+from mamba_denoiser.evaluation.headroom import report_section as headroom_section
 from mamba_denoiser.evaluation.report import (
     ANCHOR,
     ReportTables,
@@ -334,6 +335,7 @@ def _write_outputs(out: Path, inp: _Inputs, res: _Outputs, checks, tables, curve
         n_splits=cfg.downstream.n_splits,
         root=cfg.paths.root_dir,
     )
+    report += headroom_section(load_truth(inp.panel.source))  # factors panels only
     if cfg.plots:
         from mamba_denoiser.plots import plot_evaluation
 

@@ -87,3 +87,14 @@ def test_errors():
     panel.params = {}
     with pytest.raises(ValueError, match="planted parameters"):
         family_headroom(panel)
+
+
+def test_report_section_only_for_factor_panels():
+    from mamba_denoiser.evaluation.headroom import report_section
+
+    assert report_section(None) == ""
+    assert report_section({"noise_dist": "mixed", "n_rows": 2500, "seed": 0}) == ""
+    text = report_section({"noise_dist": "factors", "n_rows": 2500, "seed": 0, "noise_scale": 5})
+    assert "## Exact joint headroom" in text
+    for fam in ("ou_fast", "ou_slow", "random_walk", "trend"):
+        assert f"| {fam} |" in text

@@ -248,8 +248,8 @@ def family_headroom(panel) -> pd.DataFrame:
 
 
 def headroom_markdown(table: pd.DataFrame, *, digits: int = 2) -> str:
-    """``family_headroom``'s output as a markdown table (report.markdown_table)."""
-    from mamba_denoiser.evaluation.report import markdown_table
+    """``family_headroom``'s output as a markdown table (tables.markdown_table)."""
+    from mamba_denoiser.tables import markdown_table
 
     def db(v: float, sign: str = "") -> str:
         return f"{round(float(v), digits) + 0.0:{sign}.{digits}f}"  # + 0.0: no "-0.00"
@@ -266,6 +266,31 @@ def headroom_markdown(table: pd.DataFrame, *, digits: int = 2) -> str:
         for fam, r in table.iterrows()
     ]
     return markdown_table(head, rows)
+
+
+def report_section(meta: dict | None) -> str:
+    """The report's headroom section for a built-in ``factors`` panel ("" otherwise), from
+    its truth file's knobs (the panel is regenerated: the same seed gives the same
+    planted parameters)."""
+    if not meta or meta.get("noise_dist") != "factors":
+        return ""
+    from mamba_denoiser.data.synthetic import make_synthetic_panel
+
+    panel = make_synthetic_panel(
+        int(meta["n_rows"]),
+        int(meta["seed"]),
+        noise_scale=float(meta["noise_scale"]),
+        noise_dist="factors",
+    )
+    return (
+        "\n## Exact joint headroom (planted factors)\n\n"
+        "Steady-state SNR gains of the optimal causal linear filters, from the planted "
+        "parameters (evaluation/headroom.py): each feature from its own rows (per-feature "
+        "Kalman) and from every feature of its family (joint Kalman). The headroom is what "
+        "seeing the group can add; compare the methods' gains above with both.\n\n"
+        + headroom_markdown(family_headroom(panel))
+        + "\n"
+    )
 
 
 # --- validation: the exact time-varying filter on the panel's rows ------------------------
