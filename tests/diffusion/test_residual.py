@@ -181,3 +181,28 @@ def test_residual_head_trains_in_one_pass_with_the_diffusion_head():
         g = params[name].grad
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
     assert (params["model.cross"].grad.diagonal() == 0).all()  # never feature i's own y_l
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.05])
+def test_far_innovation_under_tiny_noise_stays_a_convex_combination(rho):
+    """A 60-sd jump with noise variance 1e-6 of the prediction's (the extras' evidence
+    e^1800 times the filter's): ŝ stays between the prediction and y, the evidence is
+    finite, and at ρ = 0 it is the filter's own (it once blew up to 3.6e9 in float32)."""
+    pm = torch.zeros(1, 1, 1, dtype=torch.float64)
+    pv = torch.full((1, 1, 1, 2), 0.025, dtype=torch.float64)
+    fw = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    raw = torch.zeros(1, 1, 1, 3, 3, dtype=torch.float64)
+    raw[..., 1, 1], raw[..., 1, 2] = np.log(10.0), np.log(100.0)
+    raw[..., 0, 1] = 3.0  # an extra component's mean far from the prediction
+    lam = torch.full((1,), rho, dtype=torch.float64, requires_grad=True)
+    mu, var, lw, r = residual.assemble(raw, torch.zeros(1, 1, 1), lam, pm, pv, fw)
+    nv = torch.tensor([[2.5e-8, 2.5e-8]], dtype=torch.float64)
+    ep = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    y = torch.full((1, 1, 1), 60 * np.sqrt(0.025), dtype=torch.float64)
+    s_hat, div, logp = residual.posterior(y, mu, var, lw, r, nv, ep, n_filter=2)
+    assert torch.isfinite(logp).all() and 0.0 <= float(s_hat) <= float(y) + 1e-9
+    if rho == 0.0:
+        g = 0.025 / (0.025 + 2.5e-8)
+        assert float(s_hat) == pytest.approx(g * float(y), rel=1e-12)
+    (-logp.sum()).backward()
+    assert torch.isfinite(lam.grad).all()

@@ -31,8 +31,9 @@ reweighted by its evidence,
 
 with the exact divergence of predictive.py over the K×J pairs. K = 1 is the robust filter's
 measurement update, which collapses the same pairs to their mean: the same number.
-The evidence is computed as log N_0 + log1p(ρ·expm1(log N_e − log N_0)) so that ρ = 0 is
-exact and its gradient finite (log ρ would be −∞ with an infinite derivative).
+The evidence is computed in float64 with the groups' log weights log(1 − ρ), log ρ, exact
+for any innovation and at ρ = 0; the gradient at ρ = 0, which log ρ cannot give, is added
+straight-through (``posterior``).
 """
 
 from __future__ import annotations
@@ -114,33 +115,41 @@ def posterior(
     n_filter: int = 1,  # the first n_filter components are the filter's group
 ):
     """(ŝ, ∂ŝ/∂y, log p(y | y_<l)), each (...,): the posterior mean over the C×J pairs, its
-    exact divergence and the evidence, the groups weighted 1 − ρ (filter) and ρ (extras)
-    as in the module docstring (ρ = 0 exact, with a finite gradient)."""
+    exact divergence and the evidence, the groups weighted 1 − ρ (filter) and ρ (extras).
+
+    In float64, in log space with the groups' log weights log(1 − ρ) and log ρ, so a
+    40-sd jump under a tiny noise variance (the extras' evidence e^800 times the filter's)
+    stays exact. ρ = 0 is exact too (log ρ = −∞, the extras' weights exactly 0); its
+    gradient there, which log ρ cannot give, is the first-order one, expm1(Δ) with the
+    evidence ratio Δ capped at 20, added straight-through (forward value unchanged)."""
+    dt = y.dtype
+    y, mu, var, log_w, rho, noise_var, eps = (
+        t.double() for t in (y, mu, var, log_w, rho, noise_var, eps)
+    )
     S, r, log_n = _pair_terms(y, mu, var, noise_var, eps)
     log_n = log_n + log_w.unsqueeze(-1)  # (..., C, J)
-    l0 = torch.logsumexp(log_n[..., :n_filter, :], dim=(-2, -1))
-    if mu.shape[-1] > n_filter:
+    n_extra = mu.shape[-1] - n_filter
+    rho = rho.clamp(0.0, 0.999)
+    log_group = torch.log1p(-rho).unsqueeze(-1).expand(*rho.shape, n_filter)
+    total = torch.logsumexp(log_n[..., :n_filter, :], dim=(-2, -1))  # the filter group
+    if n_extra > 0:
+        on = rho > 0
+        log_rho = torch.where(on, torch.where(on, rho, 1.0).log(), -torch.inf)
+        l0 = total
         le = torch.logsumexp(log_n[..., n_filter:, :], dim=(-2, -1))
-        delta = (le - l0).clamp(-80.0, 80.0)  # keeps expm1 finite; exact at ρ = 0
-        total = l0 + torch.log1p(rho * torch.expm1(delta))
-        group = torch.cat(
-            [
-                (1 - rho).unsqueeze(-1).expand(*rho.shape, n_filter),
-                rho.unsqueeze(-1).expand(*rho.shape, mu.shape[-1] - n_filter),
-            ],
-            -1,
-        )
-    else:
-        total, group = l0, torch.ones_like(mu)
-    # weights multiplied by the group's (not added in logs): ρ = 0 gives exactly 0
-    w = torch.exp(log_n - total[..., None, None]) * group.unsqueeze(-1)  # (..., C, J)
+        total = torch.logaddexp(torch.log1p(-rho) + l0, log_rho + le)
+        first = rho * torch.expm1((le - l0).clamp(max=20.0)).detach()
+        total = total + torch.where(on, 0.0, first - first.detach())  # gradient at ρ = 0
+        log_group = torch.cat([log_group, log_rho.unsqueeze(-1).expand(*rho.shape, n_extra)], -1)
+    w = torch.exp(log_n + log_group.unsqueeze(-1) - total[..., None, None])  # (..., C, J)
     g = var.unsqueeze(-1) / S
     m = mu.unsqueeze(-1) + g * r
     s_hat = (w * m).sum((-2, -1))
     d = -r / S
     d_bar = (w * d).sum((-2, -1), keepdim=True)
     div = (w * g).sum((-2, -1)) + (w * (d - d_bar) * (m - s_hat[..., None, None])).sum((-2, -1))
-    return s_hat, div, total
+    out_dt = torch.promote_types(dt, torch.float32)
+    return s_hat.to(out_dt), div.to(out_dt), total.to(out_dt)
 
 
 def _sanitised(prior_mu, prior_var, noise_var, eps, filter_w):
