@@ -130,3 +130,29 @@ def test_fit_trains_in_process_like_the_scripts_and_serves(tmp_path):
     pd.testing.assert_index_equal(out.index, frame.index)
     with pytest.raises(PanelError, match="no id column 'date_id' and no DatetimeIndex"):
         Denoiser.fit(frame.reset_index(drop=True), workdir=tmp_path / "b")
+
+
+def test_status_flags_features_whose_recent_innovations_outgrew_the_fit(sweep):
+    """Rows like the training rows: every innovation ratio near 1, nothing stale. The last
+    150 rows of two features with 4x the noise: those two (and only those) are stale."""
+    longer = make_small_frame(n_rows=750)
+    den = Denoiser.from_run(sweep["root"] / "causal")
+    den.transform(longer.iloc[:600])
+    den.update(longer.iloc[600:])
+    calm = den.status(recent=150)
+    assert calm["rows_since_validation"] == 750 - den.bounds["val"][1]
+    assert calm["stale"] == [] and len(calm["innovation_ratio"]) >= 2
+    assert all(0.3 < v < 2.0 for v in calm["innovation_ratio"].values() if np.isfinite(v))
+
+    shaken = longer.copy()
+    rng = np.random.default_rng(0)
+    moved = [f for f in den.features if np.isfinite(calm["innovation_ratio"].get(f, np.nan))][:2]
+    for f in moved:
+        sd = shaken[f].iloc[:600].diff().std()
+        shaken.loc[600:, f] += 4 * sd * rng.standard_normal(150)
+    den2 = Denoiser.from_run(sweep["root"] / "causal")
+    den2.transform(shaken.iloc[:600])
+    den2.update(shaken.iloc[600:])
+    with pytest.warns(UserWarning, match="refit"):
+        st = den2.status(recent=150)
+    assert st["stale"] == sorted(moved)

@@ -242,6 +242,44 @@ class Denoiser:
         result[self.features] = self._serve(x, start=len(self._history), keep=True)
         return result
 
+    def status(self, *, recent: int | None = None, threshold: float | None = None) -> dict:
+        """A stale-model signal: rows served since the end of validation, and per feature
+        the recent / train ratio of the Kalman filter's mean squared standardised
+        innovation (inference/staleness.py; ~1 while the data behave as in training). A
+        ratio above ``threshold`` (2) is listed under "stale" and warned about: refit."""
+        import warnings
+
+        from mamba_denoiser.inference import staleness
+        from mamba_denoiser.inference.candidates import _fits_from
+
+        if self._history is None or self._decisions is None:
+            raise ConfigError("status() needs a history first: call transform(history)")
+        recent = staleness.RECENT if recent is None else int(recent)
+        threshold = staleness.THRESHOLD if threshold is None else float(threshold)
+        ratio: dict[str, float] = {}
+        for cid, m in self.models.items():
+            held = ((self._decisions.get(cid) or {}).get("fits") or {}).get("kalman")
+            if held is None:
+                continue
+            raw = self._history[m.features].to_numpy(dtype=np.float64)
+            r = staleness.innovation_ratio(
+                raw, _fits_from(held), self.bounds["train"], recent=recent
+            )
+            ratio.update({f: float(v) for f, v in zip(m.features, r)})
+        stale = sorted(f for f, v in ratio.items() if np.isfinite(v) and v > threshold)
+        if stale:
+            warnings.warn(
+                f"{len(stale)} feature(s) with recent innovations above {threshold}x their "
+                f"train variance ({', '.join(stale[:5])}{', …' if len(stale) > 5 else ''}): "
+                "the data moved since the fit; refit (Denoiser.fit or train.py)",
+                stacklevel=2,
+            )
+        return {
+            "rows_since_validation": int(len(self._history) - self.bounds["val"][1]),
+            "innovation_ratio": ratio,
+            "stale": stale,
+        }
+
     def _serve(self, x: pd.DataFrame, *, start: int, keep: bool) -> np.ndarray:
         """The denoised rows of ``x`` appended to the held history's first ``start`` rows
         (start = len(history): new rows, as update; less: rows that replace the history's
