@@ -874,3 +874,20 @@ def test_only_mean_reverting_clusters_take_the_constant_anchor():
         assert _anchor_len(cfg, {"type": typ}, data) == want, (mode, typ)
     with pytest.raises(ConfigError, match="stationary_anchor='both'"):
         _anchor_len(OmegaConf.create({"stationary_anchor": "both"}), {"type": "trending"}, data)
+
+
+@pytest.mark.parametrize(
+    "env, rank",
+    [
+        ({}, 0),
+        ({"SLURM_PROCID": "3"}, 3),  # a Slurm task: no LOCAL_RANK / NODE_RANK
+        ({"SLURM_PROCID": "0", "LOCAL_RANK": "0"}, 0),
+        ({"RANK": "2", "SLURM_PROCID": "0"}, 2),  # torchrun inside an allocation
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, 1),  # Lightning spawn, second node
+        ({"LOCAL_RANK": "1"}, 1),
+    ],
+)
+def test_rank_zero_is_decided_from_the_launcher_ranks(env, rank):
+    from mamba_denoiser.train_job import launched_rank
+
+    assert launched_rank(env) == rank

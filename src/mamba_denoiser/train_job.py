@@ -696,6 +696,19 @@ class _RunRecord:
         return f"interrupted: {where}; best checkpoint so far: {kept} ({self.out / 'summary.json'})"
 
 
+def launched_rank(env=None) -> int:
+    """This process's global rank as its launcher set it, before any Trainer exists:
+    torchrun's RANK, then Slurm's SLURM_PROCID (a task Slurm started has no LOCAL_RANK or
+    NODE_RANK: every task would otherwise think it is rank zero and delete the run folder),
+    then Lightning's own spawn (LOCAL_RANK on NODE_RANK; rank zero only at 0 and 0)."""
+    env = os.environ if env is None else env
+    for key in ("RANK", "SLURM_PROCID"):
+        if env.get(key, "").strip().lstrip("-").isdigit():
+            return int(env[key])
+    local, node = int(env.get("LOCAL_RANK", "0")), int(env.get("NODE_RANK", "0"))
+    return 0 if local == 0 and node == 0 else max(local, 1)
+
+
 def run_train(cfg: DictConfig) -> float:
     """Train one cluster's denoiser; write checkpoints, TensorBoard logs and summary.json."""
     import lightning as L
@@ -703,9 +716,7 @@ def run_train(cfg: DictConfig) -> float:
     from mamba_denoiser.data.source import panel_from_config
 
     out = output_dir(cfg)
-    rank_zero = (
-        int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-    )
+    rank_zero = launched_rank() == 0
     multirun = in_multirun()
     summary: dict[str, Any] = {
         "status": "running",
