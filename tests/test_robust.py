@@ -106,3 +106,15 @@ def test_the_robust_candidate_replays_from_its_json_record():
     (again,) = RobustCandidate.from_decisions(ctx, held)
     np.testing.assert_array_equal(again.run(y).mean, cand.run(y).mean)
     assert np.isnan(cand.run(y).mean[:300, 1]).all()
+
+
+def test_the_law_reads_only_the_train_rows():
+    """The family choice scores future targets; those of the last train rows must not
+    reach past the train end (the fit is memoised on the train rows' bytes)."""
+    s, y = _ar1_with_outliers()
+    train = (0, 6000)  # 1,800 held-out rows: whole 50-row blocks, the last row scored
+    fits = [fit_state_space(y[:, j], train) for j in range(y.shape[1])]
+    base = fit_noise_laws(y, fits, train)
+    bent = y.copy()
+    bent[train[1] : train[1] + 2] = 1e8  # what a target at the last train rows would read
+    assert fit_noise_laws(bent, fits, train) == base

@@ -232,7 +232,9 @@ def fit_noise_laws(y: np.ndarray, fits: list[StateSpaceFit], train: tuple[int, i
     d, *_ = _gaussian_sum(z, *cols, BURN_IN)  # (n, F * 4) standardised estimates
     choice = []
     for f, fit in enumerate(fits):
-        u = (future_target(fit, y[:, f])[a:b] - fit.center) / fit.scale  # standardised
+        # the target of the train rows only (NaN where it needs rows >= train end): the
+        # choice is memoised on the train rows' bytes and must read nothing else
+        u = (future_target(fit, y[a:b, f]) - fit.center) / fit.scale  # standardised
         est = d[cut - a :, f * n_fam : (f + 1) * n_fam]  # (m, 4)
         ok = np.isfinite(u[cut - a :]) & np.isfinite(est).all(1)
         choice.append(_simplest_adequate((est[ok] - u[cut - a :][ok, None]) ** 2))
@@ -341,6 +343,16 @@ class Priors:
     noise_var: np.ndarray  # (F, 2) core and outlier noise variances σ_c², σ_o²
     eps: np.ndarray  # (F,) outlier weight ε (0: Gaussian noise, the Kalman filter)
     filtered: np.ndarray  # (T, F) the filter's own output, E[s_t | y_<=t]
+
+    @property
+    def noise_weights(self) -> np.ndarray:
+        """(F, 2) the noise components' weights (1 − ε, ε), as noise_var is ordered."""
+        return np.stack([1 - self.eps, self.eps], axis=-1)
+
+    @property
+    def jump_weights(self) -> np.ndarray:
+        """(F, 2) the prediction's weights without / with a jump (1 − δ, δ)."""
+        return np.stack([1 - self.jump, self.jump], axis=-1)
 
 
 def filter_priors(raw: np.ndarray, fits: list, laws: list) -> Priors:

@@ -197,7 +197,7 @@ class DenoiserModule(NetworkMixin, L.LightningModule):
         terms = {"predictive_nll": nll.detach()}
         if with_sure:
             with torch.no_grad():
-                h = (torch.nan_to_num(nv, nan=1.0) * torch.nan_to_num(ep, nan=0.0)).sum(-1)
+                h = (nv * ep).sum(-1)  # NaN for a column without a fit: its ŝ is NaN too
                 terms.update(_sure_terms(y, s_hat, div, h.expand_as(s_hat)))
                 if "target" in priors:
                     terms["predictive_risk"] = _future_risk(s_hat, priors["target"])

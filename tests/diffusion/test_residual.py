@@ -146,8 +146,8 @@ def test_residual_head_trains_in_one_pass_with_the_diffusion_head():
         "var": p.var / sc.std**2,
         "var_jump": p.var_jump / sc.std**2,
         "noise_var": p.noise_var / sc.std[:, None] ** 2,
-        "eps": np.stack([1 - p.eps, p.eps], -1),
-        "jump": np.stack([1 - p.jump, p.jump], -1),
+        "eps": p.noise_weights,
+        "jump": p.jump_weights,
     }
     ds = WindowDataset(sc.to_z(raw), np.arange(100, 400, 50), 60, anchor_len=10, priors=priors)
     batch = ds.__getitems__(list(range(6)))

@@ -110,27 +110,26 @@ class ClusterDataModule(L.LightningDataModule):
     def _filter_priors(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         """The robust filter's one-step predictions in z units (``WindowDataset`` priors):
         fitted on the train rows only, run causally over the whole history."""
-        from mamba_denoiser.classical import future_target
+        from mamba_denoiser.classical import future_targets
         from mamba_denoiser.robust import filter_priors, fit_robust
 
-        fits, laws = fit_robust(raw, self.bounds["train"])
-        p = filter_priors(raw, fits, laws)
+        p = filter_priors(raw, *fit_robust(raw, self.bounds["train"]))
         sd = self.fitted.std
         # u_t, the future target of each feature's train-fitted dynamics (E[u_t | s] = s_t,
         # its error made of noise and innovations after row t): validation scores the
-        # head's estimate against it, a signal-error proxy for any noise law
+        # head's estimate against it, a signal-error proxy for any noise law. From the rows
+        # up to the end of validation only (NaN where it would need later ones).
+        stop = self.bounds["val"][1]
         target = np.full(raw.shape, np.nan)
-        for j, fit in enumerate(fits):
-            if fit is not None:
-                target[:, j] = future_target(fit, raw[:, j])
+        target[:stop] = future_targets(raw[:stop], self.bounds["train"])
         return {
             "target": (target - self.fitted.mean) / sd,
             "mean": (p.mean - self.fitted.mean) / sd,
             "var": p.var / sd**2,
             "var_jump": p.var_jump / sd**2,
             "noise_var": p.noise_var / sd[:, None] ** 2,
-            "eps": np.stack([1 - p.eps, p.eps], axis=-1),
-            "jump": np.stack([1 - p.jump, p.jump], axis=-1),
+            "eps": p.noise_weights,
+            "jump": p.jump_weights,
         }
 
     @property

@@ -111,10 +111,10 @@ class _Unfitted:
     def decisions(self) -> None:
         return None
 
-    def _windows(self, raw, fn, progress, rows) -> dict[str, np.ndarray]:
+    def _windows(self, raw, fn, progress, rows, aux=None) -> dict[str, np.ndarray]:
         """``fn`` over the serving plan's windows of the model (plan.run_windows)."""
         kw = dict(mode=self.mode, batch_windows=self.batch, progress=progress, rows=rows)
-        return run_windows(self.model, raw, fn, **kw)
+        return run_windows(self.model, raw, fn, aux=aux, **kw)
 
     @classmethod
     def from_decisions(cls, ctx: Context, held: Any) -> list:
@@ -303,8 +303,8 @@ class PredictiveCandidate(_Unfitted):
         p = filter_priors(raw, *self.filters)
         unit = self.model.scaler.unit
         nv = torch.as_tensor(p.noise_var / unit[:, None] ** 2, dtype=torch.float32)  # (F, 2)
-        ep = torch.as_tensor(np.stack([1 - p.eps, p.eps], -1), dtype=torch.float32)
-        fw = torch.as_tensor(np.stack([1 - p.jump, p.jump], -1), dtype=torch.float32)
+        ep = torch.as_tensor(p.noise_weights, dtype=torch.float32)  # (F, 2)
+        fw = torch.as_tensor(p.jump_weights, dtype=torch.float32)
 
         def fn(w, mask, aux):
             mu = aux["prior_mu"]
@@ -322,8 +322,7 @@ class PredictiveCandidate(_Unfitted):
             "prior_var": ("var", p.var),
             "prior_var_jump": ("var", p.var_jump),
         }
-        kw = dict(mode=self.mode, batch_windows=self.batch, progress=progress, rows=rows)
-        out = run_windows(self.model, raw, fn, aux=aux, **kw)
+        out = self._windows(raw, fn, progress, rows, aux=aux)
         return CandidateOutput(out["mean"], out["div"])
 
 
