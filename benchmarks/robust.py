@@ -86,7 +86,7 @@ def main() -> None:
     z = np.ascontiguousarray(_standardise(raw, fits))
     cols_ = _columns(fits, laws)
     t0 = time.perf_counter()
-    ref = numpy_reference(z, *cols_)
+    ref = numpy_reference(z, cols_.F, cols_.q, cols_.P0, cols_.w_out, cols_.r_core, cols_.r_out)
     t_ref = time.perf_counter() - t0
     ref = ref * np.array([f.scale for f in fits]) + np.array([f.center for f in fits])
     err = np.nanmax(np.abs(fast - ref) / np.array([np.sqrt(f.noise_var) for f in fits]))

@@ -59,6 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mamba_denoiser.recursion import Carried, clear_all, kalman_columns
+
 MIN_TRAIN_OBS = 50  # below this a tuned/MLE parameter is mostly noise: refuse to fit
 STATE_SPACE_MODELS = ("kalman_level", "kalman_ar1", "kalman_ari1")
 CACHE_SIZE = 4096  # fits kept (per cache): ~100 features x 3 models x a dozen panels
@@ -136,16 +138,16 @@ class LRU:
 
 _MODEL_FITS = LRU(CACHE_SIZE)  # (model, sha1 of z) -> params (standardised units)
 _STATE_SPACE_FITS = LRU(CACHE_SIZE)  # sha1 of the raw train segment -> StateSpaceFit
-# (fit, sha1 of y) -> (signal, gain): the Kalman and combiner candidates filter the same
-# series in one run; a pure memo, read-only arrays
-_FILTERED = LRU(512)
+# the Kalman filters' serving runs with their states (recursion.Carried): the Kalman and
+# combiner candidates filter the same series in one run, and a grown series continues
+_CARRIED = Carried(512)
 
 
 def clear_cache() -> None:
-    """Forget every cached fit (tests, or to bound memory by hand)."""
+    """Forget every cached fit and held filter run (tests, or to bound memory by hand)."""
     _MODEL_FITS.clear()
     _STATE_SPACE_FITS.clear()
-    _FILTERED.clear()
+    clear_all()  # the serving runs of every filter (recursion.Carried)
 
 
 def digest(a: np.ndarray) -> str:
@@ -393,27 +395,28 @@ def _filter_results(model: str, z: np.ndarray, params: dict, *, smooth: bool):
 def kalman_filter_gain(model: str, z: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
     """(filtered signal (n,), gain (n,)) of one model with fixed ``params`` on a
     standardised series z: gain_t = d signal_t / d z_t = Z P_{t|t-1} Z' / F_t exactly (the
-    filter is linear in z given the parameters); NaN rows of z are prediction steps."""
+    filter is linear in z given the parameters). NaN rows of z are prediction steps: the
+    signal there is the prediction, the gain NaN. The one serving recursion
+    (recursion.py), as ``kalman_filter``: the baselines and the candidate are one filter."""
     _check_model(model)
-    res, design = _filter_results(model, z, params, smooth=False)
-    fr = res.filter_results
-    # P_{t|t-1}: predicted_state_cov[..., t] for t < n (the last slot is P_{n+1|n}).
-    zpz = np.einsum("i,ijt,j->t", design, fr.predicted_state_cov[:, :, :-1], design)  # (n,)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gain = zpz / fr.forecasts_error_cov[0, 0]
-    return design @ res.filtered_state, gain
+    fit = StateSpaceFit(model, params, 0.0, 1.0, float(params["noise_var"]), 0.0, {})
+    f = _CARRIED(np.asarray(z, dtype=np.float64)[:, None], kalman_columns([fit]), burn_in=0)
+    signal = np.where(np.isnan(f.mean[:, 0]), f.prior_mean[:, 0], f.mean[:, 0])
+    return signal, f.gain[:, 0]
 
 
 def kalman_signal(model: str, z: np.ndarray, params: dict, *, smooth: bool = False) -> np.ndarray:
     """Signal estimate (n,) of one model with fixed ``params`` on a standardised series z.
 
-    smooth=False: the Kalman filter (causal, uses z[:t+1]); True: the smoother (two-sided).
-    NaN in z are missing values (a prediction step).
+    smooth=False: the Kalman filter (causal, uses z[:t+1]; ``kalman_filter_gain``);
+    True: statsmodels' smoother (two-sided). NaN in z are missing values (a prediction
+    step).
     """
     _check_model(model)
-    res, design = _filter_results(model, z, params, smooth=smooth)
-    state = res.smoothed_state if smooth else res.filtered_state  # (k_states, n)
-    return design @ state  # signal = design @ state (the measurement error excluded)
+    if not smooth:
+        return kalman_filter_gain(model, z, params)[0]
+    res, design = _filter_results(model, z, params, smooth=True)
+    return design @ res.smoothed_state  # signal = design @ state (the measurement error excluded)
 
 
 # --- fit and filter ---------------------------------------------------------------------
@@ -552,33 +555,30 @@ def kalman_filter(fit: StateSpaceFit, y: np.ndarray) -> tuple[np.ndarray, np.nda
     signal: the filtered signal estimate E[s_t | y_{<=t}] in native units.
     gain: the exact weight d signal_t / d y_t of the current observation,
         Z P_{t|t-1} Z' / F_t (= 1 - H / F_t); the same in native and standardised units.
-    The filter starts at the first observed row (rows before it are NaN), and missing rows
-    inside are prediction steps, so signal[:t+1] and gain[:t+1] depend on y[:t+1] only.
-    Memoised on the fit and the exact bytes of y (read-only arrays are returned).
+    The filter starts at the first observed row (rows before it are NaN) with the exact
+    diffuse start statsmodels fitted the model with, and missing rows inside are
+    prediction steps, so signal[:t+1] and gain[:t+1] depend on y[:t+1] only. It is the
+    one serving recursion (recursion.py): a series that extends one filtered before
+    continues from the state held after its last row, bit-identical to a run over the
+    whole series (read-only arrays are returned).
     """
-    y = as_series(y)
-    params = tuple(sorted((k, float(v)) for k, v in fit.params.items()))
-    key = (fit.model, params, float(fit.center), float(fit.scale), digest(y))
-    hit = _FILTERED.get(key)
-    if hit is not None:
-        return hit
-    signal, gain = _kalman_filter(fit, y)
-    signal.setflags(write=False), gain.setflags(write=False)
-    _FILTERED.put(key, (signal, gain))
-    return signal, gain
+    signal, gain = kalman_filters([fit], as_series(y)[:, None])
+    signal.setflags(write=False)
+    return signal[:, 0], gain[:, 0]
 
 
-def _kalman_filter(fit: StateSpaceFit, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    signal, gain = np.full(len(y), np.nan), np.full(len(y), np.nan)
-    observed = np.isfinite(y)
-    if not observed.any():
-        return signal, gain
-    first = int(np.argmax(observed))  # fixed by the rows up to the first observation
-    z = (y[first:] - fit.center) / fit.scale  # (n,)
-    sig, gain[first:] = kalman_filter_gain(fit.model, z, fit.params)
-    signal[first:] = sig * fit.scale + fit.center
-    signal[~observed] = np.nan
-    gain[~observed] = np.nan
+def kalman_filters(fits: list, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``kalman_filter`` of every column of raw (T, F) with a fit, in one pass of the
+    recursion: (signal, gain), each (T, F), NaN where y is or the column has no fit."""
+    signal, gain = np.full(raw.shape, np.nan), np.full(raw.shape, np.nan)
+    ok = [j for j, f in enumerate(fits) if f is not None]
+    if ok:
+        fs = [fits[j] for j in ok]
+        center = np.array([f.center for f in fs])
+        scale = np.array([f.scale for f in fs])
+        z = (np.asarray(raw[:, ok], dtype=np.float64) - center) / scale  # (T, B)
+        f = _CARRIED(z, kalman_columns(fs), burn_in=0)
+        signal[:, ok], gain[:, ok] = f.mean * scale + center, f.gain
     return signal, gain
 
 

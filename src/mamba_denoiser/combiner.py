@@ -37,7 +37,7 @@ from mamba_denoiser.classical import (
     LRU,
     StateSpaceFit,
     future_target,
-    kalman_filter,
+    kalman_filters,
     memo_on_train,
     state_space_fits,
 )
@@ -60,10 +60,7 @@ class Combiner:
 def _kalman(raw: np.ndarray, fits: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(filtered K, gain g, innovation e = (y - K) / (1 - g) = y - ŷ_t|t-1), each (T, F);
     NaN where y is missing or the feature has no fit."""
-    K, g = np.full(raw.shape, np.nan), np.full(raw.shape, np.nan)
-    for j, fit in enumerate(fits):
-        if fit is not None:
-            K[:, j], g[:, j] = kalman_filter(fit, raw[:, j])
+    K, g = kalman_filters(fits, raw)
     with np.errstate(invalid="ignore", divide="ignore"):
         e = np.where(g < GAIN_MAX, (raw - K) / (1 - g), np.nan)
     return K, g, e

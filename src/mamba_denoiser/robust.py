@@ -14,25 +14,21 @@ maximum likelihood on the train rows over ``GRID`` (every combination of every f
 in one pass). Output and weights depend on y_t: nonlinear, so no exact SURE: the gate
 scores it with the paired future-target risk (inference/gate.py).
 
-All three models in one 2-state form (state (s_t, s_{t-1}), Z = [1, 0], standardised
-units z = (y - center) / scale):
-
-    kalman_level  F = [[1, 0], [0, 0]]            q = sigma2.level
-    kalman_ar1    F = [[φ, 0], [0, 0]]            q = sigma2
-    kalman_ari1   F = [[1 + φ, -φ], [1, 0]]       q = sigma2
-
-The recursion is compiled with numba (a Python loop over 9,000 rows x 85 features would
-take seconds; compiled it takes milliseconds: ``benchmarks/robust.py``).
+The filter is the one serving recursion of recursion.py (every model in one 2-state
+form, compiled with numba: a Python loop over 9,000 rows x 85 features would take
+seconds, compiled it takes milliseconds, ``benchmarks/robust.py``); a panel that grows
+continues from the state held after its last row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
+from mamba_denoiser import recursion
 from mamba_denoiser.classical import LRU, StateSpaceFit, memo_on_train, state_space_fits
+from mamba_denoiser.recursion import state_space_form
 
 # (ε, k) candidates; (0, 1) is the Gaussian law (the Kalman filter)
 EPS = (0.01, 0.02, 0.05, 0.1)
@@ -42,7 +38,9 @@ GRID = ((0.0, 1.0),) + tuple((e, k) for e in EPS for k in RATIO)
 JUMP_GRID = tuple((d, k) for d in EPS for k in RATIO)
 BURN_IN = 20  # rows after the first observation left out of the likelihood (diffuse start)
 _FITTED = LRU(64)  # fit_robust, memoised on the train rows (classical.memo_on_train)
-DIFFUSE = 1e6  # initial state variance of the non-stationary models (statsmodels uses 1e6)
+# the serving runs with their states: the robust candidate and the residual head's priors
+# read one run, and a grown panel continues from its last row (recursion.Carried)
+_SERVED = recursion.Carried(64)
 
 
 @dataclass(frozen=True)
@@ -66,136 +64,23 @@ class NoiseLaw:
         return core, core * self.jump_ratio**2
 
 
-def state_space_form(fit: StateSpaceFit) -> tuple[np.ndarray, float, np.ndarray]:
-    """(F (2, 2), q, P0 (2, 2)) of a fit in standardised units (module docstring)."""
-    p = fit.params
-    if fit.model == "kalman_level":
-        F, q = np.array([[1.0, 0.0], [0.0, 0.0]]), float(p["sigma2.level"])
-        p0 = np.diag([DIFFUSE, 0.0])
-    elif fit.model == "kalman_ar1":
-        phi, q = float(p["ar.L1"]), float(p["sigma2"])
-        F = np.array([[phi, 0.0], [0.0, 0.0]])
-        p0 = np.diag([q / (1 - phi**2) if abs(phi) < 1 else DIFFUSE, 0.0])
-    elif fit.model == "kalman_ari1":
-        phi, q = float(p["ar.L1"]), float(p["sigma2"])
-        F = np.array([[1 + phi, -phi], [1.0, 0.0]])
-        # as statsmodels: the level diffuse, the slope s_t - s_{t-1} at its stationary law
-        v = q / (1 - phi**2) if abs(phi) < 1 else DIFFUSE
-        p0 = np.array([[DIFFUSE + v, DIFFUSE], [DIFFUSE, DIFFUSE]])
-    else:
-        raise ValueError(f"unknown state-space model {fit.model!r}")
-    return F, max(q, 0.0), p0
-
-
-@numba.njit(cache=True)
-def _gaussian_sum(z, F, q, P0, w_out, r_core, r_out, w_jump, q_jump, burn_in, score_from=0):  # noqa: E501  # pragma: no cover
-    """z (T, B) standardised, NaN = missing; per column F (B, 2, 2), core process variance q
-    (B,), P0 (B, 2, 2), outlier weight w_out (B,), core / outlier noise variances (B,), jump
-    weight w_jump (B,) and jump process variance q_jump (B,) -> (filtered s_t (T, B), NaN
-    where z is; log-likelihood (B,) after ``burn_in`` observed rows; the one-step
-    prediction's mean (T, B) and its variance without / with a jump (T, B) each, NaN
-    before the first observation: what the residual predictive head starts from). Rows
-    before ``score_from`` are filtered but left out of the log-likelihood.
-
-    Four components per row: (noise core | outlier) x (process core | jump), each a Kalman
-    update weighted by its evidence, collapsed to one Gaussian by moment matching."""
-    T, B = z.shape
-    out = np.full((T, B), np.nan)
-    prior_m = np.full((T, B), np.nan)
-    prior_v = np.full((T, B), np.nan)
-    prior_vj = np.full((T, B), np.nan)
-    loglik = np.zeros(B)
-    lw = np.empty(4)
-    mc0, mc1 = np.empty(4), np.empty(4)
-    c00, c01, c11 = np.empty(4), np.empty(4), np.empty(4)
-    for b in range(B):
-        m0, m1 = 0.0, 0.0
-        p00, p01, p11 = P0[b, 0, 0], P0[b, 0, 1], P0[b, 1, 1]
-        f00, f01, f10, f11 = F[b, 0, 0], F[b, 0, 1], F[b, 1, 0], F[b, 1, 1]
-        seen = 0
-        started = False
-        for t in range(T):
-            y = z[t, b]
-            if not started:
-                if np.isnan(y):
-                    continue
-                started = True
-                mp0, mp1 = 0.0, 0.0
-                a00, a01, a11 = p00, p01, p11
-                dq_c, dq_j = 0.0, 0.0  # the diffuse start: no process step yet
-            else:
-                mp0 = f00 * m0 + f01 * m1
-                mp1 = f10 * m0 + f11 * m1
-                # F P F' (the process variance is added per component below)
-                b00 = f00 * p00 + f01 * p01
-                b01 = f00 * p01 + f01 * p11
-                b10 = f10 * p00 + f11 * p01
-                b11 = f10 * p01 + f11 * p11
-                a00 = b00 * f00 + b01 * f01
-                a01 = b00 * f10 + b01 * f11
-                a11 = b10 * f10 + b11 * f11
-                dq_c, dq_j = q[b], q_jump[b]
-            prior_m[t, b] = mp0
-            prior_v[t, b], prior_vj[t, b] = a00 + dq_c, a00 + dq_j
-            if np.isnan(y):
-                m0, m1, p00, p01, p11 = mp0, mp1, a00 + dq_c, a01, a11
-                if w_jump[b] > 0:  # a missing row: the prediction's own mixture, collapsed
-                    p00 = a00 + (1 - w_jump[b]) * dq_c + w_jump[b] * dq_j
-                continue
-            e = y - mp0
-            top = -np.inf
-            for i in range(4):
-                wa = w_out[b] if i % 2 == 1 else 1.0 - w_out[b]
-                wb = w_jump[b] if i // 2 == 1 else 1.0 - w_jump[b]
-                if wa <= 0 or wb <= 0:
-                    lw[i] = -np.inf
-                    continue
-                pp00 = a00 + (dq_j if i // 2 == 1 else dq_c)
-                s = pp00 + (r_out[b] if i % 2 == 1 else r_core[b])
-                lw[i] = np.log(wa * wb) - 0.5 * (np.log(2 * np.pi * s) + e * e / s)
-                k0, k1 = pp00 / s, a01 / s
-                mc0[i], mc1[i] = mp0 + k0 * e, mp1 + k1 * e
-                c00[i] = pp00 - k0 * pp00
-                c01[i] = a01 - k0 * a01
-                c11[i] = a11 - k1 * a01
-                top = max(top, lw[i])
-            total = 0.0
-            for i in range(4):
-                total += np.exp(lw[i] - top)
-            total = top + np.log(total)
-            m0, m1 = 0.0, 0.0
-            for i in range(4):
-                if lw[i] > -np.inf:
-                    pi = np.exp(lw[i] - total)
-                    m0 += pi * mc0[i]
-                    m1 += pi * mc1[i]
-            p00, p01, p11 = 0.0, 0.0, 0.0
-            for i in range(4):
-                if lw[i] > -np.inf:
-                    pi = np.exp(lw[i] - total)
-                    d0, d1 = mc0[i] - m0, mc1[i] - m1
-                    p00 += pi * (c00[i] + d0 * d0)
-                    p01 += pi * (c01[i] + d0 * d1)
-                    p11 += pi * (c11[i] + d1 * d1)
-            out[t, b] = m0
-            seen += 1
-            if seen > burn_in and t >= score_from:
-                loglik[b] += total
-    return out, loglik, prior_m, prior_v, prior_vj
-
-
-def _columns(fits: list[StateSpaceFit], laws: list[NoiseLaw]):
-    """Per-column arrays of the compiled filter for (fit, law) pairs."""
+def _columns(fits: list[StateSpaceFit], laws: list[NoiseLaw]) -> recursion.Columns:
+    """The recursion's per-column parameters for (fit, law) pairs."""
     forms = [state_space_form(f) for f in fits]
-    F = np.array([f[0] for f in forms])
     q = np.array([f[1] for f in forms])
-    P0 = np.array([f[2] for f in forms])
     h = np.array([f.params["noise_var"] for f in fits])
     var = np.array([law.variances(hi) for law, hi in zip(laws, h)])
-    w = np.array([law.eps for law in laws])
     proc = np.array([law.process(qi) for law, qi in zip(laws, q)])
-    wj = np.array([law.jump for law in laws])
-    return F, proc[:, 0], P0, w, var[:, 0], var[:, 1], wj, proc[:, 1]
+    return recursion.Columns(
+        F=np.array([f[0] for f in forms]),
+        q=proc[:, 0],
+        P0=np.array([f[2] for f in forms]),
+        w_out=np.array([law.eps for law in laws], dtype=np.float64),
+        r_core=var[:, 0],
+        r_out=var[:, 1],
+        w_jump=np.array([law.jump for law in laws], dtype=np.float64),
+        q_jump=proc[:, 1],
+    )
 
 
 def _standardise(y: np.ndarray, fits: list[StateSpaceFit]) -> np.ndarray:
@@ -229,7 +114,7 @@ def fit_noise_laws(y: np.ndarray, fits: list[StateSpaceFit], train: tuple[int, i
     n_fam = len(fams[0])
     z = np.ascontiguousarray(np.repeat(_standardise(y[a:b], fits), n_fam, axis=1))
     cols = _columns([f for f in fits for _ in range(n_fam)], [g for gs in fams for g in gs])
-    d, *_ = _gaussian_sum(z, *cols, BURN_IN)  # (n, F * 4) standardised estimates
+    d = recursion.run(z, cols, burn_in=BURN_IN).mean  # (n, F * 4) standardised estimates
     choice = []
     for f, fit in enumerate(fits):
         # the target of the train rows only (NaN where it needs rows >= train end): the
@@ -287,7 +172,7 @@ def _scores(y, fits, train, laws_per_fit: list[list[NoiseLaw]], score_from=0) ->
     n_g = len(laws_per_fit[0])
     cols = _columns([f for f in fits for _ in range(n_g)], [g for gs in laws_per_fit for g in gs])
     zz = np.ascontiguousarray(np.repeat(z, n_g, axis=1))  # (n, F * G)
-    _, loglik, *_ = _gaussian_sum(zz, *cols, BURN_IN, score_from)
+    loglik = recursion.run(zz, cols, burn_in=BURN_IN, score_from=score_from).loglik
     n_par = np.array([2 * (g.eps > 0) + 2 * (g.jump > 0) for gs in laws_per_fit for g in gs])
     score = np.where(np.isfinite(loglik), loglik - n_par, -np.inf)
     return score.reshape(len(fits), n_g)
@@ -296,9 +181,15 @@ def _scores(y, fits, train, laws_per_fit: list[list[NoiseLaw]], score_from=0) ->
 def robust_filter(y: np.ndarray, fits: list[StateSpaceFit], laws: list[NoiseLaw]) -> np.ndarray:
     """(T, F) raw values -> (T, F) the causal Gaussian-sum filter's estimate of the signal,
     native units; NaN where y is NaN."""
-    z = np.ascontiguousarray(_standardise(y, fits))
-    out, *_ = _gaussian_sum(z, *_columns(fits, laws), BURN_IN)
+    out = _served(y, fits, laws).mean
     return out * np.array([f.scale for f in fits]) + np.array([f.center for f in fits])
+
+
+def _served(y: np.ndarray, fits: list[StateSpaceFit], laws: list[NoiseLaw]):
+    """The serving run (recursion.Filtered, standardised units) of (T, F) raw values, held
+    with its state: the robust candidate and the residual head's priors share it, and a
+    panel grown by some rows runs only those rows."""
+    return _SERVED(_standardise(y, fits), _columns(fits, laws), burn_in=BURN_IN)
 
 
 def fit_robust(raw: np.ndarray, train: tuple[int, int]) -> tuple[list, list]:
@@ -364,14 +255,14 @@ def filter_priors(raw: np.ndarray, fits: list, laws: list) -> Priors:
     if ok:
         fs, ls = [fits[j] for j in ok], [laws[j] for j in ok]
         cols = _columns(fs, ls)
-        z = np.ascontiguousarray(_standardise(raw[:, ok], fs))
-        out, _, m, v, vj = _gaussian_sum(z, *cols, BURN_IN)
+        f = _served(raw[:, ok], fs, ls)
+        out, m, v, vj = f.mean, f.prior_mean, f.prior_var, f.prior_var_jump
         scale = np.array([f.scale for f in fs])
         center = np.array([f.center for f in fs])
         mean[:, ok], filt[:, ok] = m * scale + center, out * scale + center
         var[:, ok], var_j[:, ok] = v * scale**2, vj * scale**2
-        noise_var[ok, 0], noise_var[ok, 1] = cols[4] * scale**2, cols[5] * scale**2
-        eps[ok], jump[ok] = cols[3], cols[6]
+        noise_var[ok, 0], noise_var[ok, 1] = cols.r_core * scale**2, cols.r_out * scale**2
+        eps[ok], jump[ok] = cols.w_out, cols.w_jump
     return Priors(
         mean=mean, var=var, var_jump=var_j, jump=jump, noise_var=noise_var, eps=eps, filtered=filt
     )

@@ -70,8 +70,10 @@ class Candidate(Protocol):
                  a nonlinear candidate needs a score valid beyond Gaussian noise
     scope        "feature" (each column filtered on its own) or "group" (a vector filter
                  over the cluster's features; ``features`` then lists them)
-    streaming    it has a per-row update step for live serving (none does yet: a live
-                 row is served by re-running the causal plan, which gives the same value)
+    streaming    a grown panel costs it O(new rows): its filter continues from the state
+                 held after the last row seen (recursion.Carried), bit-identical to a
+                 batch run. The others re-run the causal plan's windows that serve the
+                 new rows (the same value, at a window's cost) and O(T) numpy work
     """
 
     name: str  # unique within a cluster's run, e.g. "diffusion@t=40"
@@ -327,11 +329,12 @@ class PredictiveCandidate(_Unfitted):
 
 
 class _Classical:
-    """Classical filters: recursions over the whole history, causal mode only."""
+    """Classical filters: recursions over the whole history, causal mode only, carried over
+    to a grown panel from their held state (recursion.py)."""
 
     causal_only: ClassVar[bool] = True
     scope: ClassVar[str] = "feature"
-    streaming: ClassVar[bool] = False
+    streaming: ClassVar[bool] = True
 
 
 class KalmanCandidate(_Classical):
@@ -364,13 +367,9 @@ class KalmanCandidate(_Classical):
         return [_fit_record(f) for f in self.fits]
 
     def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
-        from mamba_denoiser.classical import kalman_filter
+        from mamba_denoiser.classical import kalman_filters
 
-        mean, div = np.full(raw.shape, np.nan), np.full(raw.shape, np.nan)
-        for j, fit in enumerate(self.fits):  # one filter per feature: a recursion over rows
-            if fit is not None:
-                mean[:, j], div[:, j] = kalman_filter(fit, raw[:, j])
-        return CandidateOutput(mean, div)
+        return CandidateOutput(*kalman_filters(self.fits, raw))
 
 
 class RobustCandidate(_Classical):
@@ -422,6 +421,7 @@ class CombinerCandidate(_Classical):
     family: ClassVar[str] = "combiner"
     linear: ClassVar[bool] = True
     scope: ClassVar[str] = "group"  # one filter over the cluster's features
+    streaming: ClassVar[bool] = False  # its Kalman filters carry on; its sums are O(T)
     name = "combiner"
 
     @classmethod
