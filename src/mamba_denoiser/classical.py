@@ -140,7 +140,7 @@ _MODEL_FITS = LRU(CACHE_SIZE)  # (model, sha1 of z) -> params (standardised unit
 _STATE_SPACE_FITS = LRU(CACHE_SIZE)  # sha1 of the raw train segment -> StateSpaceFit
 # the Kalman filters' serving runs with their states (recursion.Carried): the Kalman and
 # combiner candidates filter the same series in one run, and a grown series continues
-_CARRIED = Carried(512)
+_CARRIED = Carried()
 
 
 def clear_cache() -> None:

@@ -268,12 +268,17 @@ class Carried:
     read-only views returned). Any other series runs from the start. Live ``update``
     calls and batch runs thus share one recursion and give the same bits."""
 
-    def __init__(self, maxsize: int = 64):
-        self.maxsize, self._entries = maxsize, OrderedDict()
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        # bounded by memory, not count: an entry is (T, B) x 6 arrays, and leakage checks
+        # that re-fit the decisions at each cut make new entries
+        self.max_bytes, self._entries = max_bytes, OrderedDict()
         _ALL.add(self)
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def nbytes(self) -> int:
+        return sum(b.nbytes() for b in self._entries.values())
 
     def __call__(self, z: np.ndarray, cols: Columns, *, burn_in: int) -> Filtered:
         key = (cols.key(), z.shape[1], burn_in)
@@ -288,8 +293,8 @@ class Carried:
         else:
             held = _Buffers(z, run(z, cols, burn_in=burn_in))
             self._entries[key] = held
-            while len(self._entries) > self.maxsize:
-                self._entries.popitem(last=False)
+        while len(self._entries) > 1 and self.nbytes() > self.max_bytes:
+            self._entries.popitem(last=False)  # least recently used first
         return held.view()
 
 
@@ -310,6 +315,9 @@ class _Buffers:
             a[: self.n] = v
             self.arrays[name] = a
         self.loglik, self.state = f.loglik, f.state
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
 
     def same_prefix(self, z: np.ndarray) -> bool:
         """z's first n rows are bit for bit those seen (NaN payloads and signed zeros

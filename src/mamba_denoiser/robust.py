@@ -40,7 +40,7 @@ BURN_IN = 20  # rows after the first observation left out of the likelihood (dif
 _FITTED = LRU(64)  # fit_robust, memoised on the train rows (classical.memo_on_train)
 # the serving runs with their states: the robust candidate and the residual head's priors
 # read one run, and a grown panel continues from its last row (recursion.Carried)
-_SERVED = recursion.Carried(64)
+_SERVED = recursion.Carried()
 
 
 @dataclass(frozen=True)
