@@ -26,33 +26,102 @@ log = logging.getLogger("mamba_denoiser")
 
 
 def write_like_input(
-    csv_path: str | Path,
+    data_path: str | Path,
     out_path: str | Path,
     id_col: str,
     panel_ids: np.ndarray,
     replacements: dict[str, tuple[np.ndarray, np.ndarray]],  # col -> (values, changed)
 ) -> None:
-    """Copy the input CSV cell by cell as text, replacing only `changed` cells of the
-    given columns (values in panel row order, i.e. sorted by id)."""
+    """The input file with only the ``changed`` cells of the given columns replaced (values
+    in panel row order, i.e. sorted by id), as CSV or Parquet by ``out_path``'s suffix.
+    CSV to CSV copies the input cell by cell as text (untouched cells keep their exact
+    text); from or to Parquet the input is read as a table, untouched cells keep their
+    values (a replaced column becomes float64)."""
+    from mamba_denoiser.data.panel import is_parquet
+
+    if not is_parquet(data_path) and not is_parquet(out_path):
+        _write_text_like_input(data_path, out_path, id_col, panel_ids, replacements)
+    else:
+        _write_table_like_input(data_path, out_path, id_col, panel_ids, replacements)
+
+
+def _row_order(ids, panel_ids: np.ndarray, data_path) -> np.ndarray:
+    """The panel row of each input row (the panel is sorted by id)."""
+    import pandas as pd
+
+    order = pd.Index(panel_ids).get_indexer(ids)
+    if (order < 0).any():  # text ids (e.g. dates) or another dtype: match them as text
+        text = pd.Series(np.asarray(ids)).astype(str).str.strip()
+        order = pd.Index(pd.Series(panel_ids).astype(str).str.strip()).get_indexer(text)
+    if (order < 0).any():
+        raise ConfigError(f"{data_path}: could not match its rows to the panel's ids")
+    return order
+
+
+def _write_text_like_input(data_path, out_path, id_col, panel_ids, replacements) -> None:
     import pandas as pd
 
     from mamba_denoiser.io import atomic_write_csv
 
-    text = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    text = pd.read_csv(data_path, dtype=str, keep_default_na=False)
     header = {str(c).strip(): c for c in text.columns}  # panel.py strips header names
     id_text = text[header[id_col]].str.strip()
     try:
-        order = pd.Index(panel_ids).get_indexer(pd.to_numeric(id_text).to_numpy())
-    except (ValueError, TypeError):  # text ids (e.g. dates): match them as text
-        order = pd.Index(pd.Series(panel_ids).astype(str).str.strip()).get_indexer(id_text)
-    if (order < 0).any():
-        raise ConfigError(f"{csv_path}: could not match its rows to the panel's ids")
+        ids = pd.to_numeric(id_text).to_numpy()
+    except (ValueError, TypeError):  # text ids (e.g. dates): matched as text
+        ids = id_text.to_numpy()
+    order = _row_order(ids, panel_ids, data_path)
     for col, (values, changed) in replacements.items():
         v, c = values[order], changed[order]
         cells = text[header[col]].to_numpy(dtype=object).copy()
         cells[c] = np.char.mod("%.10g", v[c])
         text[header[col]] = cells
     atomic_write_csv(out_path, text)
+
+
+def _write_table_like_input(data_path, out_path, id_col, panel_ids, replacements) -> None:
+    from mamba_denoiser.data.panel import is_parquet, read_table
+    from mamba_denoiser.io import atomic_write, atomic_write_csv
+
+    frame = read_table(data_path)
+    header = {str(c).strip(): c for c in frame.columns}
+    order = _row_order(frame[header[id_col]].to_numpy(), panel_ids, data_path)
+    for col, (values, changed) in replacements.items():
+        v, c = values[order], changed[order]
+        if c.any():
+            cells = frame[header[col]].to_numpy(dtype=np.float64).copy()
+            cells[c] = v[c]
+            frame[header[col]] = cells
+    if is_parquet(out_path):
+        atomic_write(out_path, lambda p: frame.to_parquet(p, index=False))
+    else:
+        atomic_write_csv(out_path, frame)
+
+
+def output_paths(cfg_output, out_dir: Path, mode: str, fmt, bands: bool) -> dict[str, Path]:
+    """denoised (and lower / upper with ``bands``) paths. ``output_format``: csv, parquet,
+    or null: the suffix of ``output`` (.parquet / .pq: Parquet), else CSV."""
+    fmt = None if fmt is None else str(fmt).lower()
+    if fmt not in (None, "csv", "parquet"):
+        raise ConfigError(f"output_format={fmt}: choose csv or parquet (or null: by suffix)")
+    suffix = {"csv": ".csv", "parquet": ".parquet"}.get(fmt)
+    if cfg_output:
+        target = Path(cfg_output)
+        if suffix and target.suffix.lower() not in (
+            (".csv",) if fmt == "csv" else (".parquet", ".pq")
+        ):
+            raise ConfigError(
+                f"output={target} with output_format={fmt}: give the file a {suffix} suffix, "
+                "or leave output_format=null to follow the suffix"
+            )
+    else:
+        stem = "denoised" if mode == "causal" else "denoised_offline"
+        target = out_dir / f"{stem}{suffix or '.csv'}"
+    outputs = {"denoised": target}
+    if bands:
+        outputs["lower"] = target.with_name(target.stem + "_lower" + target.suffix)
+        outputs["upper"] = target.with_name(target.stem + "_upper" + target.suffix)
+    return outputs
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -99,6 +168,8 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
     with fail_cleanly(out):
         if cfg.mode not in MODES:
             raise ConfigError(f"mode={cfg.mode}: choose one of {list(MODES)}")
+        outputs = output_paths(cfg.output, out, cfg.mode, cfg.get("output_format"), bool(cfg.bands))
+        target = outputs["denoised"]
         panel, models, clusters, ck_dir = load_trained(cfg)
         prefit(cfg, panel, models)
         if cfg.mode == "offline":
@@ -130,12 +201,6 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
         }
         _add_diagnostics(results, panel.bounds)
 
-        default_name = "denoised.csv" if cfg.mode == "causal" else "denoised_offline.csv"
-        target = Path(cfg.output) if cfg.output else out / default_name
-        outputs = {"denoised": target}
-        if cfg.bands:
-            outputs["lower"] = target.with_name(target.stem + "_lower.csv")
-            outputs["upper"] = target.with_name(target.stem + "_upper.csv")
         ids = panel.frame[panel.id_col].to_numpy()
         raw_left = [c.name for c in clusters.clusters if c.id not in models]
         for kind, path in outputs.items():

@@ -173,26 +173,39 @@ def _rows_needed(split: SplitSpec, window: int, min_train_obs: int) -> int:
     return n
 
 
-def load_panel(path: str | Path, **options) -> Panel:
-    """Read a wide CSV and validate it: ``options`` are `panel_from_frame`'s (id_col,
-    targets, exclude, split, window_size, ...), and so are the rules."""
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet(path: str | Path) -> bool:
+    """A data file is read as Parquet when its name ends in .parquet or .pq, else as CSV."""
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The data file as a frame: Parquet by suffix (``is_parquet``), else CSV. An unreadable
+    file is one PanelError naming it and what was expected."""
     path = existing_file(
         path,
         PanelError,
-        missing="file not found. Pass an existing CSV with data.path=..., "
+        missing="file not found. Pass an existing CSV or Parquet file with data.path=..., "
         "or use the built-in default data (data=synthetic).",
-        directory="is a directory, expected a CSV file (data.path=FILE.csv)",
+        directory="is a directory, expected a CSV or Parquet file (data.path=FILE.csv)",
     )
     if path.stat().st_size == 0:
         raise PanelError(f"{path}: file is empty; expected a CSV with a header row and data rows")
+    return _read_parquet(path) if is_parquet(path) else _read_csv(path)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, low_memory=False)
+        return pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError as e:
         raise PanelError(f"{path}: no columns could be parsed ({e}); is it a CSV?") from e
     except UnicodeDecodeError as e:
         raise PanelError(
             f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); is it a CSV? "
-            "Pass a comma-separated text file with a header row (data.path=FILE.csv)"
+            "Pass a comma-separated text file with a header row (data.path=FILE.csv), or a "
+            "Parquet file named *.parquet"
         ) from e
     except (pd.errors.ParserError, ValueError, OSError) as e:
         why = " ".join(str(e).split())[:200]
@@ -200,6 +213,33 @@ def load_panel(path: str | Path, **options) -> Panel:
             f"{path}: could not parse as CSV ({why}); pass a comma-separated text file with "
             "a header row (data.path=FILE.csv)"
         ) from e
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file's columns; its index, if one was stored, becomes a column first (a
+    date index written by ``DataFrame.to_parquet`` is the id column of such a file)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # a dependency; only a broken install lacks it
+        raise PanelError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from e
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except Exception as e:  # pyarrow's errors (ArrowInvalid, OSError, ...) share no base
+        why = " ".join(str(e).split())[:200]
+        raise PanelError(
+            f"{path}: could not read as Parquet ({type(e).__name__}: {why}); pass a Parquet "
+            "file (*.parquet) or a CSV"
+        ) from None
+    if not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None:
+        frame = frame.reset_index()
+    return frame
+
+
+def load_panel(path: str | Path, **options) -> Panel:
+    """Read a wide CSV or Parquet file (``read_table``) and validate it: ``options`` are
+    `panel_from_frame`'s (id_col, targets, exclude, split, window_size, ...), and so are
+    the rules."""
+    frame = read_table(path)
     return panel_from_frame(frame, source=str(path), sha256=file_sha256(path), **options)
 
 
