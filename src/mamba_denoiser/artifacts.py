@@ -184,6 +184,7 @@ def load_trained(
 
 def _check_models(clusters, models: dict, panel) -> None:
     by_sha: dict[str, list[str]] = {}
+    same_fit: list[str] = []  # another file, the same fitted rows (a grown panel)
     for c in clusters.clusters:
         m = models.get(c.id)
         if m is None:
@@ -206,7 +207,16 @@ def _check_models(clusters, models: dict, panel) -> None:
         sha = other_data(m.source, panel)
         if sha:
             by_sha.setdefault(sha, []).append(m.name)
+        elif (m.source.get("sha256") or panel.sha256) != panel.sha256:
+            same_fit.append(m.name)
     warn_other_data(by_sha, panel)  # applying models to other data: a warning
+    if same_fit:
+        log.info(
+            "%s: another file than %s trained on, with the same rows up to the end of "
+            "validation (the rows the fits read); later rows differ or were added",
+            panel.source,
+            ", ".join(same_fit),
+        )
     extra = sorted(set(models) - {c.id for c in clusters.clusters})
     if extra:
         raise ConfigError(f"checkpoints for clusters {extra} are not in {clusters.path}")
