@@ -277,13 +277,18 @@ def apply_baselines(
     columns = [panel[:, j] for j in range(n_cols)]
     nvs = [float(v) for v in given]
     work = partial(_apply_column, train=train, names=names, two_sided=two_sided)
+    results = []
     with bar("Baselines", len(columns)) as b:
         if n_jobs > 1 and len(columns) > 1:
             with ProcessPoolExecutor(max_workers=n_jobs) as pool:
                 chunk = max(1, len(columns) // n_jobs)
-                results = [b.advance() or r for r in pool.map(work, columns, nvs, chunksize=chunk)]
+                for r in pool.map(work, columns, nvs, chunksize=chunk):
+                    results.append(r)
+                    b.advance()
         else:
-            results = [b.advance() or work(col, nv) for col, nv in zip(columns, nvs)]
+            for col, nv in zip(columns, nvs):
+                results.append(work(col, nv))
+                b.advance()
     outs = {}
     for i, name in enumerate(names):
         per_col = [r[i] for r in results]
