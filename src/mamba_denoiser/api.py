@@ -5,6 +5,7 @@ each new day, causally, with the same numbers as denoise.py.
 
     den = Denoiser.from_run()              # the newest sweep under outputs/ (or a folder)
     clean = den.transform(history)         # a DataFrame: an id column or a DatetimeIndex
+    lower, upper = den.intervals(history)  # 90 % bands for the clean signal (NaN: none)
     today = den.update(new_rows)           # = den.transform(history + new_rows)[new rows]
     den.save("bundle/")                    # one folder: checkpoints + decisions + manifest
     den = Denoiser.load("bundle/")         # sha256-verified; serves the same numbers
@@ -163,6 +164,12 @@ class Denoiser:
 
     def _run(self, x: pd.DataFrame, rows: tuple[int, int] | None = None) -> np.ndarray:
         """(T, F) denoised features of x; held decisions after the first call."""
+        return self._result(x, rows).stack("mean", self.features)
+
+    def _result(self, x: pd.DataFrame, rows: tuple[int, int] | None = None, **kw):
+        """denoise_panel over x (PanelResult); the decisions fitted by the first call, then
+        held (replayed). ``kw``: bands, band_z (a replay then reads the validation rows:
+        a probed divergence is averaged over them)."""
         from mamba_denoiser.inference.panel import denoise_panel
 
         frame = x.reset_index(drop=True)
@@ -171,15 +178,16 @@ class Denoiser:
             self.models,
             frame,
             self.bounds,
-            gate=self.gate and replay is None,
+            gate=(self.gate and replay is None) or (replay is not None and kw.get("bands")),
             replay=replay,
             rows=rows,
             quiet=True,
             **self.kw,
+            **kw,
         )
         if replay is None:
             self._decisions = {cid: r.info["decisions"] for cid, r in res.clusters.items()}
-        return res.stack("mean", self.features)
+        return res
 
     def _check_fit_rows(self, x: pd.DataFrame, what: str) -> None:
         stop = self.bounds["val"][1]
@@ -215,6 +223,46 @@ class Denoiser:
         result = frame.copy()
         result[self.features] = out
         return result
+
+    def intervals(
+        self, frame: pd.DataFrame, *, level: float = 0.9
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(lower, upper): frames like ``frame`` (same index and columns; other columns
+        copied) whose denoised cells hold a central ``level`` band for the clean signal,
+        ŝ ± z·sd, z the normal quantile (1.645 for 90 %), centred on ``transform``'s value:
+
+        - the Kalman filter and the predictive head: sd² = σ²·∂ŝ_t/∂y_t, row by row, which
+          is their posterior variance exactly (Tweedie; σ²·gain for the filter) when the
+          noise is Gaussian with the σ used and the fitted model is the truth;
+        - candidates without an exact divergence (the diffusion head, the robust filter):
+          the same with ∂ŝ/∂y probed and averaged over the validation rows, one width per
+          feature; for the robust filter under outliers or jumps, and wherever the fit is
+          not the truth, the stated level is not guaranteed;
+        - SDEdit (sampler=sdedit only): its own sample quantiles.
+
+        Coverage is that of a model-based posterior, not a calibrated guarantee: measured
+        on a panel with known clean values, a Kalman-served Gaussian feature covers its
+        clean signal close to ``level`` (docs/design.md "Python API and the bundle").
+        Cells without a band are NaN: features left raw (white, σ unknown, not chosen by
+        the gate), rows its candidate does not serve, and missing inputs. Decisions are
+        fitted (as by ``transform``) if they are not yet; the held history is unchanged.
+        """
+        from scipy.stats import norm
+
+        if not 0.0 < float(level) < 1.0:
+            raise ConfigError(f"intervals: level={level} must be in (0, 1), e.g. 0.9")
+        z = float(norm.ppf(0.5 + float(level) / 2))
+        x = self._features_of(frame, "intervals")
+        self._check_fit_rows(x, "intervals")
+        if self._decisions is None:
+            self._run(x)  # fit the decisions (the bands then replay them)
+        res = self._result(x, bands=True, band_z=z)
+        lo, hi = res.stack("lower", self.features), res.stack("upper", self.features)
+        none = ~(hi > lo)  # no band was estimated (raw cells have lower = upper = y)
+        lo[none], hi[none] = np.nan, np.nan
+        lower, upper = frame.copy(), frame.copy()
+        lower[self.features], upper[self.features] = lo, hi
+        return lower, upper
 
     def update(self, rows: pd.DataFrame) -> pd.DataFrame:
         """New rows (same schema, ids after the last one seen) -> those rows denoised:

@@ -5,12 +5,18 @@ evaluate.py a training sweep's checkpoints (and the clusters.json they were trai
 This module finds the newest of each, loads a sweep's cluster models, and holds the one
 policy for "was this artifact made from this data?":
 
-- **split**: an artifact made with other train/val/test bounds is always an error (its
-  statistics, scaler and checkpoint selection would straddle this data's split);
+- **split**: an artifact made with other train or validation bounds is always an error
+  (its statistics, scaler and checkpoint selection would straddle this data's split);
+  the test part may differ: it is what grows when rows are appended;
 - **sha256** of the data file: an error when a stage *fits* on the artifact (train.py
   training from a clusters.json or resuming a checkpoint: the clustering statistics and
   the scaler belong to the other file), a warning when it *applies* it (denoise.py and
-  evaluate.py running trained models on new data is what they are for).
+  evaluate.py running trained models on new data is what they are for);
+- **a grown panel**: applying models to the training data with rows appended
+  (``pinned_split``): the split is pinned to the ids the models were trained with (the
+  fractions would move the bounds with the length), and where the rows up to the end of
+  validation are the recorded ones (``Panel.rows_digest``) there is no other-data warning:
+  only rows no fit read were added. Rows already served do not move.
 
 Plain arguments, no Hydra: the *_job modules call it.
 """
@@ -159,7 +165,12 @@ def load_trained(
     if not clusters_path:
         raise ConfigError("which clusters.json? pass clusters=PATH")
     doc = load_clusters(clusters_path)
-    panel = panel_from_config(data_options(recorded_data_config(doc, models), str(doc.path)))
+    options = data_options(recorded_data_config(doc, models), str(doc.path))
+    panel = panel_from_config(options)
+    recorded = next(iter(models.values())).source.get("split") or {}
+    pinned = pinned_split(options, recorded, panel)
+    if pinned is not None:  # the training data with rows appended: the trained split
+        panel = panel_from_config(pinned)
     check_clusters_against_panel(doc, panel)
     missing = [c.name for c in doc.clusters if c.id not in models]
     if missing and not allow_partial:
@@ -173,6 +184,7 @@ def load_trained(
 
 def _check_models(clusters, models: dict, panel) -> None:
     by_sha: dict[str, list[str]] = {}
+    same_fit: list[str] = []  # another file, the same fitted rows (a grown panel)
     for c in clusters.clusters:
         m = models.get(c.id)
         if m is None:
@@ -195,7 +207,16 @@ def _check_models(clusters, models: dict, panel) -> None:
         sha = other_data(m.source, panel)
         if sha:
             by_sha.setdefault(sha, []).append(m.name)
+        elif (m.source.get("sha256") or panel.sha256) != panel.sha256:
+            same_fit.append(m.name)
     warn_other_data(by_sha, panel)  # applying models to other data: a warning
+    if same_fit:
+        log.info(
+            "%s: another file than %s trained on, with the same rows up to the end of "
+            "validation (the rows the fits read); later rows differ or were added",
+            panel.source,
+            ", ".join(same_fit),
+        )
     extra = sorted(set(models) - {c.id for c in clusters.clusters})
     if extra:
         raise ConfigError(f"checkpoints for clusters {extra} are not in {clusters.path}")
@@ -209,25 +230,66 @@ def split_bounds(panel) -> dict[str, list[int]]:
     return {k: list(v) for k, v in panel.bounds.items()}
 
 
+FITTED_PARTS = ("train", "val")  # the parts fits and choices read; test may grow
+
+
 def check_split(recorded: dict | None, panel, *, artifact: str, error: type, fix: str) -> None:
-    """``recorded``: an artifact's split bounds (None: not recorded, nothing to check)."""
-    if recorded and recorded != split_bounds(panel):
+    """``recorded``: an artifact's split bounds (None: not recorded, nothing to check);
+    the train and validation bounds must match (the test part grows with the panel)."""
+    mine = split_bounds(panel)
+    if recorded and any(list(recorded.get(k, [])) != mine[k] for k in FITTED_PARTS):
         raise error(
-            f"{artifact} was made with split bounds {recorded}, the data now gives "
-            f"{split_bounds(panel)}; {fix}"
+            f"{artifact} was made with split bounds {recorded}, the data now gives {mine}; {fix}"
         )
 
 
+def pinned_split(options: dict, recorded: dict, panel) -> dict | None:
+    """The data options with the split pinned to the recorded one by id, where the panel
+    is the recorded data with rows appended and its own split moved with the length
+    (fractions); None where there is nothing to pin (same bounds, no recorded ids, or the
+    ids at the recorded bounds are not this panel's: then check_split reports it)."""
+    bounds, ids = recorded.get("bounds") or {}, recorded.get("ids") or {}
+    if not bounds or all(list(bounds.get(k, [])) == split_bounds(panel)[k] for k in FITTED_PARTS):
+        return None
+    if "train" not in ids or "val" not in ids or panel.n_rows < int(bounds["val"][1]):
+        return None
+    from mamba_denoiser.data.panel import json_id
+
+    have = panel.frame[panel.id_col].to_numpy()
+    at = {k: [json_id(have[int(bounds[k][0])]), json_id(have[int(bounds[k][1]) - 1])] for k in ids}
+    if any(at.get(k) != list(ids[k]) for k in FITTED_PARTS):
+        return None
+    split = dict(options.get("split") or {})
+    split.update(train_end=ids["train"][1], val_end=ids["val"][1])
+    log.info(
+        "Split pinned to the one the models were trained with, by id (train ends at %s, "
+        "validation at %s): the data have %d rows, the rows after validation are test rows",
+        ids["train"][1],
+        ids["val"][1],
+        panel.n_rows,
+    )
+    return {**options, "split": split}
+
+
 def other_data(source: dict | None, panel) -> str | None:
-    """The artifact's data sha256 when it differs from this panel's, else None."""
-    sha = (source or {}).get("sha256")
-    return sha if sha and panel.sha256 and sha != panel.sha256 else None
+    """The artifact's data sha256 when it differs from this panel's and the rows it was
+    fitted on (up to the end of validation, ``rows_digest``) differ too, else None: a
+    panel grown by later rows is the same data."""
+    source = source or {}
+    sha = source.get("sha256")
+    if not (sha and panel.sha256 and sha != panel.sha256):
+        return None
+    digest, bounds = source.get("rows_digest"), (source.get("split") or {}).get("bounds") or {}
+    if digest and "val" in bounds and panel.n_rows >= int(bounds["val"][1]):
+        if panel.rows_digest(int(bounds["val"][1])) == digest:
+            return None
+    return sha
 
 
 def check_fit_data(source: dict | None, panel, *, artifact: str, error: type, fix: str) -> None:
     """Fitting on an artifact: it must come from this very data file (module docstring)."""
-    sha = other_data(source, panel)
-    if sha:
+    sha = (source or {}).get("sha256")
+    if sha and panel.sha256 and sha != panel.sha256:
         raise error(
             f"{artifact} was made from {(source or {}).get('path')} (sha256 {sha[:12]}…), "
             f"but data is {panel.source} (sha256 {panel.sha256[:12]}…). {fix}"

@@ -135,6 +135,11 @@ def save_bundle(den: Any, folder: str | Path) -> Path:
                 "fitted_rows_digest": den._fitted_on,
                 "split": {k: list(v) for k, v in den.bounds.items()},
                 "split_ids": den._split_ids,
+                # the split as train.py recorded it: fractions, or data.split.train_end /
+                # val_end (ids), and the ids at its bounds
+                "split_spec": {
+                    k: v for k, v in (first.source.get("split") or {}).items() if k != "bounds"
+                },
             },
             "denoiser": {
                 "id_col": den.id_col,

@@ -377,8 +377,14 @@ def prefit_state_space(panel: np.ndarray, train: tuple[int, int], *, n_jobs: int
     cols = [c for c in cols if not _cached_on_disk(*c)]  # later stages: usually none left
     if not cols:
         return
-    with ProcessPoolExecutor(max_workers=n_jobs, initializer=_one_thread) as pool:
-        list(pool.map(_prefit_column, cols, chunksize=max(1, len(cols) // (4 * n_jobs))))
+    from mamba_denoiser.progress import bar
+
+    with (
+        ProcessPoolExecutor(max_workers=n_jobs, initializer=_one_thread) as pool,
+        bar("State-space fits", len(cols)) as b,
+    ):
+        for _ in pool.map(_prefit_column, cols, chunksize=max(1, len(cols) // (4 * n_jobs))):
+            b.advance()
 
 
 def _filter_results(model: str, z: np.ndarray, params: dict, *, smooth: bool):

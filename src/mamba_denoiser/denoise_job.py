@@ -9,6 +9,7 @@ and only after every cluster has been computed, so a failure leaves no output.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +27,102 @@ log = logging.getLogger("mamba_denoiser")
 
 
 def write_like_input(
-    csv_path: str | Path,
+    data_path: str | Path,
     out_path: str | Path,
     id_col: str,
     panel_ids: np.ndarray,
     replacements: dict[str, tuple[np.ndarray, np.ndarray]],  # col -> (values, changed)
 ) -> None:
-    """Copy the input CSV cell by cell as text, replacing only `changed` cells of the
-    given columns (values in panel row order, i.e. sorted by id)."""
+    """The input file with only the ``changed`` cells of the given columns replaced (values
+    in panel row order, i.e. sorted by id), as CSV or Parquet by ``out_path``'s suffix.
+    CSV to CSV copies the input cell by cell as text (untouched cells keep their exact
+    text); from or to Parquet the input is read as a table, untouched cells keep their
+    values (a replaced column becomes float64)."""
+    from mamba_denoiser.data.panel import is_parquet
+
+    if not is_parquet(data_path) and not is_parquet(out_path):
+        _write_text_like_input(data_path, out_path, id_col, panel_ids, replacements)
+    else:
+        _write_table_like_input(data_path, out_path, id_col, panel_ids, replacements)
+
+
+def _row_order(ids, panel_ids: np.ndarray, data_path) -> np.ndarray:
+    """The panel row of each input row (the panel is sorted by id)."""
+    import pandas as pd
+
+    order = pd.Index(panel_ids).get_indexer(ids)
+    if (order < 0).any():  # text ids (e.g. dates) or another dtype: match them as text
+        text = pd.Series(np.asarray(ids)).astype(str).str.strip()
+        order = pd.Index(pd.Series(panel_ids).astype(str).str.strip()).get_indexer(text)
+    if (order < 0).any():
+        raise ConfigError(f"{data_path}: could not match its rows to the panel's ids")
+    return order
+
+
+def _write_text_like_input(data_path, out_path, id_col, panel_ids, replacements) -> None:
     import pandas as pd
 
     from mamba_denoiser.io import atomic_write_csv
 
-    text = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    text = pd.read_csv(data_path, dtype=str, keep_default_na=False)
     header = {str(c).strip(): c for c in text.columns}  # panel.py strips header names
     id_text = text[header[id_col]].str.strip()
     try:
-        order = pd.Index(panel_ids).get_indexer(pd.to_numeric(id_text).to_numpy())
-    except (ValueError, TypeError):  # text ids (e.g. dates): match them as text
-        order = pd.Index(pd.Series(panel_ids).astype(str).str.strip()).get_indexer(id_text)
-    if (order < 0).any():
-        raise ConfigError(f"{csv_path}: could not match its rows to the panel's ids")
+        ids = pd.to_numeric(id_text).to_numpy()
+    except (ValueError, TypeError):  # text ids (e.g. dates): matched as text
+        ids = id_text.to_numpy()
+    order = _row_order(ids, panel_ids, data_path)
     for col, (values, changed) in replacements.items():
         v, c = values[order], changed[order]
         cells = text[header[col]].to_numpy(dtype=object).copy()
         cells[c] = np.char.mod("%.10g", v[c])
         text[header[col]] = cells
     atomic_write_csv(out_path, text)
+
+
+def _write_table_like_input(data_path, out_path, id_col, panel_ids, replacements) -> None:
+    from mamba_denoiser.data.panel import is_parquet, read_table
+    from mamba_denoiser.io import atomic_write, atomic_write_csv
+
+    frame = read_table(data_path)
+    header = {str(c).strip(): c for c in frame.columns}
+    order = _row_order(frame[header[id_col]].to_numpy(), panel_ids, data_path)
+    for col, (values, changed) in replacements.items():
+        v, c = values[order], changed[order]
+        if c.any():
+            cells = frame[header[col]].to_numpy(dtype=np.float64).copy()
+            cells[c] = v[c]
+            frame[header[col]] = cells
+    if is_parquet(out_path):
+        atomic_write(out_path, lambda p: frame.to_parquet(p, index=False))
+    else:
+        atomic_write_csv(out_path, frame)
+
+
+def output_paths(cfg_output, out_dir: Path, mode: str, fmt, bands: bool) -> dict[str, Path]:
+    """denoised (and lower / upper with ``bands``) paths. ``output_format``: csv, parquet,
+    or null: the suffix of ``output`` (.parquet / .pq: Parquet), else CSV."""
+    fmt = None if fmt is None else str(fmt).lower()
+    if fmt not in (None, "csv", "parquet"):
+        raise ConfigError(f"output_format={fmt}: choose csv or parquet (or null: by suffix)")
+    suffix = {"csv": ".csv", "parquet": ".parquet"}.get(fmt)
+    if cfg_output:
+        target = Path(cfg_output)
+        if suffix and target.suffix.lower() not in (
+            (".csv",) if fmt == "csv" else (".parquet", ".pq")
+        ):
+            raise ConfigError(
+                f"output={target} with output_format={fmt}: give the file a {suffix} suffix, "
+                "or leave output_format=null to follow the suffix"
+            )
+    else:
+        stem = "denoised" if mode == "causal" else "denoised_offline"
+        target = out_dir / f"{stem}{suffix or '.csv'}"
+    outputs = {"denoised": target}
+    if bands:
+        outputs["lower"] = target.with_name(target.stem + "_lower" + target.suffix)
+        outputs["upper"] = target.with_name(target.stem + "_upper" + target.suffix)
+    return outputs
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -89,55 +159,42 @@ def _sigma_overrides(given: Any, models: dict) -> dict[str, float]:
     return out
 
 
+@dataclass
+class _Served:
+    """What the run served: the panel, its models and the bounds the decisions read, the
+    result, and where the models came from (a sweep's checkpoints, or a bundle)."""
+
+    panel: Any
+    models: dict[int, Any]
+    bounds: dict[str, tuple[int, int]]
+    res: Any  # inference.panel.PanelResult
+    checkpoints: str
+    clusters_file: str
+    left_raw: list[str]
+    sampler: dict[str, Any]
+    bundle: str | None = None
+
+
 def run_denoise(cfg: DictConfig) -> dict[str, Any]:
     from mamba_denoiser.data.source import load_truth
     from mamba_denoiser.inference import MODES
-    from mamba_denoiser.inference.panel import denoise_panel
     from mamba_denoiser.io import atomic_write_json, atomic_write_text, console
 
     out = output_dir(cfg)
     with fail_cleanly(out):
         if cfg.mode not in MODES:
             raise ConfigError(f"mode={cfg.mode}: choose one of {list(MODES)}")
-        panel, models, clusters, ck_dir = load_trained(cfg)
-        prefit(cfg, panel, models)
-        if cfg.mode == "offline":
-            log.warning("mode=offline: two-sided windows, values use FUTURE rows (analysis only)")
-        sampler = to_dict(cfg.sampler)
-        name = sampler.pop("name")
-        sigma_cfg = _sigma_overrides(to_dict(cfg.sigma), models)
-        try:
-            res = denoise_panel(
-                models,
-                panel.frame,
-                panel.bounds,
-                sigma=sigma_cfg,
-                gate=bool(cfg.gate),
-                mode=cfg.mode,
-                sampler=name,
-                sampler_kw=sampler,
-                candidates=to_dict(cfg.candidates),
-                seed=cfg.seed,
-                batch_windows=cfg.batch_windows,
-                bands=cfg.bands,
-                gate_margin_db=float(cfg.gate_margin_db),
-            )
-        except ValueError as e:  # option values the library refuses (candidates, guidance)
-            raise ConfigError(str(e)) from None
+        outputs = output_paths(cfg.output, out, cfg.mode, cfg.get("output_format"), bool(cfg.bands))
+        target = outputs["denoised"]
+        job = _from_bundle(cfg) if cfg.get("bundle") else _from_sweep(cfg)
+        panel, models, res = job.panel, job.models, job.res
         results = {
             cid: (models[cid], panel.frame[models[cid].features].to_numpy(float), r)
             for cid, r in res.clusters.items()
         }
-        _add_diagnostics(results, panel.bounds)
+        _add_diagnostics(results, job.bounds)
 
-        default_name = "denoised.csv" if cfg.mode == "causal" else "denoised_offline.csv"
-        target = Path(cfg.output) if cfg.output else out / default_name
-        outputs = {"denoised": target}
-        if cfg.bands:
-            outputs["lower"] = target.with_name(target.stem + "_lower.csv")
-            outputs["upper"] = target.with_name(target.stem + "_upper.csv")
         ids = panel.frame[panel.id_col].to_numpy()
-        raw_left = [c.name for c in clusters.clusters if c.id not in models]
         for kind, path in outputs.items():
             repl = {}
             for m, raw, r in results.values():
@@ -149,12 +206,13 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
         info = {
             "mode": cfg.mode,
             "uses_future_rows": cfg.mode == "offline",
-            "sampler": {"name": name, **sampler},
+            "sampler": job.sampler,
             "data": {"path": panel.source, "sha256": panel.sha256},
-            "checkpoints": str(ck_dir),
-            "clusters_file": str(clusters.path),
+            "checkpoints": job.checkpoints,
+            **({"bundle": job.bundle} if job.bundle else {}),
+            "clusters_file": job.clusters_file,
             "outputs": {k: str(v) for k, v in outputs.items()},
-            "left_raw": raw_left,
+            "left_raw": job.left_raw,
             "n_features": len(res.features),
             "n_changed": res.n_changed,
             "clusters": [r.info for _, _, r in results.values()],
@@ -170,6 +228,133 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
         + ("  (offline: uses future rows)" if info["uses_future_rows"] else "")
     )
     return info
+
+
+def _from_sweep(cfg: DictConfig) -> _Served:
+    """A training sweep's checkpoints: every decision fitted here, on the train and
+    validation rows (stage.load_trained finds and checks them)."""
+    from mamba_denoiser.inference.panel import denoise_panel
+
+    panel, models, clusters, ck_dir = load_trained(cfg)
+    prefit(cfg, panel, models)
+    if cfg.mode == "offline":
+        log.warning("mode=offline: two-sided windows, values use FUTURE rows (analysis only)")
+    sampler = to_dict(cfg.sampler)
+    name = sampler.pop("name")
+    sigma_cfg = _sigma_overrides(to_dict(cfg.sigma), models)
+    try:
+        res = denoise_panel(
+            models,
+            panel.frame,
+            panel.bounds,
+            sigma=sigma_cfg,
+            gate=bool(cfg.gate),
+            mode=cfg.mode,
+            sampler=name,
+            sampler_kw=sampler,
+            candidates=to_dict(cfg.candidates),
+            seed=cfg.seed,
+            batch_windows=cfg.batch_windows,
+            bands=cfg.bands,
+            gate_margin_db=float(cfg.gate_margin_db),
+        )
+    except ValueError as e:  # option values the library refuses (candidates, guidance)
+        raise ConfigError(str(e)) from None
+    return _Served(
+        panel,
+        models,
+        panel.bounds,
+        res,
+        str(ck_dir),
+        str(clusters.path),
+        [c.name for c in clusters.clusters if c.id not in models],
+        {"name": name, **sampler},
+    )
+
+
+# options a bundle holds: given with bundle=FOLDER they would be silently ignored
+HELD_BY_BUNDLE = (
+    "checkpoints",
+    "clusters",
+    "allow_partial",
+    "sigma",
+    "gate",
+    "gate_margin_db",
+    "candidates",
+    "sampler",
+    "seed",
+)
+
+
+def _from_bundle(cfg: DictConfig) -> _Served:
+    """bundle=FOLDER (a ``Denoiser.save`` folder; not ``model=``, the network presets'
+    config group of train.py): its checkpoints and held decisions (σ,
+    whiteness, t grid, the fits, the gate's choices) replayed over the data, nothing
+    refitted: the values ``Denoiser.load(BUNDLE).transform`` gives. The rows up to the end
+    of validation must be the ones the decisions were fitted on (the bundle's digest); rows
+    after them are served like any new rows."""
+    from mamba_denoiser.artifacts import pinned_split
+    from mamba_denoiser.bundle import load_bundle
+    from mamba_denoiser.classical import digest
+    from mamba_denoiser.data.source import panel_from_config
+    from mamba_denoiser.inference.panel import denoise_panel
+    from mamba_denoiser.stage import command_line_overrides, remembered_data
+
+    folder = Path(cfg.bundle)
+    given = sorted(
+        {o.lstrip("+~").split("=")[0].split(".")[0] for o in command_line_overrides()}
+        & set(HELD_BY_BUNDLE)
+    )
+    if given:
+        raise ConfigError(
+            f"bundle={folder} holds its models and decisions; drop {', '.join(given)} (or "
+            "denoise with checkpoints=SWEEP to fit the decisions anew)"
+        )
+    if cfg.mode != "causal":
+        raise ConfigError(f"bundle={folder}: a bundle serves causally; drop mode={cfg.mode}")
+    manifest, models, decisions = load_bundle(folder)
+    spec, data = manifest["denoiser"], manifest["data"]
+    first = next(iter(models.values()))
+    options = remembered_data(cfg, first.source.get("data_config"), str(folder))
+    panel = panel_from_config(options)
+    pinned = pinned_split(options, first.source.get("split") or {}, panel)
+    if pinned is not None:
+        panel = panel_from_config(pinned)
+    bounds = {k: (int(v[0]), int(v[1])) for k, v in data["split"].items()}
+    features = list(spec["features"])
+    missing = [f for f in features if f not in panel.frame.columns]
+    if missing:
+        raise ConfigError(f"{panel.source}: no columns {missing[:5]}, which {folder} denoises")
+    stop = bounds["val"][1]
+    x = panel.frame[features].to_numpy(dtype=np.float64)
+    if len(x) < stop or digest(x[:stop]) != data["fitted_rows_digest"]:
+        raise ConfigError(
+            f"{panel.source}: its first {stop} rows (train and validation) are not the rows "
+            f"the decisions of {folder} were fitted on; give that history (new rows may "
+            "follow it), or fit a new Denoiser"
+        )
+    res = denoise_panel(
+        models,
+        panel.frame,
+        bounds,
+        gate=False,
+        replay=decisions,
+        candidates=spec.get("candidates"),
+        gate_margin_db=spec.get("gate_margin_db", 0.1),
+        batch_windows=cfg.batch_windows,
+        bands=cfg.bands,
+    )
+    return _Served(
+        panel,
+        models,
+        bounds,
+        res,
+        str(folder / "checkpoints"),
+        str(folder / "clusters.json"),
+        [],
+        {"name": "posterior_mean", "held": "bundle decisions"},
+        bundle=str(folder),
+    )
 
 
 def _add_diagnostics(results: dict, bounds: dict) -> None:

@@ -143,6 +143,7 @@ def _load(cfg: DictConfig) -> _Inputs:
     from mamba_denoiser.inference import plan_noise
 
     panel, models, _clusters, ck_dir = load_trained(cfg)
+    _check_test_rows(panel, models)
     prefit(cfg, panel, models)
     names = [f for m in models.values() for f in m.features]
     ftype = {f: m.cluster["type"] for m in models.values() for f in m.features}
@@ -156,6 +157,21 @@ def _load(cfg: DictConfig) -> _Inputs:
         for i, f in enumerate(m.features):
             noise[f] = (p.sigma[i], p.source[i], bool(p.white[i]), p.ljung_box_p[i])
     return _Inputs(cfg, panel, models, ck_dir, names, ftype, raw, truth, true_sd, noise)
+
+
+def _check_test_rows(panel, models: dict) -> None:
+    """Quality, the leakage cuts and the forecasts all live in the test split: a split
+    without one (a deploy split) is refused, saying what to do instead."""
+    a, b = panel.bounds["test"]
+    window = max(m.window for m in models.values())
+    if b - a < window:
+        raise ConfigError(
+            f"the split of {panel.source} has {b - a} test rows, fewer than one window "
+            f"({window}): evaluate.py scores test rows only, and a deploy split "
+            "(experiment=deploy, data.split.test=0, or data.split.val_end=null) has none. "
+            "Evaluate a run trained with a test split, or wait for new rows: appended to "
+            "the data, the rows after validation are test rows"
+        )
 
 
 def _denoise_variants(inp: _Inputs, methods: list[dict]) -> dict[str, Any]:

@@ -75,6 +75,33 @@ def _write_csv(frame: pd.DataFrame, path: Path, id_col: str) -> Path:
     return path
 
 
+SPLIT_BY_ID = ("data.split.train_end=", "data.split.val_end=")
+
+
+def _dates_to_rows(frame: pd.DataFrame, overrides: Sequence[str], id_col: str) -> list[str]:
+    """``data.split.train_end=DATE`` / ``val_end=DATE`` for a frame with a DatetimeIndex
+    (whose CSV ids are row numbers): the row number of the last date on or before DATE.
+    Other overrides, and frames with an id column, pass unchanged."""
+    if id_col in frame.columns or not isinstance(frame.index, pd.DatetimeIndex):
+        return list(overrides)
+    out = []
+    for o in overrides:
+        key = next((k for k in SPLIT_BY_ID if o.lstrip("+").startswith(k)), None)
+        value = o.split("=", 1)[1] if key else ""
+        if key is None or value in ("", "null"):
+            out.append(o)
+            continue
+        try:
+            date = pd.Timestamp(value)
+        except (TypeError, ValueError):
+            raise PanelError(f"fit: {o}: the frame is indexed by dates; give a date") from None
+        n = int((frame.index <= date).sum())
+        if n == 0:
+            raise PanelError(f"fit: {o}: before the first date ({frame.index[0].date()})")
+        out.append(f"{key}{n - 1}")
+    return out
+
+
 def fit_run(
     frame: pd.DataFrame,
     *,
@@ -95,6 +122,7 @@ def fit_run(
     with _library_errors():
         ov = [*base, "data=csv", f"data.path={csv}", f"data.id_col={id_col}", "plots=false"]
         cluster_dir = root / "outputs" / "cluster" / stamp
+        cluster_overrides = _dates_to_rows(frame, cluster_overrides, id_col)
         doc = run_cluster(_compose("cluster", [*ov, *cluster_overrides], cluster_dir))
         clusters = cluster_dir / "clusters.json"
         sweep = root / "outputs" / "train_multirun" / stamp

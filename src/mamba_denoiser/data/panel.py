@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,16 +35,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """Chronological train/val/test fractions with an embargo of `embargo` rows between parts.
+    """Chronological train/val/test parts with an embargo of `embargo` rows between parts.
 
-    The embargo keeps a window that straddles two parts from leaking one into the other;
-    it should be at least one window long (docs/design.md "Column roles").
+    By fractions of the rows (the default), or by id: ``train_end`` and ``val_end`` are
+    the last id of the train and of the validation part (a ``date_id`` value, or a date
+    where the ids are dates); the test part is every row after ``val_end`` and the
+    embargo; ``val_end`` None: validation runs to the last row (no test part). Ids
+    replace the fractions. The embargo keeps a window that straddles two parts from
+    leaking one into the other; it should be at least one window long (docs/design.md
+    "Column roles").
     """
 
     train: float = 0.70
     val: float = 0.15
     test: float = 0.15
     embargo: int = WINDOW_SIZE
+    train_end: Any = None
+    val_end: Any = None
 
     def __post_init__(self) -> None:
         for name in ("train", "val", "test"):
@@ -59,24 +67,128 @@ class SplitSpec:
             )
         if self.embargo < 0:
             raise PanelError(f"split.embargo={self.embargo} must be >= 0")
+        if self.val_end is not None and self.train_end is None:
+            raise PanelError(
+                f"data.split.val_end={self.val_end} without data.split.train_end: give the "
+                "last train id too (or neither, for the fractional split)"
+            )
 
-    def bounds(self, n_rows: int) -> dict[str, tuple[int, int]]:
-        """Row ranges [start, stop) of each part, embargo rows left out between parts."""
-        n_train = int(np.floor(self.train * n_rows))
-        n_val = int(np.floor(self.val * n_rows))
-        full = self.train + self.val + self.test >= 1.0 - 1e-9
-        end = n_rows if full else min(n_rows, n_train + n_val + int(np.floor(self.test * n_rows)))
+    @property
+    def by_id(self) -> bool:
+        return self.train_end is not None
+
+    def bounds(self, n_rows: int, ids=None) -> dict[str, tuple[int, int]]:
+        """Row ranges [start, stop) of each part, embargo rows left out between parts;
+        ``ids`` (the sorted id column) is needed by a split by id."""
 
         def part(start: int, stop: int) -> tuple[int, int]:
             start = min(start, n_rows)
             return start, max(start, min(stop, n_rows))
 
+        if self.by_id:
+            if ids is None:
+                raise PanelError("a split by id (data.split.train_end) needs the panel's ids")
+            n_train = rows_through(ids, self.train_end, "train_end")
+            stop = n_rows if self.val_end is None else rows_through(ids, self.val_end, "val_end")
+            if stop < n_train:
+                raise PanelError(
+                    f"data.split.val_end={self.val_end} comes before "
+                    f"data.split.train_end={self.train_end}; validation follows training"
+                )
+            return {
+                "train": (0, n_train),
+                "val": part(n_train + self.embargo, stop),
+                "test": part(stop + self.embargo, n_rows),
+            }
+        n_train = int(np.floor(self.train * n_rows))
+        n_val = int(np.floor(self.val * n_rows))
+        full = self.train + self.val + self.test >= 1.0 - 1e-9
+        end = n_rows if full else min(n_rows, n_train + n_val + int(np.floor(self.test * n_rows)))
         # The embargo is carved from the start of val and of test, so the fractions keep
         # their meaning as calendar shares of the panel.
         out = {"train": (0, n_train)}
         out["val"] = part(n_train + self.embargo, n_train + n_val)
         out["test"] = part(n_train + n_val + self.embargo, end)
         return out
+
+    def record(self) -> dict[str, Any]:
+        """As clusters.json and checkpoints record it (the ids as JSON values)."""
+        out: dict[str, Any] = {
+            "train": self.train,
+            "val": self.val,
+            "test": self.test,
+            "embargo": self.embargo,
+        }
+        if self.by_id:
+            out["train_end"] = json_id(self.train_end)
+            out["val_end"] = json_id(self.val_end)
+        return out
+
+
+def json_id(value: Any) -> Any:
+    """An id as JSON holds it: a number, a text, an ISO date (None stays None)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (pd.Timestamp, np.datetime64)) or hasattr(value, "isoformat"):
+        return pd.Timestamp(value).isoformat()
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return int(value) if float(value).is_integer() else float(value)
+    return str(value)
+
+
+def rows_through(ids, value: Any, key: str) -> int:
+    """How many rows have an id <= ``value``: numbers as numbers, dates as dates (a date
+    column, or text that parses as dates), other text as text. Those rows must be the
+    first ones (ids in order); else, or for a value of another kind, a PanelError."""
+    ids = pd.Series(np.asarray(ids))
+    where = f"data.split.{key}={value}"
+    if pd.api.types.is_bool_dtype(ids) or not len(ids):
+        raise PanelError(f"{where}: the id column cannot be split by id")
+    if pd.api.types.is_numeric_dtype(ids):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise PanelError(
+                f"{where}: the ids are numbers ({ids.iloc[0]}..{ids.iloc[-1]}); give the "
+                "last id of the part as a number"
+            ) from None
+        mask = ids.to_numpy(np.float64) <= v
+    else:
+        dates = ids if pd.api.types.is_datetime64_any_dtype(ids) else _as_dates(ids)
+        if dates is not None:
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                raise PanelError(
+                    f"{where}: the ids are dates ({ids.iloc[0]}..{ids.iloc[-1]}); give a date"
+                )
+            try:
+                v = pd.Timestamp(value)
+            except (TypeError, ValueError):
+                raise PanelError(f"{where}: not a date, and the ids are dates") from None
+            if v.tzinfo is not None and dates.dt.tz is None:
+                v = v.tz_localize(None)
+            mask = (dates <= v).to_numpy()
+        else:
+            mask = (ids.astype(str) <= str(value)).to_numpy()
+    n = int(mask.sum())
+    if mask[:n].sum() != n:
+        raise PanelError(
+            f"{where}: the rows with ids up to it are not the first rows (ids out of order "
+            "as values); give the ids in order, or split by fractions"
+        )
+    return n
+
+
+def _as_dates(ids: pd.Series) -> pd.Series | None:
+    """Text ids parsed as dates, or None where they are not all dates."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas' "could not infer format"
+            out = pd.to_datetime(ids.astype(str), errors="raise")
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return out
 
 
 @dataclass
@@ -94,6 +206,7 @@ class Panel:
     # the `data` options it was built from (data/source.py); recorded so later stages can
     # read the same data the same way (data/remembered.py)
     data_config: dict | None = None
+    _bounds: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_rows(self) -> int:
@@ -101,7 +214,30 @@ class Panel:
 
     @property
     def bounds(self) -> dict[str, tuple[int, int]]:
-        return self.split.bounds(self.n_rows)
+        key = (self.n_rows, self.split)
+        if self._bounds is None or self._bounds[0] != key:
+            ids = self.frame[self.id_col] if self.split.by_id else None
+            self._bounds = (key, self.split.bounds(self.n_rows, ids))
+        return dict(self._bounds[1])
+
+    def split_ids(self) -> dict[str, list]:
+        """The first and last id of each part that has rows, as JSON values."""
+        ids = self.frame[self.id_col].to_numpy()
+        return {
+            k: [json_id(ids[a]), json_id(ids[b - 1])] for k, (a, b) in self.bounds.items() if b > a
+        }
+
+    def rows_digest(self, stop: int | None = None) -> str:
+        """sha1 of the ids (as text) and the continuous features' float64 values of rows
+        [0, stop) (default: the end of validation), the rows every fitted quantity reads:
+        a panel grown by later rows keeps it (artifacts.py)."""
+        stop = self.bounds["val"][1] if stop is None else int(stop)
+        h = hashlib.sha1()
+        h.update("\x1f".join(map(str, self.frame[self.id_col].to_numpy()[:stop])).encode())
+        h.update("\x1f".join(self.continuous).encode())
+        values = self.frame[self.continuous].to_numpy(dtype=np.float64)[:stop]
+        h.update(np.ascontiguousarray(values).tobytes())
+        return h.hexdigest()
 
     def part(self, name: str) -> pd.DataFrame:
         """Rows of one split part ('train', 'val', 'test'); a view-like slice."""
@@ -120,12 +256,11 @@ class Panel:
             "rows": self.n_rows,
             "id_col": self.id_col,
             "split": {
-                "train": self.split.train,
-                "val": self.split.val,
-                "test": self.split.test,
-                "embargo": self.split.embargo,
+                **self.split.record(),
                 "bounds": {k: list(v) for k, v in self.bounds.items()},
+                "ids": self.split_ids(),
             },
+            "rows_digest": self.rows_digest(),
             **({"data_config": self.data_config} if self.data_config is not None else {}),
         }
 
@@ -138,11 +273,14 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _short_parts(split: SplitSpec, n_rows: int, window: int, min_train_obs: int) -> list[str]:
+def _short_parts(
+    split: SplitSpec, n_rows: int, window: int, min_train_obs: int, ids=None
+) -> list[str]:
     """What each split part lacks with `n_rows` rows: the train part needs one window and
     `min_train_obs` rows (fewer leave every feature passthrough), val and test (when their
-    fraction is > 0) one window after the embargo. Empty when the rows suffice."""
-    bounds = split.bounds(n_rows)
+    fraction is > 0; by id: val always, test never) one window after the embargo. Empty
+    when the rows suffice."""
+    bounds = split.bounds(n_rows, ids)
     size = {k: b - a for k, (a, b) in bounds.items()}
     out = []
     if size["train"] < window:
@@ -152,7 +290,8 @@ def _short_parts(split: SplitSpec, n_rows: int, window: int, min_train_obs: int)
             f"the train split gets {size['train']} rows, fewer than the {min_train_obs} a "
             "feature needs (data.min_train_obs)"
         )
-    small = [k for k in ("val", "test") if getattr(split, k) > 0 and size[k] < window]
+    wanted = ("val",) if split.by_id else [k for k in ("val", "test") if getattr(split, k) > 0]
+    small = [k for k in wanted if size[k] < window]
     if small:
         got = " and ".join(f"{k} {size[k]}" for k in small)
         out.append(
@@ -173,26 +312,39 @@ def _rows_needed(split: SplitSpec, window: int, min_train_obs: int) -> int:
     return n
 
 
-def load_panel(path: str | Path, **options) -> Panel:
-    """Read a wide CSV and validate it: ``options`` are `panel_from_frame`'s (id_col,
-    targets, exclude, split, window_size, ...), and so are the rules."""
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet(path: str | Path) -> bool:
+    """A data file is read as Parquet when its name ends in .parquet or .pq, else as CSV."""
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The data file as a frame: Parquet by suffix (``is_parquet``), else CSV. An unreadable
+    file is one PanelError naming it and what was expected."""
     path = existing_file(
         path,
         PanelError,
-        missing="file not found. Pass an existing CSV with data.path=..., "
+        missing="file not found. Pass an existing CSV or Parquet file with data.path=..., "
         "or use the built-in default data (data=synthetic).",
-        directory="is a directory, expected a CSV file (data.path=FILE.csv)",
+        directory="is a directory, expected a CSV or Parquet file (data.path=FILE.csv)",
     )
     if path.stat().st_size == 0:
         raise PanelError(f"{path}: file is empty; expected a CSV with a header row and data rows")
+    return _read_parquet(path) if is_parquet(path) else _read_csv(path)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, low_memory=False)
+        return pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError as e:
         raise PanelError(f"{path}: no columns could be parsed ({e}); is it a CSV?") from e
     except UnicodeDecodeError as e:
         raise PanelError(
             f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); is it a CSV? "
-            "Pass a comma-separated text file with a header row (data.path=FILE.csv)"
+            "Pass a comma-separated text file with a header row (data.path=FILE.csv), or a "
+            "Parquet file named *.parquet"
         ) from e
     except (pd.errors.ParserError, ValueError, OSError) as e:
         why = " ".join(str(e).split())[:200]
@@ -200,6 +352,33 @@ def load_panel(path: str | Path, **options) -> Panel:
             f"{path}: could not parse as CSV ({why}); pass a comma-separated text file with "
             "a header row (data.path=FILE.csv)"
         ) from e
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file's columns; its index, if one was stored, becomes a column first (a
+    date index written by ``DataFrame.to_parquet`` is the id column of such a file)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # a dependency; only a broken install lacks it
+        raise PanelError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from e
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except Exception as e:  # pyarrow's errors (ArrowInvalid, OSError, ...) share no base
+        why = " ".join(str(e).split())[:200]
+        raise PanelError(
+            f"{path}: could not read as Parquet ({type(e).__name__}: {why}); pass a Parquet "
+            "file (*.parquet) or a CSV"
+        ) from None
+    if not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None:
+        frame = frame.reset_index()
+    return frame
+
+
+def load_panel(path: str | Path, **options) -> Panel:
+    """Read a wide CSV or Parquet file (``read_table``) and validate it: ``options`` are
+    `panel_from_frame`'s (id_col, targets, exclude, split, window_size, ...), and so are
+    the rules."""
+    frame = read_table(path)
     return panel_from_frame(frame, source=str(path), sha256=file_sha256(path), **options)
 
 
@@ -293,11 +472,17 @@ def _to_float(frame: pd.DataFrame, columns: list[str], id_col: str, where: str) 
 
 
 def _check_rows(
-    split: SplitSpec, n_rows: int, window_size: int, min_train_obs: int, where: str
+    split: SplitSpec, n_rows: int, window_size: int, min_train_obs: int, where: str, ids=None
 ) -> None:
     """Refuse a panel whose split parts are too short (`_short_parts`), saying how many
-    rows would do."""
-    short = _short_parts(split, n_rows, window_size, min_train_obs)
+    rows would do (by id: which bound to move)."""
+    short = _short_parts(split, n_rows, window_size, min_train_obs, ids)
+    if short and split.by_id:
+        raise PanelError(
+            f"{where}: {'; '.join(short)} (data.split.train_end={split.train_end}, "
+            f"val_end={split.val_end}). Move the bounds, or lower data.window_size="
+            f"{window_size} or data.split.embargo={split.embargo}."
+        )
     if short:
         need = _rows_needed(split, window_size, min_train_obs)
         raise PanelError(
@@ -428,12 +613,13 @@ def panel_from_frame(
     # Numeric check on everything except the id (excluded columns are copied unchanged):
     # a text cell is an error, not a silent NaN.
     _to_float(frame, [c for c in features + targets if c not in exclude], id_col, where)
-    _check_rows(split, len(frame), window_size, min_train_obs, where)
+    ids = frame[id_col] if split.by_id else None
+    _check_rows(split, len(frame), window_size, min_train_obs, where, ids)
     continuous, passthrough = _column_roles(
         frame,
         features,
         exclude=exclude,
-        train_rows=split.bounds(len(frame))["train"],
+        train_rows=split.bounds(len(frame), ids)["train"],
         id_col=id_col,
         window_size=window_size,
         min_train_obs=min_train_obs,

@@ -157,6 +157,8 @@ def panel_from_config(data: Mapping[str, Any]) -> Panel:
             val=float(split.get("val", 0.15)),
             test=float(split.get("test", 0.15)),
             embargo=int(split.get("embargo", window)),
+            train_end=split.get("train_end"),
+            val_end=split.get("val_end"),
         ),
         window_size=window,
         min_train_obs=data.get("min_train_obs"),

@@ -96,6 +96,7 @@ from mamba_denoiser.classical import (  # the Kalman models live there
     kalman_signal,
     train_segment,
 )
+from mamba_denoiser.progress import bar
 
 # EMA weight a = 2 / (span + 1) on a log grid from 1 (no smoothing) down to 1/400: small
 # noise needs a close to 1 (a local level with noise/innovation variance 0.1 wants 0.73).
@@ -276,12 +277,18 @@ def apply_baselines(
     columns = [panel[:, j] for j in range(n_cols)]
     nvs = [float(v) for v in given]
     work = partial(_apply_column, train=train, names=names, two_sided=two_sided)
-    if n_jobs > 1 and len(columns) > 1:
-        with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            chunk = max(1, len(columns) // n_jobs)
-            results = list(pool.map(work, columns, nvs, chunksize=chunk))
-    else:
-        results = [work(col, nv) for col, nv in zip(columns, nvs)]
+    results = []
+    with bar("Baselines", len(columns)) as b:
+        if n_jobs > 1 and len(columns) > 1:
+            with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+                chunk = max(1, len(columns) // n_jobs)
+                for r in pool.map(work, columns, nvs, chunksize=chunk):
+                    results.append(r)
+                    b.advance()
+        else:
+            for col, nv in zip(columns, nvs):
+                results.append(work(col, nv))
+                b.advance()
     outs = {}
     for i, name in enumerate(names):
         per_col = [r[i] for r in results]

@@ -211,17 +211,21 @@ def run_checks(
         ),
         ("shorter panel", short, lambda c: serve(frame.iloc[: c + 1], bounds, rows(c))),
     ]
-    for what, cuts, run in plan:
-        t0 = time.perf_counter()
-        for c in cuts:
-            got = run(c)
-            if what == "shorter panel":  # its outputs end at the cut
-                got = Served(np.vstack([got.out, base.out[c + 1 :]]), got.record, got.outputs)
-            # a replay re-fits nothing, so it has no validation scores to compare
-            compare(base, got, rows(c)[0], c, what, names, record=what != "decisions held")
-        done.append({"check": what, "cuts": cuts, "seconds": time.perf_counter() - t0})
-        if progress is not None:
-            progress(f"{what}: {len(cuts)} cuts passed")
+    from mamba_denoiser.progress import bar
+
+    with bar("Leakage checks (cuts)", sum(len(cuts) for _, cuts, _ in plan)) as b:
+        for what, cuts, run in plan:
+            t0 = time.perf_counter()
+            for c in cuts:
+                got = run(c)
+                if what == "shorter panel":  # its outputs end at the cut
+                    got = Served(np.vstack([got.out, base.out[c + 1 :]]), got.record, got.outputs)
+                # a replay re-fits nothing, so it has no validation scores to compare
+                compare(base, got, rows(c)[0], c, what, names, record=what != "decisions held")
+                b.advance()
+            done.append({"check": what, "cuts": cuts, "seconds": time.perf_counter() - t0})
+            if progress is not None:
+                progress(f"{what}: {len(cuts)} cuts passed")
     return done
 
 

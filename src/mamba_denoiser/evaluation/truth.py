@@ -1,12 +1,13 @@
 """Known clean values to score against: the built-in panel's, or the user's own.
 
-``truth=PATH`` is a CSV with the panel's id column and clean values for some or all of
-its continuous features; ``truth_families=PATH`` optionally a JSON object mapping feature
--> family name (the groups of the primary quality table). The built-in synthetic panel
-ships both beside its CSV (``*_clean.csv``, ``*_truth.json``'s ``process``). Checked
-against the panel: the same ids, known feature columns only, numeric values, and the same
-NaN layout as the observed values (a clean value exactly where a value is observed), so
-every score compares like with like. Errors name the file, column or row and the fix.
+``truth=PATH`` is a CSV (or Parquet, *.parquet) with the panel's id column and clean
+values for some or all of its continuous features; ``truth_families=PATH`` optionally a
+JSON object mapping feature -> family name (the groups of the primary quality table). The
+built-in synthetic panel ships both beside its CSV (``*_clean.csv``, ``*_truth.json``'s
+``process``). Checked against the panel: the same ids, known feature columns only, numeric
+values, and the same NaN layout as the observed values (a clean value exactly where a value
+is observed), so every score compares like with like. Errors name the file, column or row
+and the fix.
 """
 
 from __future__ import annotations
@@ -46,13 +47,22 @@ def builtin_truth(panel, names: list[str], meta: dict | None = None) -> Truth | 
 
 def load_truth_file(path, panel, names: list[str], families: str | None = None) -> Truth:
     """``truth=PATH`` (and ``truth_families=PATH``), checked against the panel."""
+    from mamba_denoiser.data.panel import is_parquet, read_table
+
     path = Path(path)
     if not path.is_file():
         raise PanelError(f"truth={path}: file not found; give a CSV of clean values")
-    try:
-        frame = pd.read_csv(path)
-    except (ValueError, pd.errors.ParserError) as e:
-        raise PanelError(f"truth={path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    if is_parquet(path):
+        try:
+            frame = read_table(path)
+        except PanelError as e:
+            raise PanelError(f"truth={e}") from None
+    else:
+        try:
+            frame = pd.read_csv(path)
+        except (ValueError, pd.errors.ParserError) as e:
+            why = str(e).splitlines()[0]
+            raise PanelError(f"truth={path}: not a readable CSV ({why})") from None
     fam = {f: NO_FAMILY for f in names}
     if families:
         fam.update(_families(Path(families), names))

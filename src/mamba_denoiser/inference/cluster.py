@@ -139,6 +139,7 @@ def denoise_cluster(
     seed: int = 0,
     batch_windows: int = BATCH_WINDOWS,
     bands: bool = False,
+    band_z: float = BAND_Z,  # bands: ŝ ± band_z·(posterior sd); 1.645: 90 %
     alone: bool = False,  # also return each candidate family applied to every feature
     progress=None,
     rows: tuple[int, int] | None = None,  # serve only these rows (and the gate's): checks
@@ -191,12 +192,14 @@ def denoise_cluster(
         choice = np.array([names.index(n) if n is not None else -1 for n in replay["choice"]])
         nan = np.full((len(cands), raw.shape[1]), np.nan)
         paired = np.array([not cd.linear for cd in cands], bool)
-        scores, divs = gating.GateResult(choice, nan, nan, paired, plan.noise.sigma), {}
+        scores = gating.GateResult(choice, nan, nan, paired, plan.noise.sigma)
+        # bands need the chosen candidates' divergences (exact, else probed as below)
+        divs = _divergences(model, cands, outs, raw, plan, bands, False, wanted) if bands else {}
     else:
         choice, scores, divs = _gate(
             model, cands, outs, raw, plan, train, gate_rows, gate_margin_db, bands, c, wanted
         )
-    mean, lower, upper = _assemble(raw, choice, outs, divs, plan, gate_rows, bands)  # 4.
+    mean, lower, upper = _assemble(raw, choice, outs, divs, plan, gate_rows, bands, band_z)  # 4.
     info = _info(model, mode, sampler, kw["guidance"], cands, names, plan, choice)
     info["features"] = _feature_info(model, names, plan, choice, scores, gate_rows, gate_margin_db)
     picks = _alone_picks(cands, outs, scores.risk, names, held_alone)
@@ -289,21 +292,7 @@ def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands,
     SURE for linear candidates, the paired future-target risk for nonlinear ones); per
     feature the best above ``margin``, else raw. -> (choice, GateResult, divs)."""
     K, F = len(cands), raw.shape[1]
-    divs: dict[int, np.ndarray] = {}
-    need = [k for k in outs if outs[k].div is None and (bands or cands[k].linear)]
-    if need and (gate_rows is not None or bands):
-        # Only the usable columns are probed: a probe on a column that is never gated
-        # (white, σ unknown) reaches the others through the network and only adds noise
-        # to their estimates. The probe's seed is fixed, so decisions never depend on the
-        # run's seed; and its draws fill rows in order, so a longer panel probes the
-        # validation rows alike (live equals backtest).
-        rng = np.random.default_rng([PROBE_SEED, int(model.cluster["id"])])
-        probe = np.where(plan.usable, rng.choice([-1.0, 1.0], size=raw.shape), 0.0)
-        delta = 0.05 * plan.sig_run * model.unit
-        for k in need:
-            d_probe = cands[k].run(raw + delta * probe, rows=wanted).mean
-            divs[k] = gating.probe_divergence(outs[k].mean, d_probe, probe, delta)
-    divs.update({k: o.div for k, o in outs.items() if o.div is not None})
+    divs = _divergences(model, cands, outs, raw, plan, bands, gate_rows is not None, wanted)
     paired = np.array([not cd.linear for cd in cands], bool)
     if gate_rows is None:  # no gate: the first available candidate, for diffusion the t
         choice = _ungated_choice(model, cands, plan.usable, plan.sigma_w, c)  # nearest c·σ
@@ -323,7 +312,29 @@ def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands,
     return res.choice, res, divs
 
 
-def _assemble(raw, choice, outs, divs, plan: _Plan, gate_rows, bands):
+def _divergences(model, cands, outs, raw, plan: _Plan, bands, sure, wanted) -> dict:
+    """∂out_t/∂y_t of the candidates run (``outs``): exact where a candidate reports it,
+    else probed, for the linear ones when ``sure`` (the gate scores them) and for all when
+    ``bands``."""
+    divs: dict[int, np.ndarray] = {}
+    need = [k for k in outs if outs[k].div is None and (bands or cands[k].linear)]
+    if need and (sure or bands):
+        # Only the usable columns are probed: a probe on a column that is never gated
+        # (white, σ unknown) reaches the others through the network and only adds noise
+        # to their estimates. The probe's seed is fixed, so decisions never depend on the
+        # run's seed; and its draws fill rows in order, so a longer panel probes the
+        # validation rows alike (live equals backtest).
+        rng = np.random.default_rng([PROBE_SEED, int(model.cluster["id"])])
+        probe = np.where(plan.usable, rng.choice([-1.0, 1.0], size=raw.shape), 0.0)
+        delta = 0.05 * plan.sig_run * model.unit
+        for k in need:
+            d_probe = cands[k].run(raw + delta * probe, rows=wanted).mean
+            divs[k] = gating.probe_divergence(outs[k].mean, d_probe, probe, delta)
+    divs.update({k: o.div for k, o in outs.items() if o.div is not None})
+    return divs
+
+
+def _assemble(raw, choice, outs, divs, plan: _Plan, gate_rows, bands, band_z=BAND_Z):
     """4. Chosen features take their candidate's values; the rest are exactly raw."""
     mean = raw.copy()
     lower = raw.copy() if bands else None
@@ -336,7 +347,7 @@ def _assemble(raw, choice, outs, divs, plan: _Plan, gate_rows, bands):
         served = np.isfinite(col)
         mean[served, j] = col[served]
         if bands:
-            lo, hi = _bands(o, divs.get(k), j, plan.noise.sigma[j], gate_rows)
+            lo, hi = _bands(o, divs.get(k), j, plan.noise.sigma[j], gate_rows, band_z)
             lower[served, j], upper[served, j] = lo[served], hi[served]
     return mean, lower, upper
 
@@ -431,10 +442,12 @@ def _ungated_choice(model, cands, usable, sigma_w, c) -> np.ndarray:
     return np.where(usable, pick, -1)
 
 
-def _bands(o: CandidateOutput, div, j, sigma, gate_rows):
-    """90 % bands: the candidate's own (SDEdit samples), else ŝ ± z·σ·√div (Tweedie:
-    Var[s | y] = σ² ∂E[s|y]/∂y for Gaussian noise); a probed divergence is averaged over
-    the validation rows, an exact one is used row by row."""
+def _bands(o: CandidateOutput, div, j, sigma, gate_rows, z=BAND_Z):
+    """Bands (90 % at z = 1.645): the candidate's own (SDEdit samples' quantiles), else
+    ŝ ± z·σ·√div (Tweedie: Var[s | y] = σ² ∂E[s|y]/∂y for Gaussian noise; for the Kalman
+    filter σ²·gain is its posterior variance exactly, for the predictive head its
+    mixture's); a probed divergence is averaged over the validation rows, an exact one is
+    used row by row."""
     if o.lower is not None:
         return o.lower[:, j], o.upper[:, j]
     col = o.mean[:, j]
@@ -444,7 +457,7 @@ def _bands(o: CandidateOutput, div, j, sigma, gate_rows):
     if o.div is None:  # a probe estimate: only its mean over rows is meaningful
         rows = slice(*gate_rows) if gate_rows is not None else slice(None)
         d = np.full_like(col, np.nanmean(d[rows]))
-    half = BAND_Z * sigma * np.sqrt(np.clip(d, 0.0, 1.0))
+    half = z * sigma * np.sqrt(np.clip(d, 0.0, 1.0))
     return col - half, col + half
 
 

@@ -54,21 +54,34 @@ def denoise_panel(
     ``bounds``. Fitting reads the train (σ, Kalman fits) and validation (gate) rows only.
     """
     from mamba_denoiser import inference  # late: tests may patch inference.denoise_cluster
+    from mamba_denoiser.progress import bar
 
     res = PanelResult(clusters={}, features=[f for m in models.values() for f in m.features])
-    for cid, m in models.items():
-        raw = frame[m.features].to_numpy(dtype=np.float64)
-        given = None
-        if sigma:
-            given = np.array([float(sigma.get(f, np.nan)) for f in m.features])
-        if not quiet:
-            log.info(
-                "Denoising %s (%s, %d features, %s model)",
-                m.name,
-                m.cluster["type"],
-                len(m.features),
-                m.direction,
-            )
+    with bar("Denoising clusters", len(models), show=not quiet) as clusters:
+        for cid, m in models.items():
+            _one_cluster(inference, res, cid, m, frame, bounds, sigma, gate, replay, quiet, kw)
+            clusters.advance()
+    return res
+
+
+def _one_cluster(inference, res, cid, m, frame, bounds, sigma, gate, replay, quiet, kw) -> None:
+    """One cluster through ``inference.denoise_cluster``, into ``res``; its windows
+    advance a bar of their own (not when ``quiet``)."""
+    from mamba_denoiser.progress import bar
+
+    raw = frame[m.features].to_numpy(dtype=np.float64)
+    given = None
+    if sigma:
+        given = np.array([float(sigma.get(f, np.nan)) for f in m.features])
+    if not quiet:
+        log.info(
+            "Denoising %s (%s, %d features, %s model)",
+            m.name,
+            m.cluster["type"],
+            len(m.features),
+            m.direction,
+        )
+    with bar(f"{m.name}: windows", show=not quiet) as windows:
         r = inference.denoise_cluster(
             m,
             raw,
@@ -76,25 +89,25 @@ def denoise_panel(
             sigma=given,
             gate_rows=bounds["val"] if gate else None,
             replay=(replay or {}).get(cid),
+            progress=windows,  # run_windows' (done, total) callback; does nothing when off
             **kw,
         )
-        res.clusters[cid] = r
+    res.clusters[cid] = r
+    for i, f in enumerate(m.features):
+        res.mean[f] = r.mean[:, i]
+        if r.lower is not None:
+            res.lower[f], res.upper[f] = r.lower[:, i], r.upper[:, i]
+    for fam, arr in (r.alone or {}).items():
         for i, f in enumerate(m.features):
-            res.mean[f] = r.mean[:, i]
-            if r.lower is not None:
-                res.lower[f], res.upper[f] = r.lower[:, i], r.upper[:, i]
-        for fam, arr in (r.alone or {}).items():
-            for i, f in enumerate(m.features):
-                res.alone.setdefault(fam, {})[f] = arr[:, i]
-        if not quiet:
-            n_ok = sum(v["denoised"] for v in r.info["features"].values())
-            chosen = pd.Series([v["chosen"] for v in r.info["features"].values()])
-            log.info(
-                "  %s: %d/%d features changed (%s), %.1fs",
-                m.name,
-                n_ok,
-                len(m.features),
-                ", ".join(f"{k} {v}" for k, v in chosen.value_counts().items()),
-                r.info["seconds"],
-            )
-    return res
+            res.alone.setdefault(fam, {})[f] = arr[:, i]
+    if not quiet:
+        n_ok = sum(v["denoised"] for v in r.info["features"].values())
+        chosen = pd.Series([v["chosen"] for v in r.info["features"].values()])
+        log.info(
+            "  %s: %d/%d features changed (%s), %.1fs",
+            m.name,
+            n_ok,
+            len(m.features),
+            ", ".join(f"{k} {v}" for k, v in chosen.value_counts().items()),
+            r.info["seconds"],
+        )
