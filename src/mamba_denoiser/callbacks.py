@@ -1,4 +1,5 @@
-"""Training callbacks that Lightning does not ship: a quality figure and plain epoch logs."""
+"""Training callbacks that Lightning does not ship: a warm-up EMA of the weights, a quality
+figure and plain epoch logs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 
 log = logging.getLogger("mamba_denoiser.train")
 
@@ -80,3 +82,29 @@ class EpochSummary(L.Callback):
             get("val/noise_mse"),
             time.perf_counter() - getattr(self, "_t0", time.perf_counter()),
         )
+
+
+def warmup_ema_avg_fn(decay: float = 0.999):
+    """EMA whose decay ramps up as min(decay, (1+n)/(10+n)): short runs are not stuck
+    near the initial weights, long runs get the full decay."""
+
+    @torch.no_grad()
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged * d + current * (1.0 - d)
+
+    return avg_fn
+
+
+class EMA(WeightAveraging):
+    """Lightning's weight-averaging callback with a warm-up EMA; validation uses the EMA
+    weights and checkpoints store them as `state_dict` (the raw weights are kept too)."""
+
+    def __init__(self, decay: float = 0.999, every_n_steps: int = 1):
+        super().__init__(avg_fn=warmup_ema_avg_fn(decay), use_buffers=True)
+        self.decay = decay
+        self.every_n_steps = every_n_steps
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx % self.every_n_steps == 0
