@@ -26,10 +26,12 @@ from mamba_denoiser.run_record import PREDICTIVE_METRICS, RunRecord, best_score,
 from mamba_denoiser.stage import output_dir, remembered_data, to_dict, use_fit_cache
 from mamba_denoiser.train_source import (
     LOADER_KEYS,
+    RESUME_MODES,
     TrainSource,
     argv_value,
     resolve_clusters_path,
     resolve_source,
+    resume_checkpoint,
 )
 
 log = logging.getLogger("mamba_denoiser")
@@ -72,6 +74,7 @@ def register_cluster_options(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     cs = ConfigStore.instance()
     ckpt = argv_value(argv, "ckpt_path")
+    ckpt = None if ckpt in RESUME_MODES else ckpt  # last.ckpt of a run folder: checked later
     error = None
     try:
         path = resolve_clusters_path(argv)
@@ -102,6 +105,8 @@ def run_train(cfg: DictConfig) -> float:
     """Train one cluster's denoiser; write checkpoints, TensorBoard logs and summary.json."""
     import lightning as L
 
+    from mamba_denoiser.callbacks import ResumeState
+
     out = output_dir(cfg)
     where = _launch()
     rank_zero = launch.launched_rank() == 0
@@ -124,7 +129,7 @@ def run_train(cfg: DictConfig) -> float:
         launch.check_accelerator(trainer_kw.get("accelerator", "auto"))
         launch.share_cpu_threads(trainer_kw.get("accelerator", "auto"), where)
         use_fit_cache(cfg)  # σ fits: read from the cache cluster.py filled
-        source = _source(cfg)
+        source = _source(cfg, resume_checkpoint(cfg.ckpt_path, _checkpoint_dir(cfg, out)))
         record.describe(source.cluster, source.direction, source.heads)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         dm = source.datamodule(**{k: cfg[k] for k in LOADER_KEYS})
@@ -135,15 +140,20 @@ def run_train(cfg: DictConfig) -> float:
             t_sampling=to_dict(cfg.get("t_sampling")) or None,
         )
         trainer_kw["devices"] = launch.job_devices(trainer_kw.get("devices", 1), where)
-        trainer = record.trainer = _trainer(cfg, trainer_kw, source)
+        resume = ResumeState()
+        trainer = record.trainer = _trainer(cfg, trainer_kw, source, resume)
         record.start(dm, module)
-        init = {}
-        if cfg.get("validate_at_init", True) and not source.ckpt_path:
+        if source.ckpt_path:
+            record.summary["resumed_from"] = source.ckpt_path
+        elif cfg.get("validate_at_init", True):
             # the same fixed validation batches before training: the baseline that shows
-            # the model learned something (summary.json and the sweep table)
-            init = trainer.validate(module, datamodule=dm, verbose=False)[0]
-            record.baseline(init)
+            # the model learned something (summary.json, the sweep table, the predictive
+            # choice)
+            resume.init_metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+            record.baseline(resume.init_metrics)
         trainer.fit(module, datamodule=dm, ckpt_path=source.ckpt_path)
+        if source.ckpt_path and resume.init_metrics:  # the first attempt's, from the ckpt
+            record.baseline(resume.init_metrics)
         best = best_score(trainer)
         if trainer.is_global_zero:
             hparams = flat_hparams(
@@ -153,7 +163,7 @@ def run_train(cfg: DictConfig) -> float:
                 batch_size=cfg.batch_size,
                 seed=cfg.seed,
             )
-            record.finish(trainer, dm, init, best, hparams)
+            record.finish(trainer, dm, resume.init_metrics, best, hparams)
     return best
 
 
@@ -176,12 +186,18 @@ def _launch() -> launch.Launch:
     )
 
 
-def _source(cfg: DictConfig) -> TrainSource:
+def _checkpoint_dir(cfg: DictConfig, out: Path) -> Path:
+    """Where this run's ModelCheckpoint writes last.ckpt (conf/callbacks/)."""
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint") or {}
+    return Path(node.get("dirpath") or out / "checkpoints")
+
+
+def _source(cfg: DictConfig, ckpt_path: str | None) -> TrainSource:
     """The config's values for train_source.resolve_source."""
     return resolve_source(
         option=to_dict(cfg.cluster),
         clusters=cfg.clusters,
-        ckpt_path=cfg.ckpt_path,
+        ckpt_path=ckpt_path,
         data_options=lambda recorded, by: remembered_data(cfg, recorded, by),
         model=to_dict(cfg.model),
         sde=to_dict(cfg.sde),
@@ -191,8 +207,9 @@ def _source(cfg: DictConfig) -> TrainSource:
     )
 
 
-def _trainer(cfg: DictConfig, trainer_kw: dict[str, Any], source: TrainSource):
-    """The Trainer with conf/callbacks/ and conf/logger/ instantiated for this run's heads."""
+def _trainer(cfg: DictConfig, trainer_kw: dict[str, Any], source: TrainSource, resume):
+    """The Trainer with conf/callbacks/ and conf/logger/ instantiated for this run's heads,
+    and the resume state every run checkpoints (callbacks.ResumeState)."""
     import hydra
     import lightning as L
     from lightning.pytorch.callbacks import RichProgressBar
@@ -211,6 +228,7 @@ def _trainer(cfg: DictConfig, trainer_kw: dict[str, Any], source: TrainSource):
         for name, c in (cfg.callbacks or {}).items()
         if not skip.get(name, False)
     ]
+    callbacks.append(resume)
     interactive = sys.stdout.isatty()
     if interactive:
         callbacks.append(RichProgressBar())

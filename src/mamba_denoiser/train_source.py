@@ -62,6 +62,32 @@ def resolve_clusters_path(argv: list[str]) -> Path:
     return Path(given) if given else find_latest_clusters(clusters_dir(argv))
 
 
+# ---- which checkpoint a run resumes from ----------------------------------------------
+
+RESUME_MODES = ("auto", "last")  # ckpt_path= values that name the run folder's last.ckpt
+
+
+def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
+    """The checkpoint a run resumes from. ckpt_path=PATH: that file. ckpt_path=last:
+    <checkpoint_dir>/last.ckpt, which must exist. ckpt_path=auto (the default): that file
+    when it exists, as for a job its launcher requeued into the same run folder, else None
+    (a fresh start). null: None."""
+    if not ckpt_path:
+        return None
+    if str(ckpt_path) not in RESUME_MODES:
+        return str(ckpt_path)
+    last = Path(checkpoint_dir) / "last.ckpt"
+    if last.is_file():
+        log.info("Resuming from %s (ckpt_path=%s)", last, ckpt_path)
+        return str(last)
+    if ckpt_path == "last":
+        raise CheckpointError(
+            f"ckpt_path=last: there is no {last} to resume from. ckpt_path=auto starts "
+            "afresh when there is none; ckpt_path=PATH resumes from another run's checkpoint"
+        )
+    return None
+
+
 # ---- the source -------------------------------------------------------------------------
 
 
