@@ -4,6 +4,9 @@ weights as one that was never stopped (RNG, sampler, EMA, optimiser and loop sta
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import torch
 
 from mamba_denoiser.train_job import run_train
 from tests.helpers import write_clusters
-from tests.test_train import TRAIN_CLUSTERS, make_cfg
+from tests.test_train import ROOT, TRAIN_CLUSTERS, base_overrides, make_cfg
 
 STEPS_PER_EPOCH = 4  # experiment=smoke: limit_train_batches=4
 
@@ -116,3 +119,65 @@ def test_a_stopped_run_resumed_with_ckpt_path_auto_ends_with_the_same_weights(
         assert_same_weights(
             tmp_path / "whole/checkpoints" / name, tmp_path / "cut/checkpoints" / name
         )
+
+
+def _submitit_cli(tmp_path, small_csv, clusters_json, sweep, *extra):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            *base_overrides(tmp_path, small_csv, clusters_json),
+            "cluster=c0",
+            "trainer.max_epochs=3",
+            "logger=csv",
+            f"hydra.sweep.dir={sweep}",
+            *extra,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["epoch-boundary", "mid-epoch"])
+def test_submitit_requeues_a_preempted_job_which_resumes_to_the_same_weights(
+    tmp_path, small_csv, clusters_json, at
+):
+    """hydra/launcher=submitit_local, the real path: the job gets submitit's preemption
+    signal (USR2, sent to itself by a test callback at the end of epoch 0 or in the middle
+    of epoch 1), stops at the next batch, submitit requeues it with the same arguments, and
+    the requeued job resumes from last.ckpt in the same run folder and ends with the
+    weights of an uninterrupted run."""
+    marker = tmp_path / "signalled"
+    epoch, batch = (0, "null") if at == "epoch-boundary" else (1, 1)
+    signal_cb = [
+        "+callbacks.preempt._target_=tests.signal_callback.SignalAt",
+        f"+callbacks.preempt.epoch={epoch}",
+        f"+callbacks.preempt.batch={batch}",
+        f"+callbacks.preempt.marker={marker}",
+    ]
+    r = _submitit_cli(
+        tmp_path,
+        small_csv,
+        clusters_json,
+        tmp_path / "preempted",
+        "hydra/launcher=submitit_local",
+        *signal_cb,
+    )
+    logs = "".join(p.read_text() for p in sorted((tmp_path / "preempted").rglob("*.log*")))
+    assert r.returncode == 0, r.stderr[-3000:] + logs[-3000:]
+    assert marker.is_file()  # the signal was sent (once: the requeued job does not resend)
+    assert "Requeued job" in logs and "Resuming from" in logs
+    ref = _submitit_cli(tmp_path, small_csv, clusters_json, tmp_path / "whole")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run, whole = tmp_path / "preempted/0_c0", tmp_path / "whole/0_c0"
+    assert summary(run)["resumed_from"].endswith("0_c0/checkpoints/last.ckpt")
+    for key in ("status", "epochs", "global_step", "best_score", "init_val_noise_mse"):
+        assert summary(run)[key] == summary(whole)[key], key
+    assert_same_weights(run / "checkpoints/last.ckpt", whole / "checkpoints/last.ckpt")

@@ -1,17 +1,20 @@
 """Training callbacks that Lightning does not ship: a warm-up EMA of the weights, a quality
-figure, plain epoch logs, and what an exact resume needs (ResumeState; train_job adds it to
-every run)."""
+figure, plain epoch logs, and what an exact resume and a clean preemption need
+(ResumeState, StopWhenPreempted; train_job adds these two to every run)."""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+
+from mamba_denoiser.errors import Preempted
 
 log = logging.getLogger("mamba_denoiser.train")
 
@@ -113,7 +116,7 @@ class EMA(WeightAveraging):
         return step_idx is not None and step_idx % self.every_n_steps == 0
 
 
-# ---- resume ----------------------------------------------------------------
+# ---- resume and preemption ----------------------------------------------------------------
 
 
 def rng_states() -> dict[str, Any]:
@@ -176,3 +179,25 @@ class ResumeState(L.Callback):
         set_rng_states(state_dict["rng"])
         self.init_metrics = dict(state_dict.get("init_metrics") or {})
         self.restored = True
+
+
+class StopWhenPreempted(L.Callback):
+    """Raises errors.Preempted at the first batch boundary after `requested()` turns true
+    (launch.PreemptionGuard: a preemption or timeout signal), before anything of the
+    unfinished epoch is saved; every rank stops at the same batch (the flag is reduced
+    across them)."""
+
+    def __init__(self, requested: Callable[[], bool]):
+        self.requested = requested
+
+    def _check(self, trainer) -> None:
+        if trainer.strategy.reduce_boolean_decision(bool(self.requested()), all=False):
+            raise Preempted(f"stopped at epoch {trainer.current_epoch}, step {trainer.global_step}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._check(trainer)

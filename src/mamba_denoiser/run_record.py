@@ -5,7 +5,11 @@ summary.json "status":
 - "ok": trained to the end;
 - "worse_than_reference": trained, but the best val noise MSE is above the i.i.d. reference;
 - "failed": with "error" and "exit_code";
-- "interrupted": Ctrl-C; the best checkpoint so far is kept.
+- "interrupted": Ctrl-C; the best checkpoint so far is kept;
+- "preempted": stopped by its launcher's preemption or timeout signal and requeued; the
+  requeued job resumes from last.ckpt and writes its own status over this one.
+
+A resumed run records "resumed_from" (the checkpoint).
 
 sweep.py adds "no summary.json" for a job folder without one (a job killed from outside).
 Nothing here imports Lightning or torch at module level: sweep.py runs after every stage.
@@ -24,6 +28,7 @@ OK = "ok"
 WORSE_THAN_REFERENCE = "worse_than_reference"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
+PREEMPTED = "preempted"
 NO_SUMMARY = "no summary.json"  # sweep.py: a job folder without a summary.json
 # statuses whose best checkpoint is served (worse_than_reference trained to the end; the
 # SURE gate still decides per feature whether it helps)
@@ -258,6 +263,10 @@ class RunRecord:
     def failure(self, message: str, exit_code: int = 1) -> None:
         doc = {**self.summary, **progress(self.trainer)}
         doc.update(status=FAILED, error=message, exit_code=exit_code)
+        self._write(doc)
+
+    def preempted(self) -> None:
+        doc = {**self.summary, **progress(self.trainer), "status": PREEMPTED}
         self._write(doc)
 
     def interrupt(self) -> str:

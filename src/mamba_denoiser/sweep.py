@@ -1,7 +1,7 @@
 """After a multirun: one table of every job's summary.json (a Hydra callback).
 
 Statuses: run_record's ("ok", "worse_than_reference", "failed" with "error",
-"interrupted"). A job directory without a summary.json (a job killed from outside) is
+"interrupted", "preempted"). A job directory without a summary.json (a job killed from outside) is
 listed as "no summary.json". After writing
 summary.md the callback exits with code 2 (1 for an unexpected error) if any job failed,
 naming the failed clusters, so the multirun does not look like a success.
@@ -160,6 +160,7 @@ def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Pa
         lines.append(f"Failed: {failure_line(rows)}")
     for status, text in (
         (rr.INTERRUPTED, "Interrupted (Ctrl-C)"),
+        (rr.PREEMPTED, "Preempted and requeued, not finished (resumes from last.ckpt)"),
         (rr.WORSE_THAN_REFERENCE, "Best val noise MSE above the i.i.d. reference"),
     ):
         names = [_name(r) for r in rows if r.get("status") == status]

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from mamba_denoiser import launch
 from mamba_denoiser.cli import fail_cleanly, route_lightning_logs
-from mamba_denoiser.errors import ClustersError
+from mamba_denoiser.errors import ClustersError, ConfigError, Preempted
 from mamba_denoiser.run_record import PREDICTIVE_METRICS, RunRecord, best_score, flat_hparams
 from mamba_denoiser.stage import output_dir, remembered_data, to_dict, use_fit_cache
 from mamba_denoiser.train_source import (
@@ -103,68 +103,101 @@ def register_cluster_options(argv: list[str] | None = None) -> None:
 
 def run_train(cfg: DictConfig) -> float:
     """Train one cluster's denoiser; write checkpoints, TensorBoard logs and summary.json."""
+    out = output_dir(cfg)
+    where = _launch()
+    run = _Run(out, RunRecord(out, cfg.cluster.get("id"), cfg.cluster.get("type")))
+    guard = launch.PreemptionGuard.install()  # None unless submitit started this job
+    # Only rank zero may delete the run directory or write its summary.json (DDP processes
+    # share it); until the Trainer knows its rank, the launcher's variables decide. In a
+    # multirun a failed job records itself and returns, so the sweep goes on and its table
+    # lists the failure (sweep.SweepSummary then exits non-zero).
+    try:
+        with fail_cleanly(
+            out,
+            on_failure=run.record.failure,
+            on_interrupt=lambda: _interrupted(run.record, where),
+            delete=run.rank_zero,
+            keep_going=where.multirun and run.rank_zero(),
+            passthrough=(Preempted,),
+        ):
+            _train(cfg, run, where, guard)
+    except Preempted:
+        if run.rank_zero():
+            run.record.preempted()
+        guard.requeue()  # submitit: requeue the job with its arguments and exit
+    finally:
+        if guard is not None:
+            guard.restore()
+        if run.lease is not None:
+            run.lease.release()
+    return run.best
+
+
+class _Run:
+    """What run_train's failure handling needs of the run so far."""
+
+    def __init__(self, out: Path, record: RunRecord):
+        self.out, self.record = out, record
+        self.best, self.lease = float("nan"), None
+        self._rank = launch.launched_rank()
+
+    def rank_zero(self) -> bool:
+        trainer = self.record.trainer
+        return (trainer.global_rank if trainer is not None else self._rank) == 0
+
+
+def _train(cfg: DictConfig, run: _Run, where: launch.Launch, guard) -> None:
     import lightning as L
 
     from mamba_denoiser.callbacks import ResumeState
 
-    out = output_dir(cfg)
-    where = _launch()
-    rank_zero = launch.launched_rank() == 0
-    record = RunRecord(out, cfg.cluster.get("id"), cfg.cluster.get("type"))
-    best = float("nan")
-    # Only the launching process may delete the run directory (DDP children share it). In
-    # a multirun a failed job records itself and returns, so the sweep goes on and its
-    # table lists the failure (sweep.SweepSummary then exits non-zero).
-    with fail_cleanly(
-        out,
-        on_failure=record.failure,
-        on_interrupt=lambda: _interrupted(record, where),
-        delete=rank_zero,
-        keep_going=where.multirun and rank_zero,
-    ):
-        route_lightning_logs()
-        if cfg.cluster.get("error"):
-            raise ClustersError(cfg.cluster.error)
-        trainer_kw = to_dict(cfg.trainer)  # Trainer's keyword arguments (conf/trainer/)
-        launch.check_accelerator(trainer_kw.get("accelerator", "auto"))
-        launch.share_cpu_threads(trainer_kw.get("accelerator", "auto"), where)
-        use_fit_cache(cfg)  # σ fits: read from the cache cluster.py filled
-        source = _source(cfg, resume_checkpoint(cfg.ckpt_path, _checkpoint_dir(cfg, out)))
-        record.describe(source.cluster, source.direction, source.heads)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        dm = source.datamodule(**{k: cfg[k] for k in LOADER_KEYS})
-        module = source.module(
-            dm,
-            optim=to_dict(cfg.optim),
-            compile=cfg.compile,
-            t_sampling=to_dict(cfg.get("t_sampling")) or None,
+    route_lightning_logs()
+    if cfg.cluster.get("error"):
+        raise ClustersError(cfg.cluster.error)
+    trainer_kw = to_dict(cfg.trainer)  # Trainer's keyword arguments (conf/trainer/)
+    accelerator = trainer_kw.get("accelerator", "auto")
+    launch.check_accelerator(accelerator)
+    problem = launch.spawned_ddp_problem(trainer_kw, where)
+    if problem:
+        raise ConfigError(problem)
+    launch.share_cpu_threads(accelerator, where)
+    use_fit_cache(cfg)  # σ fits: read from the cache cluster.py filled
+    source = _source(cfg, resume_checkpoint(cfg.ckpt_path, _checkpoint_dir(cfg, run.out)))
+    record = run.record
+    record.describe(source.cluster, source.direction, source.heads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = source.datamodule(**{k: cfg[k] for k in LOADER_KEYS})
+    module = source.module(
+        dm,
+        optim=to_dict(cfg.optim),
+        compile=cfg.compile,
+        t_sampling=to_dict(cfg.get("t_sampling")) or None,
+    )
+    devices, run.lease = launch.job_devices(trainer_kw.get("devices", 1), accelerator, where)
+    trainer_kw["devices"] = devices
+    resume = ResumeState()
+    trainer = record.trainer = _trainer(cfg, trainer_kw, source, resume, guard)
+    record.start(dm, module)
+    if source.ckpt_path:
+        record.summary["resumed_from"] = source.ckpt_path
+    elif cfg.get("validate_at_init", True):
+        # the same fixed validation batches before training: the baseline that shows the
+        # model learned something (summary.json, the sweep table, the predictive choice)
+        resume.init_metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+        record.baseline(resume.init_metrics)
+    trainer.fit(module, datamodule=dm, ckpt_path=source.ckpt_path)
+    if source.ckpt_path and resume.init_metrics:  # the first attempt's, from the checkpoint
+        record.baseline(resume.init_metrics)
+    run.best = best_score(trainer)
+    if trainer.is_global_zero:
+        hparams = flat_hparams(
+            source.cluster,
+            module.hparams,
+            lr=cfg.optim.lr,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
         )
-        trainer_kw["devices"] = launch.job_devices(trainer_kw.get("devices", 1), where)
-        resume = ResumeState()
-        trainer = record.trainer = _trainer(cfg, trainer_kw, source, resume)
-        record.start(dm, module)
-        if source.ckpt_path:
-            record.summary["resumed_from"] = source.ckpt_path
-        elif cfg.get("validate_at_init", True):
-            # the same fixed validation batches before training: the baseline that shows
-            # the model learned something (summary.json, the sweep table, the predictive
-            # choice)
-            resume.init_metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
-            record.baseline(resume.init_metrics)
-        trainer.fit(module, datamodule=dm, ckpt_path=source.ckpt_path)
-        if source.ckpt_path and resume.init_metrics:  # the first attempt's, from the ckpt
-            record.baseline(resume.init_metrics)
-        best = best_score(trainer)
-        if trainer.is_global_zero:
-            hparams = flat_hparams(
-                source.cluster,
-                module.hparams,
-                lr=cfg.optim.lr,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-            )
-            record.finish(trainer, dm, resume.init_metrics, best, hparams)
-    return best
+        record.finish(trainer, dm, resume.init_metrics, run.best, hparams)
 
 
 def _launch() -> launch.Launch:
@@ -207,12 +240,14 @@ def _source(cfg: DictConfig, ckpt_path: str | None) -> TrainSource:
     )
 
 
-def _trainer(cfg: DictConfig, trainer_kw: dict[str, Any], source: TrainSource, resume):
+def _trainer(cfg: DictConfig, trainer_kw: dict[str, Any], source: TrainSource, resume, guard):
     """The Trainer with conf/callbacks/ and conf/logger/ instantiated for this run's heads,
-    and the resume state every run checkpoints (callbacks.ResumeState)."""
+    the resume state every run checkpoints, and the preemption stop under submitit."""
     import hydra
     import lightning as L
     from lightning.pytorch.callbacks import RichProgressBar
+
+    from mamba_denoiser.callbacks import StopWhenPreempted
 
     skip = {
         # the figure draws the diffusion head's x̂0, which a predictive-only model lacks
@@ -229,6 +264,8 @@ def _trainer(cfg: DictConfig, trainer_kw: dict[str, Any], source: TrainSource, r
         if not skip.get(name, False)
     ]
     callbacks.append(resume)
+    if guard is not None:
+        callbacks.append(StopWhenPreempted(guard.requested))
     interactive = sys.stdout.isatty()
     if interactive:
         callbacks.append(RichProgressBar())
@@ -238,6 +275,7 @@ def _trainer(cfg: DictConfig, trainer_kw: dict[str, Any], source: TrainSource, r
         callbacks=callbacks,
         logger=loggers or False,
         enable_progress_bar=interactive,
+        plugins=launch.trainer_plugins() or None,
     )
 
 
