@@ -785,15 +785,15 @@ def test_ctrl_c_is_recorded_as_interrupted(
     [(16, 4, 4), (16, 3, 5), (2, 10, 1), (16, -1, 1), (16, -2, 1), (8, -5, 2), (8, None, 8)],
 )
 def test_threads_per_job(cores, n_jobs, threads):
-    from mamba_denoiser.train_job import threads_per_job
+    from mamba_denoiser.launch import threads_per_job
 
     assert threads_per_job(cores, n_jobs) == threads
 
 
 def test_joblib_cpu_jobs_share_the_cores(tmp_path, small_csv, clusters_json, monkeypatch, caplog):
-    from mamba_denoiser import train_job
+    from mamba_denoiser import launch, train_job
 
-    monkeypatch.setattr(train_job, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(launch, "cpu_cores", lambda: 8)
     joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     make_cfg(
         tmp_path,
@@ -802,13 +802,15 @@ def test_joblib_cpu_jobs_share_the_cores(tmp_path, small_csv, clusters_json, mon
         f"hydra.launcher._target_={joblib}",
         "+hydra.launcher.n_jobs=2",
     )
+    where = train_job._launch()  # Hydra's runtime config, read once by the job
+    assert where.joblib and where.n_jobs == 2
     with caplog.at_level("INFO", logger="mamba_denoiser"):
-        assert train_job.share_cpu_threads({"accelerator": "cpu"}) == 4
+        assert launch.share_cpu_threads("cpu", where) == 4
     assert torch.get_num_threads() == 4  # conftest restores it afterwards
     assert sum("4 torch thread(s) per job" in r.getMessage() for r in caplog.records) == 1
-    assert train_job.share_cpu_threads({"accelerator": "gpu"}) is None
+    assert launch.share_cpu_threads("gpu", where) is None
     make_cfg(tmp_path, small_csv, clusters_json)  # the basic (sequential) launcher
-    assert train_job.share_cpu_threads({"accelerator": "cpu"}) is None
+    assert launch.share_cpu_threads("cpu", train_job._launch()) is None
 
 
 @pytest.mark.e2e
@@ -858,10 +860,8 @@ def test_multirun_goes_on_past_a_failed_job_and_exits_nonzero(tmp_path, small_cs
 
 
 def test_only_mean_reverting_clusters_take_the_constant_anchor():
-    from omegaconf import OmegaConf
-
     from mamba_denoiser.errors import ConfigError
-    from mamba_denoiser.train_job import _anchor_len
+    from mamba_denoiser.train_source import anchor_len
 
     data = {"anchor_len": 7}
     for mode, typ, want in [
@@ -870,10 +870,9 @@ def test_only_mean_reverting_clusters_take_the_constant_anchor():
         ("constant", "trending", 7),
         ("window", "mean_reverting", 7),
     ]:
-        cfg = OmegaConf.create({"stationary_anchor": mode})
-        assert _anchor_len(cfg, {"type": typ}, data) == want, (mode, typ)
+        assert anchor_len(mode, {"type": typ}, data) == want, (mode, typ)
     with pytest.raises(ConfigError, match="stationary_anchor='both'"):
-        _anchor_len(OmegaConf.create({"stationary_anchor": "both"}), {"type": "trending"}, data)
+        anchor_len("both", {"type": "trending"}, data)
 
 
 @pytest.mark.parametrize(
@@ -888,6 +887,6 @@ def test_only_mean_reverting_clusters_take_the_constant_anchor():
     ],
 )
 def test_rank_zero_is_decided_from_the_launcher_ranks(env, rank):
-    from mamba_denoiser.train_job import launched_rank
+    from mamba_denoiser.launch import launched_rank
 
     assert launched_rank(env) == rank

@@ -31,12 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from mamba_denoiser.errors import ConfigError
+from mamba_denoiser.run_record import USABLE as USABLE_STATUS
 
 log = logging.getLogger("mamba_denoiser")
-
-# summary.json statuses whose best checkpoint is served ("worse_than_reference" trained to
-# the end; the SURE gate still decides per feature whether it helps)
-USABLE_STATUS = ("ok", "worse_than_reference")
 
 
 # ---- finding -------------------------------------------------------------------------

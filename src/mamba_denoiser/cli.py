@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mamba_denoiser.errors import (
@@ -88,13 +88,17 @@ def fail_cleanly(
     *,
     on_failure=None,
     on_interrupt=None,
-    delete: bool = True,
+    delete: bool | Callable[[], bool] = True,
     keep_going: bool = False,
+    passthrough: tuple[type[BaseException], ...] = (),
 ) -> Iterator[None]:
     """Run a job; on failure print one message and exit, leaving nothing half-done.
 
     - A run that fails before its first checkpoint loses its run directory (`delete`
-      is False for DDP children, which must not delete the launcher's directory).
+      is False for DDP children, which must not delete the launcher's directory; a
+      callable is asked when the failure happens, e.g. for the rank a Trainer knows).
+    - Exceptions of the types in `passthrough` are re-raised untouched (train.py: a
+      preempted run, requeued by its launcher).
     - A run that fails later keeps its checkpoints; `on_failure(message, exit_code)`
       records the failure (train.py writes summary.json with "status": "failed").
     - User errors exit with code 2, anything else with 1, both without a traceback;
@@ -110,8 +114,10 @@ def fail_cleanly(
     try:
         yield
     except BaseException as err:
-        if isinstance(err, SystemExit) and err.code in (0, None):
+        if isinstance(err, passthrough) or (isinstance(err, SystemExit) and err.code in (0, None)):
             raise
+        if callable(delete):
+            delete = bool(delete())
         full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
         keep = keep_going or _has_checkpoint(out_dir)
         if _interrupted(err):

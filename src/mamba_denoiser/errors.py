@@ -39,3 +39,9 @@ class PanelError(ValueError):
 class BundleError(CheckpointError):
     """A saved Denoiser bundle (Denoiser.save) that is missing a file, was changed after
     saving, or is not a bundle; the message names the file and what to do."""
+
+
+class Preempted(BaseException):
+    """A preemption or timeout signal stopped training at a batch boundary, before anything
+    of the unfinished epoch was saved; the job is requeued and resumes from last.ckpt.
+    A BaseException, like KeyboardInterrupt: no ``except Exception`` may swallow it."""

@@ -1,8 +1,8 @@
 """After a multirun: one table of every job's summary.json (a Hydra callback).
 
-Statuses (train_job): "ok"; "worse_than_reference" (best val noise MSE above the i.i.d.
-reference); "failed" (with "error"); "interrupted" (Ctrl-C). A job directory without a
-summary.json (a job killed from outside) is listed as "no summary.json". After writing
+Statuses: run_record's ("ok", "worse_than_reference", "failed" with "error",
+"interrupted", "preempted"). A job directory without a summary.json (a job killed from outside) is
+listed as "no summary.json". After writing
 summary.md the callback exits with code 2 (1 for an unexpected error) if any job failed,
 naming the failed clusters, so the multirun does not look like a success.
 """
@@ -17,7 +17,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-SUMMARY_FILE = "summary.json"
+from mamba_denoiser import run_record as rr
+from mamba_denoiser.run_record import SUMMARY_FILE
+
 COLUMNS = (
     "cluster",
     "type",
@@ -30,7 +32,7 @@ COLUMNS = (
     "best checkpoint",
     "notes",
 )
-FAILED = ("failed", "no summary.json")
+FAILED = (rr.FAILED, rr.NO_SUMMARY)
 BEST_IS_LAST_NOTE = "best at the last epoch: more epochs would likely help"
 
 
@@ -93,7 +95,7 @@ def _notes(r: dict[str, Any]) -> str:
     notes = []
     if r.get("best_is_last_epoch"):
         notes.append(BEST_IS_LAST_NOTE)
-    if r.get("status") == "worse_than_reference":
+    if r.get("status") == rr.WORSE_THAN_REFERENCE:
         notes.append("best val noise MSE above the i.i.d. reference")
     return "; ".join(notes) or "-"
 
@@ -120,7 +122,7 @@ def collect_summaries(sweep_dir: str | Path) -> list[dict[str, Any]]:
                 pass
         elif not (job / ".hydra").is_dir():
             continue
-        rows.append({"job": job.name, "cluster_id": _cluster_id(job.name), "status": FAILED[1]})
+        rows.append({"job": job.name, "cluster_id": _cluster_id(job.name), "status": rr.NO_SUMMARY})
     return sorted(rows, key=lambda r: (r.get("cluster_id") or 0, r.get("job", "")))
 
 
@@ -157,8 +159,9 @@ def write_summary_table(rows: list[dict[str, Any]], sweep_dir: str | Path) -> Pa
     if failure_line(rows):
         lines.append(f"Failed: {failure_line(rows)}")
     for status, text in (
-        ("interrupted", "Interrupted (Ctrl-C)"),
-        ("worse_than_reference", "Best val noise MSE above the i.i.d. reference"),
+        (rr.INTERRUPTED, "Interrupted (Ctrl-C)"),
+        (rr.PREEMPTED, "Preempted and requeued, not finished (resumes from last.ckpt)"),
+        (rr.WORSE_THAN_REFERENCE, "Best val noise MSE above the i.i.d. reference"),
     ):
         names = [_name(r) for r in rows if r.get("status") == status]
         if names:

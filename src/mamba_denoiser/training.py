@@ -31,7 +31,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
 from mamba_denoiser.diffusion import predictive as pred
@@ -378,29 +377,3 @@ def _sure_terms(y: Tensor, s_hat: Tensor, div: Tensor, s2: Tensor) -> dict[str, 
     mse = torch.where(keep, sure, zero).sum() / n
     ratio = mse / (torch.where(keep, s2, zero).sum() / n).clamp(min=1e-12)
     return {"predictive_sure_mse": mse, "predictive_sure_ratio": ratio}
-
-
-def warmup_ema_avg_fn(decay: float = 0.999):
-    """EMA whose decay ramps up as min(decay, (1+n)/(10+n)): short runs are not stuck
-    near the initial weights, long runs get the full decay."""
-
-    @torch.no_grad()
-    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        return averaged * d + current * (1.0 - d)
-
-    return avg_fn
-
-
-class EMA(WeightAveraging):
-    """Lightning's weight-averaging callback with a warm-up EMA; validation uses the EMA
-    weights and checkpoints store them as `state_dict` (the raw weights are kept too)."""
-
-    def __init__(self, decay: float = 0.999, every_n_steps: int = 1):
-        super().__init__(avg_fn=warmup_ema_avg_fn(decay), use_buffers=True)
-        self.decay = decay
-        self.every_n_steps = every_n_steps
-
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return step_idx is not None and step_idx % self.every_n_steps == 0
