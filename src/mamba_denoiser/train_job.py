@@ -736,6 +736,9 @@ def run_train(cfg: DictConfig) -> float:
         delete=rank_zero,
         keep_going=multirun and rank_zero,
     ):
+        from mamba_denoiser.config_schema import check  # typed configs, before any data
+
+        check(cfg, "train")
         route_lightning_logs()
         if cfg.cluster.get("error"):
             raise ClustersError(cfg.cluster.error)
