@@ -325,6 +325,22 @@ def test_disk_cache_key_holds_the_versions_and_any_joblib_backend_fills_it(tmp_p
     clear_cache()
 
 
+def test_an_unusable_cache_folder_only_costs_the_speed_up(tmp_path):
+    import mamba_denoiser.classical as classical
+
+    _, y = _simulate("rw", seed=40)
+    clear_cache()
+    fresh = fit_state_space(y, TRAIN)
+    (tmp_path / "file").write_text("")
+    classical.set_fit_cache(tmp_path / "file" / "fits")  # a folder under a file
+    clear_cache()
+    cols = np.column_stack([y, y + 1.0])
+    classical.prefit_state_space(cols, TRAIN, n_jobs=2)  # nothing to fill: no error
+    assert fit_state_space(y, TRAIN) == fresh
+    classical.set_fit_cache(None)
+    clear_cache()
+
+
 def test_multi_start_fit_finds_the_noise_of_an_e1_like_trend():
     """The built-in E1 at noise x5 (gaussian): from statsmodels' own start the integrated
     AR(1) fit stops at phi ~ -0.34 with a measurement noise of ~0 (the bad local optimum);

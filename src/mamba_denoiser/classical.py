@@ -317,7 +317,10 @@ def _stored_mle_fit() -> Callable:
     if folder not in _STORES:
         from joblib import Memory
 
-        _STORES[folder] = Memory(folder, verbose=0).cache(_mle_fit)
+        try:
+            _STORES[folder] = Memory(folder, verbose=0).cache(_mle_fit)
+        except OSError:  # a folder that cannot be made only costs the speed-up
+            _STORES[folder] = _mle_fit
     return _STORES[folder]
 
 
@@ -334,7 +337,10 @@ def fit_model(model: str, z: np.ndarray, observed: np.ndarray) -> dict:
     key = (model, digest(z))
     params = _MODEL_FITS.get(key)
     if params is None:
-        params = _stored_mle_fit()(model, z, fit_versions())
+        try:
+            params = _stored_mle_fit()(model, z, fit_versions())
+        except OSError:  # a read-only or full disk only costs the speed-up
+            params = _mle_fit(model, z, ())
     _MODEL_FITS.put(key, params)
     return dict(params)
 
@@ -362,8 +368,10 @@ def _cached_on_disk(y: np.ndarray, train: tuple[int, int]) -> bool:
         z, observed, _, _ = train_segment(y, train, label="prefit")
     except ValueError:
         return True
-    z = np.where(observed, z, np.nan)
     stored, versions = _stored_mle_fit(), fit_versions()
+    if stored is _mle_fit:  # no usable cache folder: nothing to fill
+        return True
+    z = np.where(observed, z, np.nan)
     return all(stored.check_call_in_cache(m, z, versions) for m in STATE_SPACE_MODELS)
 
 
