@@ -338,7 +338,11 @@ def fit_model(model: str, z: np.ndarray, observed: np.ndarray) -> dict:
     params = _MODEL_FITS.get(key)
     if params is None:
         try:
-            params = _stored_mle_fit()(model, z, fit_versions())
+            with warnings.catch_warnings():
+                # joblib times its metadata write against the wall clock: a busy disk or
+                # CPU makes it warn about "large input arguments" (z's repr is short)
+                warnings.filterwarnings("ignore", message="Persisting input arguments took")
+                params = _stored_mle_fit()(model, z, fit_versions())
         except OSError:  # a read-only or full disk only costs the speed-up
             params = _mle_fit(model, z, ())
     _MODEL_FITS.put(key, params)
