@@ -260,9 +260,9 @@ def test_noise_sigma_on_the_builtin_panels_planted_families(family):
 
 
 def test_disk_fit_cache_is_a_pure_memo_shared_with_worker_processes(tmp_path, monkeypatch):
-    """prefit_state_space fills the on-disk cache from worker processes; afterwards the
-    fits are read, never recomputed (the fitters are made to fail), and equal a fresh fit
-    without any cache bit for bit."""
+    """prefit_state_space fills the on-disk cache (joblib.Memory) from joblib workers;
+    afterwards the fits are read, never recomputed (the fitters are made to fail), and
+    equal a fresh fit without any cache bit for bit."""
     import mamba_denoiser.classical as classical
 
     cols = np.column_stack([_simulate(k, seed=20 + i)[1] for i, k in enumerate(["ar1", "rw"])])
@@ -273,7 +273,7 @@ def test_disk_fit_cache_is_a_pure_memo_shared_with_worker_processes(tmp_path, mo
     classical.set_fit_cache(tmp_path / "fits")
     clear_cache()
     classical.prefit_state_space(cols, TRAIN, n_jobs=2)
-    assert len(list((tmp_path / "fits").rglob("*.json"))) == 2 * len(STATE_SPACE_MODELS)
+    assert len(list((tmp_path / "fits").rglob("output.pkl"))) == 2 * len(STATE_SPACE_MODELS)
 
     def no_fit(z):
         raise AssertionError("fitted although the fit was cached on disk")
@@ -287,6 +287,56 @@ def test_disk_fit_cache_is_a_pure_memo_shared_with_worker_processes(tmp_path, mo
     changed[TRAIN[1] - 1] += 1.0  # other train rows: not in the cache, so a real fit
     with pytest.raises(AssertionError, match="fitted although"):
         fit_state_space(changed, TRAIN)
+    classical.set_fit_cache(None)
+    clear_cache()
+
+
+def test_disk_cache_key_holds_the_versions_and_any_joblib_backend_fills_it(tmp_path, monkeypatch):
+    """The stored fit is keyed on fit_versions() (passed as an argument: joblib.Memory keys on
+    code and arguments only), so another statsmodels or package version fits afresh; and
+    prefit_state_space runs under whatever joblib backend the caller chooses."""
+    from joblib import parallel_config
+
+    import mamba_denoiser.classical as classical
+
+    cols = np.column_stack([_simulate(k, seed=30 + i)[1] for i, k in enumerate(["ar1", "rw"])])
+    classical.set_fit_cache(tmp_path / "fits")
+    clear_cache()
+    with parallel_config(backend="threading"):
+        classical.prefit_state_space(cols, TRAIN, n_jobs=2)
+    assert len(list((tmp_path / "fits").rglob("output.pkl"))) == 2 * len(STATE_SPACE_MODELS)
+    assert all(classical._cached_on_disk(cols[:, j], TRAIN) for j in range(2))
+
+    def no_fit(z):
+        raise AssertionError("fitted")
+
+    monkeypatch.setattr(classical, "_FITTERS", {m: no_fit for m in STATE_SPACE_MODELS})
+    clear_cache()
+    fit_state_space(cols[:, 0], TRAIN)  # read from disk
+    versions = classical.fit_versions()
+    assert any(v.startswith("statsmodels ") for v in versions)
+    assert any(v.startswith("mamba-denoiser ") for v in versions)
+    monkeypatch.setattr(classical, "fit_versions", lambda: (*versions[:-1], "numpy 0.0"))
+    clear_cache()
+    assert not classical._cached_on_disk(cols[:, 0], TRAIN)
+    with pytest.raises(AssertionError, match="fitted"):
+        fit_state_space(cols[:, 0], TRAIN)
+    classical.set_fit_cache(None)
+    clear_cache()
+
+
+def test_an_unusable_cache_folder_only_costs_the_speed_up(tmp_path):
+    import mamba_denoiser.classical as classical
+
+    _, y = _simulate("rw", seed=40)
+    clear_cache()
+    fresh = fit_state_space(y, TRAIN)
+    (tmp_path / "file").write_text("")
+    classical.set_fit_cache(tmp_path / "file" / "fits")  # a folder under a file
+    clear_cache()
+    cols = np.column_stack([y, y + 1.0])
+    classical.prefit_state_space(cols, TRAIN, n_jobs=2)  # nothing to fill: no error
+    assert fit_state_space(y, TRAIN) == fresh
     classical.set_fit_cache(None)
     clear_cache()
 

@@ -28,10 +28,11 @@ kalman_ari1   integrated AR(1): changes with momentum (a trend)     SARIMAX(1,1,
 Each is fitted by maximum likelihood on the train rows only, after standardising them by
 their own mean / std (numerics); ``params`` stay in those standardised units, the
 ``noise_var`` / ``center`` / ``scale`` of a fit are native. The fit of each model is
-cached by a SHA-1 of the exact standardised segment it was fitted on, and
-``fit_state_space`` by a SHA-1 of the raw train segment: a pipeline re-run on a panel
-with identical train rows costs nothing, while any change to the fitted rows (or a
-caller that passes other rows as "train") gives a fresh fit.
+cached in memory by a SHA-1 of the exact standardised segment it was fitted on (and on
+disk by joblib.Memory, ``set_fit_cache``), and ``fit_state_space`` by a SHA-1 of the raw
+train segment: a pipeline re-run on a panel with identical train rows costs nothing,
+while any change to the fitted rows (or a caller that passes other rows as "train") gives
+a fresh fit. ``prefit_state_space`` makes a panel's fits in joblib.Parallel workers.
 
 Why three models and AIC: each alone misjudges some dynamics. A random walk + noise model
 sees almost no noise in a trend with momentum, whose positively autocorrelated changes
@@ -49,7 +50,6 @@ by any second-moment method: the σ is then arbitrary, and ``NoiseChoice.white``
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from collections import OrderedDict
@@ -253,20 +253,23 @@ def _check_model(model: str) -> None:
         raise ValueError(f"unknown state-space model {model!r}; choose from {STATE_SPACE_MODELS}")
 
 
-# --- the on-disk fit cache ----------------------------------------------------------------
+# --- the on-disk fit cache (joblib.Memory) and the worker pool (joblib.Parallel) ------------
 
-FIT_CACHE_ENV = "MAMBA_DENOISER_FIT_CACHE"  # a folder; read by worker processes too
+FIT_CACHE_ENV = "MAMBA_DENOISER_FIT_CACHE"  # a folder (for this process and its children)
 FIT_CODE_VERSION = 2  # bump when a fitter changes: old cache entries are then never read
 
 
 def set_fit_cache(folder: str | Path | None) -> None:
     """Keep MLE fits on disk under ``folder`` (None: memory only), shared by every stage
-    and by worker processes (an environment variable, which children inherit).
+    (an environment variable; ``prefit_state_space`` hands the folder to its workers).
 
-    A pure memo: an entry is keyed by the model, the exact bytes of the data the
-    likelihood sees, this module's FIT_CODE_VERSION and the statsmodels / scipy / numpy
-    versions, so a hit returns exactly what the fit would (float64 JSON round-trips
-    exactly). denoise.py and evaluate.py fit the same train rows: the second one reads.
+    A pure memo, ``joblib.Memory``: joblib keys an entry on the function's code and its
+    arguments, i.e. the model, the exact data the likelihood sees and ``fit_versions()``
+    (this module's FIT_CODE_VERSION, the package and the statsmodels / scipy / numpy
+    versions, passed as an argument so that an upgrade never reads an older fit), and
+    stores the result as a pickle, so a hit returns exactly what the fit would. Entries
+    are pickles: use a folder only this user writes. denoise.py and evaluate.py fit the
+    same train rows: the second one reads.
     """
     if folder is None:
         os.environ.pop(FIT_CACHE_ENV, None)
@@ -274,40 +277,53 @@ def set_fit_cache(folder: str | Path | None) -> None:
         os.environ[FIT_CACHE_ENV] = str(folder)
 
 
-def _cache_file(key: tuple[str, str]) -> Path | None:
-    folder = os.environ.get(FIT_CACHE_ENV)
-    if not folder:
-        return None
+def fit_versions() -> tuple[str, ...]:
+    """What a stored fit depends on besides the model and the data (part of its key)."""
     import scipy
     import statsmodels
 
-    tag = (
-        f"v{FIT_CODE_VERSION}-sm{statsmodels.__version__}-sp{scipy.__version__}-np{np.__version__}"
+    from mamba_denoiser.version import __version__
+
+    return (
+        f"fit-code {FIT_CODE_VERSION}",
+        f"mamba-denoiser {__version__}",
+        f"statsmodels {statsmodels.__version__}",
+        f"scipy {scipy.__version__}",
+        f"numpy {np.__version__}",
     )
-    return Path(folder) / tag / f"{key[0]}-{key[1]}.json"
 
 
-def _disk_get(key: tuple[str, str]) -> dict | None:
-    path = _cache_file(key)
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # a torn or foreign file: fit again (and overwrite it)
-        return None
+def _mle_fit(model: str, z: np.ndarray, versions: tuple[str, ...]) -> dict:
+    """One model's MLE params on z (the function joblib.Memory stores). ``versions`` only
+    keys the stored result (``fit_versions``)."""
+    del versions
+    # statsmodels' first import puts "always" filters for its warnings in front: import it
+    # before the block below, or a fresh worker process shows its first fit's warnings
+    import statsmodels.tools.sm_exceptions  # noqa: F401
+
+    with warnings.catch_warnings():
+        # statsmodels' MLE warns on boundary variances / slow convergence; the
+        # estimate is still the train-only one we want, and warnings flood logs.
+        warnings.simplefilter("ignore")
+        return _FITTERS[model](z)
 
 
-def _disk_put(key: tuple[str, str], params: dict) -> None:
-    path = _cache_file(key)
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(params))
-        os.replace(tmp, path)  # atomic: readers see the whole entry or none
-    except OSError:  # a read-only or full disk only costs the speed-up
-        pass
+_STORES: dict[str, Callable] = {}  # cache folder -> _mle_fit through joblib.Memory
+
+
+def _stored_mle_fit() -> Callable:
+    """``_mle_fit``, through joblib.Memory on the cache folder when one is set."""
+    folder = os.environ.get(FIT_CACHE_ENV)
+    if not folder:
+        return _mle_fit
+    if folder not in _STORES:
+        from joblib import Memory
+
+        try:
+            _STORES[folder] = Memory(folder, verbose=0).cache(_mle_fit)
+        except OSError:  # a folder that cannot be made only costs the speed-up
+            _STORES[folder] = _mle_fit
+    return _STORES[folder]
 
 
 def fit_model(model: str, z: np.ndarray, observed: np.ndarray) -> dict:
@@ -321,33 +337,34 @@ def fit_model(model: str, z: np.ndarray, observed: np.ndarray) -> dict:
     _check_model(model)
     z = np.where(observed, z, np.nan)  # (n,) the Kalman filter handles NaN natively
     key = (model, digest(z))
-    params = _MODEL_FITS.get(key) or _disk_get(key)
+    params = _MODEL_FITS.get(key)
     if params is None:
-        with warnings.catch_warnings():
-            # statsmodels' MLE warns on boundary variances / slow convergence; the
-            # estimate is still the train-only one we want, and warnings flood logs.
-            warnings.simplefilter("ignore")
-            params = _FITTERS[model](z)
-        _disk_put(key, params)
+        try:
+            with warnings.catch_warnings():
+                # joblib times its metadata write against the wall clock: a busy disk or
+                # CPU makes it warn about "large input arguments" (z's repr is short)
+                warnings.filterwarnings("ignore", message="Persisting input arguments took")
+                params = _stored_mle_fit()(model, z, fit_versions())
+        except OSError:  # a read-only or full disk only costs the speed-up
+            params = _mle_fit(model, z, ())
     _MODEL_FITS.put(key, params)
     return dict(params)
 
 
-def _one_thread() -> None:
-    """Worker start: one BLAS/OpenMP thread per process, so n_jobs workers share the
-    cores instead of each spinning up a thread per core (2 workers: 11 s -> 5.7 s for 16
-    features on 2 cores, against 9 s with the libraries' default threads)."""
+def _prefit_column(y: np.ndarray, train: tuple[int, int], folder: str) -> None:
+    """A worker's task: one column's fits into the cache ``folder`` (the parent's; a
+    worker of any joblib backend gets it here, not from its environment), with one
+    BLAS/OpenMP thread, so n_jobs workers share the cores instead of each spinning up a
+    thread per core (2 workers: 11 s -> 5.7 s for 16 features on 2 cores, against 9 s
+    with the libraries' default threads)."""
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1)
-
-
-def _prefit_column(args: tuple[np.ndarray, tuple[int, int]]) -> None:
-    y, train = args
-    try:
-        fit_state_space(y, train)
-    except (ValueError, np.linalg.LinAlgError):
-        pass  # the serial caller meets (and reports) the same error
+    set_fit_cache(folder)
+    with threadpool_limits(1):
+        try:
+            fit_state_space(y, train)
+        except (ValueError, np.linalg.LinAlgError):
+            pass  # the serial caller meets (and reports) the same error
 
 
 def _cached_on_disk(y: np.ndarray, train: tuple[int, int]) -> bool:
@@ -357,33 +374,36 @@ def _cached_on_disk(y: np.ndarray, train: tuple[int, int]) -> bool:
         z, observed, _, _ = train_segment(y, train, label="prefit")
     except ValueError:
         return True
-    key = digest(np.where(observed, z, np.nan))
-    return all(_disk_get((m, key)) is not None for m in STATE_SPACE_MODELS)
+    stored, versions = _stored_mle_fit(), fit_versions()
+    if stored is _mle_fit:  # no usable cache folder: nothing to fill
+        return True
+    z = np.where(observed, z, np.nan)
+    return all(stored.check_call_in_cache(m, z, versions) for m in STATE_SPACE_MODELS)
 
 
 def prefit_state_space(panel: np.ndarray, train: tuple[int, int], *, n_jobs: int = 1) -> None:
-    """Fit every column's state-space models (``fit_state_space``) in ``n_jobs`` worker
-    processes, filling the on-disk cache, so the serial code after it only reads. Without
-    a cache folder (``set_fit_cache``) the workers' fits would be lost: then, and for
-    n_jobs <= 1, nothing is done here and the caller fits as it goes. Same results either
-    way: the cache is a pure memo."""
-    from concurrent.futures import ProcessPoolExecutor
+    """Fit every column's state-space models (``fit_state_space``) in ``n_jobs`` workers of
+    ``joblib.Parallel`` (its default backend, loky processes, or the one a caller chooses
+    with ``joblib.parallel_config``, e.g. dask or ray), filling the on-disk cache, so the
+    serial code after it only reads. Without a cache folder (``set_fit_cache``) the
+    workers' fits would be lost: then, and for n_jobs 0 or 1, nothing is done here and
+    the caller fits as it goes. n_jobs as joblib's (-1: one worker per core). Same
+    results either way: the cache is a pure memo."""
+    from joblib import Parallel, delayed
 
     panel = np.asarray(panel, dtype=np.float64)
-    if n_jobs <= 1 or panel.ndim != 2 or panel.shape[1] < 2 or not os.environ.get(FIT_CACHE_ENV):
+    folder = os.environ.get(FIT_CACHE_ENV)
+    if n_jobs in (0, 1) or panel.ndim != 2 or panel.shape[1] < 2 or not folder:
         return
     train = (int(train[0]), int(train[1]))
-    cols = [(panel[:, j].copy(), train) for j in range(panel.shape[1])]
-    cols = [c for c in cols if not _cached_on_disk(*c)]  # later stages: usually none left
-    if not cols:
+    todo = [j for j in range(panel.shape[1]) if not _cached_on_disk(panel[:, j], train)]
+    if not todo:  # later stages: usually none left
         return
     from mamba_denoiser.progress import bar
 
-    with (
-        ProcessPoolExecutor(max_workers=n_jobs, initializer=_one_thread) as pool,
-        bar("State-space fits", len(cols)) as b,
-    ):
-        for _ in pool.map(_prefit_column, cols, chunksize=max(1, len(cols) // (4 * n_jobs))):
+    jobs = (delayed(_prefit_column)(panel[:, j], train, folder) for j in todo)
+    with bar("State-space fits", len(todo)) as b:  # results as they come: the bar moves
+        for _ in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
             b.advance()
 
 

@@ -13,6 +13,7 @@ import logging
 from omegaconf import DictConfig
 
 from mamba_denoiser.cli import fail_cleanly
+from mamba_denoiser.config_schema import check
 from mamba_denoiser.stage import given_data, output_dir, prefit_fits, to_dict
 
 log = logging.getLogger("mamba_denoiser")
@@ -28,6 +29,7 @@ def run_cluster(cfg: DictConfig) -> dict:
 
     out = output_dir(cfg)
     with fail_cleanly(out):
+        check(cfg, "cluster")  # typed configs: a wrong value fails before any data are read
         panel = panel_from_config(given_data(cfg)[0])  # data.path=FILE alone: a CSV
         # every clustering.* key is a keyword of run_clustering (conf/cluster.yaml)
         doc = run_clustering(panel, out, plots=cfg.plots, **to_dict(cfg.clustering))

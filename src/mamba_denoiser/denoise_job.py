@@ -17,6 +17,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mamba_denoiser.cli import fail_cleanly
+from mamba_denoiser.config_schema import check
 from mamba_denoiser.errors import ConfigError
 from mamba_denoiser.stage import load_trained, output_dir, prefit, to_dict
 
@@ -182,6 +183,7 @@ def run_denoise(cfg: DictConfig) -> dict[str, Any]:
 
     out = output_dir(cfg)
     with fail_cleanly(out):
+        check(cfg, "denoise")  # typed configs: a wrong value fails before any data are read
         if cfg.mode not in MODES:
             raise ConfigError(f"mode={cfg.mode}: choose one of {list(MODES)}")
         outputs = output_paths(cfg.output, out, cfg.mode, cfg.get("output_format"), bool(cfg.bands))

@@ -34,6 +34,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from mamba_denoiser.cli import fail_cleanly
+from mamba_denoiser.config_schema import check
 from mamba_denoiser.data.source import load_truth
 from mamba_denoiser.errors import ConfigError
 from mamba_denoiser.evaluation.headroom import report_section as headroom_section
@@ -123,6 +124,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     t_start = time.perf_counter()
     with fail_cleanly(out):
+        check(cfg, "evaluate")  # typed configs: a wrong value fails before any data are read
         inp = _load(cfg)
         methods = [dict(m) for m in to_dict(cfg.methods)]
         den = _denoise_variants(inp, methods)

@@ -150,7 +150,9 @@ def _train(cfg: DictConfig, run: _Run, where: launch.Launch, guard) -> None:
     import lightning as L
 
     from mamba_denoiser.callbacks import ResumeState
+    from mamba_denoiser.config_schema import check  # typed configs, before any data
 
+    check(cfg, "train")
     route_lightning_logs()
     if cfg.cluster.get("error"):
         raise ClustersError(cfg.cluster.error)
