@@ -279,11 +279,15 @@ def test_slurm_ddp_failure_is_recorded_once_by_rank_zero(tmp_path, small_csv, cl
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_slurm_ddp_early_failure_deletes_the_run_folder_once(tmp_path, small_csv, clusters_json):
-    """A failure before the Trainer exists: the launcher's rank (SLURM_PROCID) decides."""
-    codes, errs, effects = _slurm_ddp(tmp_path, small_csv, clusters_json, "stationary_anchor=both")
+    """A failure before the Trainer exists: the launcher's rank (SLURM_PROCID) decides. The
+    failure is the data (a file with no id column), read after the run folder exists; a
+    wrong config value fails before, with no folder to delete (config_schema.py)."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,2\n")
+    codes, errs, effects = _slurm_ddp(tmp_path, bad, clusters_json)
     assert codes == [2, 2], errs
     assert effects == ["0 rmtree"]
-    assert all("stationary_anchor='both'" in e.strip().splitlines()[-1] for e in errs)
+    assert all("bad.csv" in e.strip().splitlines()[-1] for e in errs), errs
 
 
 # ---- DDP inside a multirun ---------------------------------------------------------------
