@@ -104,29 +104,35 @@ def write_clusters(csv: Path, root: Path, clusters=None) -> Path:
     return path
 
 
+SMOKE_TRAIN = (
+    "experiment=smoke",
+    "trainer.accelerator=cpu",
+    "logger=csv",
+    "trainer.max_epochs=1",
+    "validate_at_init=false",
+)
+
+
+def train_cluster(clusters: Path, cid: int, out: Path, *overrides: str) -> None:
+    """train.py's job for cluster ``cid`` of a clusters.json, a tiny one-epoch budget
+    (SMOKE_TRAIN), into the run folder ``out``."""
+    from mamba_denoiser.train_job import register_cluster_options, run_train
+
+    ov = [*overrides, f"clusters={clusters}", f"cluster=c{cid}", *SMOKE_TRAIN]
+    register_cluster_options(ov)
+    run_train(compose_config("train", ov, out))
+
+
 def train_sweep(root: Path, directions=("causal", "bidirectional")) -> dict:
     """A small CSV, its clusters.json (CLUSTERS) and tiny checkpoints of every cluster per
     direction under root/<direction>/<id>_c<id>/ (test_denoise's `trained`)."""
-    from mamba_denoiser.train_job import register_cluster_options, run_train
-
     csv = root / "train.csv"
     make_small_frame(n_rows=600).to_csv(csv, index=False)
     clusters = write_clusters(csv, root)
     for direction in directions:
         for cid in range(len(CLUSTERS)):
-            ov = [
-                *data_overrides(csv),
-                f"clusters={clusters}",
-                f"cluster=c{cid}",
-                "experiment=smoke",
-                f"model.direction={direction}",
-                "trainer.accelerator=cpu",
-                "logger=csv",
-                "trainer.max_epochs=1",
-                "validate_at_init=false",
-            ]
-            register_cluster_options(ov)
-            run_train(compose_config("train", ov, root / direction / f"{cid}_c{cid}"))
+            out = root / direction / f"{cid}_c{cid}"
+            train_cluster(clusters, cid, out, *data_overrides(csv), f"model.direction={direction}")
     return {"root": root, "csv": csv, "clusters": clusters}
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from mamba_denoiser import Denoiser
-from tests.helpers import WINDOW, compose_config, make_small_frame
+from tests.helpers import WINDOW, compose_config, make_small_frame, train_cluster
 
 END = "2002-11-29"  # the last train date: validation from there to the last row
 
@@ -21,7 +21,6 @@ END = "2002-11-29"  # the last train date: validation from there to the last row
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     from mamba_denoiser.cluster_job import run_cluster
-    from mamba_denoiser.train_job import register_cluster_options, run_train
 
     root = tmp_path_factory.mktemp("deploy")
     frame = make_small_frame(n_rows=700, seed=2)
@@ -41,17 +40,7 @@ def deployed(tmp_path_factory):
     clusters = root / "cl" / "clusters.json"
     doc = json.loads(clusters.read_text())
     for spec in doc["clusters"]:
-        ov = [
-            f"clusters={clusters}",
-            f"cluster=c{spec['id']}",
-            "experiment=smoke",
-            "trainer.accelerator=cpu",
-            "logger=csv",
-            "trainer.max_epochs=1",
-            "validate_at_init=false",
-        ]
-        register_cluster_options(ov)
-        run_train(compose_config("train", ov, root / "sweep" / f"{spec['id']}_c{spec['id']}"))
+        train_cluster(clusters, spec["id"], root / "sweep" / f"{spec['id']}_c{spec['id']}")
     den = Denoiser.from_run(root / "sweep")
     out = den.transform(history)
     bundle = den.save(root / "bundle")

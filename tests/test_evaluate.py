@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 
 from mamba_denoiser.evaluate_job import run_evaluate
-from mamba_denoiser.train_job import register_cluster_options, run_train
-from tests.helpers import CLUSTERS, make_small_panel, write_clusters
+from tests.helpers import CLUSTERS, make_small_panel, train_cluster, write_clusters
 from tests.helpers import compose_config as _compose
 from tests.helpers import data_overrides as _data
 
@@ -35,18 +34,7 @@ def trained(tmp_path_factory):
     truth_path.write_text(json.dumps({"process": process}))
     clusters = write_clusters(csv, root)
     for cid in range(len(CLUSTERS)):
-        ov = [
-            *_data(csv),
-            f"clusters={clusters}",
-            f"cluster=c{cid}",
-            "experiment=smoke",
-            "trainer.accelerator=cpu",
-            "logger=csv",
-            "trainer.max_epochs=1",
-            "validate_at_init=false",
-        ]
-        register_cluster_options(ov)
-        run_train(_compose("train", ov, root / "sweep" / f"{cid}_c{cid}"))
+        train_cluster(clusters, cid, root / "sweep" / f"{cid}_c{cid}", *_data(csv))
     return {"root": root, "csv": csv, "clusters": clusters}
 
 

@@ -181,15 +181,15 @@ def _scores(y, fits, train, laws_per_fit: list[list[NoiseLaw]], score_from=0) ->
 def robust_filter(y: np.ndarray, fits: list[StateSpaceFit], laws: list[NoiseLaw]) -> np.ndarray:
     """(T, F) raw values -> (T, F) the causal Gaussian-sum filter's estimate of the signal,
     native units; NaN where y is NaN."""
-    out = _served(y, fits, laws).mean
+    out = _served(y, fits, _columns(fits, laws)).mean
     return out * np.array([f.scale for f in fits]) + np.array([f.center for f in fits])
 
 
-def _served(y: np.ndarray, fits: list[StateSpaceFit], laws: list[NoiseLaw]):
+def _served(y: np.ndarray, fits: list[StateSpaceFit], cols: recursion.Columns):
     """The serving run (recursion.Filtered, standardised units) of (T, F) raw values, held
     with its state: the robust candidate and the residual head's priors share it, and a
     panel grown by some rows runs only those rows."""
-    return _SERVED(_standardise(y, fits), _columns(fits, laws), burn_in=BURN_IN)
+    return _SERVED(_standardise(y, fits), cols, burn_in=BURN_IN)
 
 
 def fit_robust(raw: np.ndarray, train: tuple[int, int]) -> tuple[list, list]:
@@ -255,7 +255,7 @@ def filter_priors(raw: np.ndarray, fits: list, laws: list) -> Priors:
     if ok:
         fs, ls = [fits[j] for j in ok], [laws[j] for j in ok]
         cols = _columns(fs, ls)
-        f = _served(raw[:, ok], fs, ls)
+        f = _served(raw[:, ok], fs, cols)
         out, m, v, vj = f.mean, f.prior_mean, f.prior_var, f.prior_var_jump
         scale = np.array([f.scale for f in fs])
         center = np.array([f.center for f in fs])
