@@ -79,6 +79,11 @@ class _Inputs:
     def white(self) -> np.ndarray:
         return np.array([self.noise[f][2] for f in self.names])
 
+    @property
+    def cluster_of(self) -> np.ndarray:
+        """(F,) each feature's cluster id, the denoiser's gate pools within it."""
+        return np.array([k for k, m in self.models.items() for _ in m.features])
+
 
 @dataclass
 class _Outputs:
@@ -223,6 +228,7 @@ def _baselines(inp: _Inputs) -> tuple[dict[str, Any], Any]:
         margin_db=float(cfg.gate_margin_db),
         nonlinear={"robust": robust},
         target=future_targets(inp.raw[: val[1]], train),  # validation rows only
+        groups=inp.cluster_of,  # pooled like the denoiser's gate: fair
     )
     log.info(
         "Baselines (%s) and the anchor: %.1fs",

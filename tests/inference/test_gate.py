@@ -232,3 +232,109 @@ def test_the_future_target_is_unbiased_and_independent_of_the_past():
         se = err[ok].std() / np.sqrt(ok.sum())
         assert abs(err[ok].mean()) < 4 * se, model
         assert abs(np.corrcoef(err[ok], y[ok])[0, 1]) < 0.01, model
+
+
+def _outlier_group(rng, eps, k, n_out, B=12, n=1290, phi=0.95, core=0.5, warm=400):
+    """B AR(1) features of one cluster; the first ``n_out`` carry outliers (a share eps
+    at k times the core noise), the rest Gaussian noise. -> (y, σ, Kalman, its gain, the
+    Gaussian-sum filter of the outlier law, future target, true MSEs (2, B)), rows after
+    the warm-up."""
+    from mamba_denoiser.classical import StateSpaceFit, future_target
+
+    q = 1 - phi**2
+    s = lfilter([1.0], [1.0, -phi], rng.standard_normal((n + warm, B)) * np.sqrt(q), axis=0)
+    hit = (rng.random(s.shape) < eps) & (np.arange(B) < n_out)
+    extra = np.sqrt(k**2 - 1) * core * rng.standard_normal(s.shape)
+    y = s + core * rng.standard_normal(s.shape) + hit * extra
+    sigma = np.where(np.arange(B) < n_out, core * np.sqrt(1 + eps * (k**2 - 1)), core)
+    kal, kal_gain = _kalman_ar1(y, phi, q, sigma**2)
+    gsum = _gaussian_sum_ar1(y, phi, q, core, eps, core * k)
+    u = np.column_stack(
+        [
+            future_target(
+                StateSpaceFit("kalman_ar1", {"ar.L1": phi}, 0.0, 1.0, v, 0.0, {}), y[:, b]
+            )
+            for b, v in enumerate(sigma**2)
+        ]
+    )
+    v = slice(warm, None)
+    true = np.vstack([((d - s)[v] ** 2).mean(0) for d in (kal, gsum)])
+    return y[v], sigma, kal[v], kal_gain[v], gsum[v], u[v], true
+
+
+def _choice(y, sigma, kal, kal_gain, gsum, u, groups):
+    from mamba_denoiser.inference.gate import gate
+
+    B = y.shape[1]
+    return gate(
+        y, sigma, [kal, gsum], [kal_gain, None], [True, False], u,
+        margin_db=0.1, usable=np.ones(B, bool), groups=groups,
+    ).choice  # fmt: skip
+
+
+def test_pooling_over_the_cluster_finds_a_small_shared_gain_one_feature_cannot_show():
+    """Twelve features, 2 % outliers at 4x: the Gaussian-sum filter truly gains 0.1-0.7 dB
+    on every one, too little for one feature's 2-SE rule over 1,290 rows. Pooled over the
+    cluster (empirical Bayes) the gate serves it on all twelve; per feature on under 3/4."""
+    y, sigma, kal, kal_gain, gsum, u, true = _outlier_group(np.random.default_rng(3), 0.02, 4.0, 12)
+    assert (true[1] < true[0]).all()
+    alone = _choice(y, sigma, kal, kal_gain, gsum, u, None)
+    pooled = _choice(y, sigma, kal, kal_gain, gsum, u, np.zeros(12, int))
+    assert (alone == 1).mean() < 0.75
+    np.testing.assert_array_equal(pooled, 1)
+
+
+def test_pooling_keeps_features_apart_where_the_cluster_disagrees():
+    """Half the cluster has 5 % outliers at 10x (the Gaussian-sum filter gains 3-4 dB),
+    half Gaussian noise (it gains nothing): the between-feature spread τ² is large, so the
+    pooled gate still serves it on the first half only, like the per-feature gate."""
+    y, sigma, kal, kal_gain, gsum, u, _ = _outlier_group(np.random.default_rng(3), 0.05, 10.0, 6)
+    want = np.r_[np.ones(6, int), np.zeros(6, int)]
+    np.testing.assert_array_equal(_choice(y, sigma, kal, kal_gain, gsum, u, None), want)
+    np.testing.assert_array_equal(
+        _choice(y, sigma, kal, kal_gain, gsum, u, np.zeros(12, int)), want
+    )
+
+
+def test_shrink_to_group_is_the_normal_normal_posterior():
+    """Equal standard errors s and a spread that gives τ² = 1: the posterior mean is
+    μ + τ²/(τ² + s²)·(r − μ) and entries outside ``ok`` come back unchanged; below
+    MIN_POOL entries nothing is pooled."""
+    from mamba_denoiser.inference.gate import shrink_to_group
+
+    r = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 9.0])
+    s = np.full(6, np.sqrt(1.5))  # var(r[:5], ddof=1) = 2.5 -> τ² = 2.5 - 1.5 = 1
+    ok = np.r_[np.ones(5, bool), False]
+    post, post_se = shrink_to_group(r, s, ok)
+    np.testing.assert_allclose(post[:5], r[:5] / 2.5, atol=1e-12)  # μ = 0, 1/(1 + 1.5)
+    assert post[5] == 9.0 and post_se[5] == s[5]
+    assert (post_se[:5] < s[:5]).all()
+    few = shrink_to_group(r[:2], s[:2], np.ones(2, bool))
+    np.testing.assert_array_equal(few[0], r[:2])
+
+
+def test_the_lower_bound_carries_the_uncertainty_of_sigma():
+    """300 AR(1) + noise features, the noise variance known only to a relative SE of 0.2
+    (as the built-in panel's moment σ² is, noise_var_rse), the Kalman filter built with
+    that σ̂. On a new block of as many rows, scored against the true noise, at least 90 %
+    of the features reach the lower bound that carries var_rse; without it, the bound
+    holds for fewer than 80 %, because a gain predicted with σ̂ moves with σ̂."""
+    from mamba_denoiser.inference.gate import gate
+
+    rng = np.random.default_rng(4)
+    n, B, phi, warm = 1290, 300, 0.95, 400
+    q = 1 - phi**2
+    s = lfilter([1.0], [1.0, -phi], rng.standard_normal((warm + 2 * n, B)) * np.sqrt(q), axis=0)
+    y = s + 0.8 * rng.standard_normal(s.shape)
+    sigma = 0.8 * np.sqrt(np.clip(1 + 0.2 * rng.standard_normal(B), 0.3, None))  # σ̂
+    d, div = _kalman_ar1(y, phi, q, sigma**2)
+    val, test = slice(warm, warm + n), slice(warm + n, None)
+    realised = 10 * np.log10(((y - s)[test] ** 2).mean(0) / ((d - s)[test] ** 2).mean(0))
+    held = {}
+    for rse in (None, np.full(B, 0.2)):
+        res = gate(
+            y[val], sigma, [d[val]], [div[val]], [True], np.full((n, B), np.nan),
+            margin_db=0.0, usable=np.ones(B, bool), var_rse=rse,
+        )  # fmt: skip
+        held[rse is not None] = (realised >= res.lower[0]).mean()
+    assert held[True] >= 0.9 and held[False] < 0.8, held

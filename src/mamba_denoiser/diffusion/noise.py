@@ -186,3 +186,29 @@ def estimate_noise_std(Y, *, method: str = "auto", **kwargs) -> np.ndarray:
     return np.array(
         [estimate_noise(Y[:, f], method=method, **kwargs).sigma for f in range(Y.shape[1])]
     )
+
+
+N_BATCHES = 5  # contiguous stretches of the train rows for the batch-means standard error
+
+
+def noise_var_rse(y, *, n_batches: int = N_BATCHES) -> float:
+    """Relative standard error of the noise variance σ² of y (T,), by batch means:
+    ``estimate_noise`` on ``n_batches`` contiguous stretches of the rows from the first
+    observed one; sd(σ̂_k²) / mean(σ̂_k²) / √k over the k ≥ 3 stretches that give an
+    unclipped estimate, else NaN. It measures how well the rows pin σ² down (at the
+    built-in default noise its RMS, 0.24, matches the RMS of the moment σ²'s actual log
+    error, 0.24), which the gate's lower bound needs: a gain predicted with σ̂ moves with
+    σ̂ (inference/gate.py ``GateResult.lower``)."""
+    y = np.asarray(y, dtype=np.float64)
+    obs = np.flatnonzero(np.isfinite(y))
+    if not len(obs):
+        return float("nan")
+    v = []
+    for part in np.array_split(y[obs[0] :], n_batches):
+        e = estimate_noise(part)
+        if np.isfinite(e.sigma) and not e.clipped and e.sigma > 0:
+            v.append(e.sigma**2)
+    if len(v) < 3:
+        return float("nan")
+    v = np.asarray(v)
+    return float(v.std(ddof=1) / v.mean() / np.sqrt(len(v)))

@@ -37,6 +37,7 @@ def best_classical(
     margin_db: float = 0.1,
     nonlinear: dict[str, np.ndarray] | None = None,  # name -> (T, F) causal output
     target: np.ndarray | None = None,  # (T, F) future target of the paired score
+    groups: np.ndarray | None = None,  # (F,) cluster ids: paired scores pooled within each
 ) -> Anchor:
     nonlinear = nonlinear or {}
     names = [*baselines, *nonlinear]
@@ -55,6 +56,7 @@ def best_classical(
         u[g],
         margin_db=margin_db,
         usable=~np.asarray(white, bool) & np.isfinite(sigma) & (np.asarray(sigma) > 0),
+        groups=groups,
     )
     out = raw.copy()
     for j, k in enumerate(res.choice):

@@ -50,11 +50,14 @@ class NoisePlan:
     source: list[str]
     white: np.ndarray  # (F,) bool
     ljung_box_p: np.ndarray  # (F,)
+    var_rse: np.ndarray | None = None  # (F,) relative SE of σ² (batch means), NaN unknown
 
 
 def plan_noise(raw: np.ndarray, train: tuple[int, int], sigma=None) -> NoisePlan:
-    """σ and whiteness per feature from the train rows (σ overridden where given)."""
+    """σ and whiteness per feature from the train rows (σ overridden where given), and how
+    well the train rows pin σ² down (``noise_var_rse``, for the gate's lower bounds)."""
     from mamba_denoiser.classical import noise_sigma
+    from mamba_denoiser.diffusion.noise import noise_var_rse
 
     F = raw.shape[1]
     given = None if sigma is None else np.asarray(sigma, dtype=np.float64)
@@ -67,7 +70,9 @@ def plan_noise(raw: np.ndarray, train: tuple[int, int], sigma=None) -> NoisePlan
         else:
             sig[j], s = ch.sigma, ch.source
         src.append(s)
-    return NoisePlan(sig, src, white, p)
+    a, b = int(train[0]), int(train[1])
+    rse = np.array([noise_var_rse(raw[a:b, j]) for j in range(F)])
+    return NoisePlan(sig, src, white, p, rse)
 
 
 def _t_grid(model, sigma_w: np.ndarray, usable: np.ndarray, n_levels: int, c: float):
@@ -308,6 +313,8 @@ def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands,
         future_targets(raw[: gate_rows[1]], train)[g],  # reads validation rows only
         margin_db=margin,
         usable=plan.usable,
+        var_rse=plan.noise.var_rse,
+        groups=np.zeros(F, int),  # the cluster: its features share how much a head saves
     )
     return res.choice, res, divs
 

@@ -28,6 +28,16 @@ noisy, so a nonlinear candidate replaces the linear one only where it is lower b
 than 2 block-bootstrap standard errors and by more than the margin. A risk estimate that
 is not positive is noise: it is never shown as a gain (``gain_db`` gives NaN), and it
 does not by itself disqualify a candidate (it ranks first).
+
+Pooling over a group (``groups``, the cluster): one feature's paired difference is
+noisy (a standard error of 10-30 % of the reference risk over 1,290 rows), but the
+features of a cluster are grouped for behaving alike, so how much a nonlinear candidate
+saves, relative to the reference risk, is largely shared. Each feature's relative
+difference is shrunk toward the group's mean by empirical Bayes (normal-normal, the
+between-feature variance τ² by the method of moments, Efron & Morris): by the factor
+se²/(se² + τ²), so a group whose features truly differ (τ² large) keeps its per-feature
+estimates and a group that agrees borrows strength. The switch rule (2 standard errors,
+the margin) then applies to the shrunk difference and its posterior standard error.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ def probe_divergence(d: np.ndarray, d_probe: np.ndarray, probe: np.ndarray, delt
 BLOCK = 50
 N_BOOT = 200
 MIN_ROWS = 100  # fewer paired rows than this: no paired score (the candidate is not chosen)
+MIN_POOL = 3  # fewer features with a paired score in a group than this: no pooling
 
 
 def sure_terms(y: np.ndarray, d: np.ndarray, div: np.ndarray, sigma) -> np.ndarray:
@@ -105,6 +116,41 @@ def choose_by_risk(risk: np.ndarray, sigma, margin_db: float) -> np.ndarray:
     return np.where(best < s2 * 10 ** (-margin_db / 10), scored.argmin(axis=0), -1)
 
 
+def shrink_to_group(rel: np.ndarray, se: np.ndarray, ok: np.ndarray):
+    """(F,) per-feature estimates and standard errors -> (F,) empirical-Bayes posterior
+    means and standard deviations (normal-normal, τ² by the method of moments) over the
+    ``ok`` entries; the others are returned as they are. With fewer than MIN_POOL entries
+    nothing is pooled (τ² is not estimable)."""
+    rel, se = np.asarray(rel, np.float64).copy(), np.asarray(se, np.float64).copy()
+    m = np.asarray(ok, bool) & np.isfinite(rel) & np.isfinite(se) & (se > 0)
+    if m.sum() < MIN_POOL:
+        return rel, se
+    r, s2 = rel[m], se[m] ** 2
+    tau2 = max(float(np.var(r, ddof=1) - s2.mean()), 0.0)
+    w = 1.0 / (s2 + tau2)
+    mu, var_mu = float((w * r).sum() / w.sum()), float(1.0 / w.sum())
+    b = s2 / (s2 + tau2)  # the weight on the group mean: 1 where τ² = 0
+    rel[m] = r - b * (r - mu)
+    se[m] = np.sqrt((1 - b) * s2 + b**2 * var_mu)
+    return rel, se
+
+
+def _pooled_drop(drop, drop_se, scale, ok, groups):
+    """The paired drops shrunk per group in units of the reference risk (``scale``)."""
+    if groups is None:
+        return drop, drop_se
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel, rel_se = drop / scale, drop_se / scale
+    ok = ok & (scale > 0)
+    out, out_se = drop.copy(), drop_se.copy()
+    for g in np.unique(groups):
+        in_g = groups == g
+        r, s = shrink_to_group(np.where(in_g, rel, np.nan), rel_se, ok & in_g)
+        sel = in_g & ok
+        out[sel], out_se[sel] = r[sel] * scale[sel], s[sel] * scale[sel]
+    return out, out_se
+
+
 @dataclass
 class GateResult:
     choice: np.ndarray  # (F,) candidate index, or -1 (raw)
@@ -112,6 +158,8 @@ class GateResult:
     se: np.ndarray  # (K, F) its block-bootstrap standard error
     paired: np.ndarray  # (K,) bool: scored by the paired difference (nonlinear)
     sigma: np.ndarray  # (F,)
+    slope: np.ndarray | None = None  # (K, F) ∂risk/∂σ² at fixed outputs (SURE's 2·div − 1)
+    var_rse: np.ndarray | None = None  # (F,) relative standard error of σ²
 
     @property
     def gain(self) -> np.ndarray:
@@ -121,9 +169,25 @@ class GateResult:
     @property
     def lower(self) -> np.ndarray:
         """(K, F) dB: a lower prediction bound for the gain on a new block of as many rows
-        (the test rows): the gain at risk + 2·√2·SE, √2 for the new block's own sampling
-        error, which is as large as the validation rows' (independent blocks)."""
-        return gain_db(self.risk + 2 * np.sqrt(2) * self.se, self.sigma)
+        (the test rows), two standard deviations below the estimate. Two independent
+        parts, added in quadrature:
+        - sampling: the risk one SE·√2 higher, √2 for the new block's own sampling error,
+          which is as large as the validation rows' (independent blocks);
+        - σ: the gain recomputed with σ² one relative SE (``var_rse``) lower. The
+          prediction uses the estimated σ while the realised gain is against the true
+          noise, and σ is the least certain number in it: at the built-in default noise
+          the prediction error's correlation with log(σ̂²/σ²) is 0.48, and without this
+          part only 66 % of the features reached their bound."""
+        g = self.gain
+        d_samp = g - gain_db(self.risk + np.sqrt(2) * self.se, self.sigma)
+        d_sig = np.zeros_like(g)
+        if self.slope is not None and self.var_rse is not None:
+            s2 = np.asarray(self.sigma, np.float64) ** 2
+            rse = np.where(np.isfinite(self.var_rse), self.var_rse, 0.0)
+            s2_lo = s2 * (1 - np.minimum(rse, 0.9))
+            risk_lo = self.risk + np.nan_to_num(self.slope) * (s2_lo - s2)
+            d_sig = np.where(rse > 0, g - gain_db(risk_lo, np.sqrt(s2_lo)), 0.0)
+        return g - 2 * np.sqrt(d_samp**2 + d_sig**2)
 
 
 def gate(
@@ -136,37 +200,48 @@ def gate(
     *,
     margin_db: float,
     usable: np.ndarray,  # (F,) bool
+    groups: np.ndarray | None = None,  # (F,) labels: pool the paired scores within each
+    var_rse: np.ndarray | None = None,  # (F,) relative SE of σ², for the lower bounds only
 ) -> GateResult:
     """Per feature: the best linear candidate by SURE above the margin (else raw), replaced
-    by the best nonlinear candidate where its paired risk is lower by more than 2 SE and
-    the margin (module docstring)."""
+    by the best nonlinear candidate where its paired risk, pooled over the feature's group
+    when ``groups`` is given, is lower by more than 2 SE and the margin (module
+    docstring)."""
     K, F = len(outputs), y.shape[1]
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (F,))
     s2 = sigma**2
     risk, se = np.full((K, F), np.nan), np.full((K, F), np.nan)
+    slope = np.full((K, F), np.nan)  # ∂risk/∂σ²: SURE's is mean(2·div − 1), raw's 1
     terms: dict[int, np.ndarray] = {}
     lin = [k for k in range(K) if linear[k]]
     for k in lin:
         terms[k] = sure_terms(y, outputs[k], divs[k], sigma)
         risk[k], se[k], _ = mean_and_se(terms[k])
+        with np.errstate(invalid="ignore"):
+            slope[k] = np.nanmean(np.where(np.isfinite(terms[k]), 2 * divs[k] - 1, np.nan), 0)
     pick = choose_by_risk(risk[lin], sigma, margin_db) if lin else np.full(F, -1)
     ref = np.where(pick >= 0, np.array(lin + [-1])[pick], -1)  # (F,) candidate or -1
     cols = np.arange(F)
     d_ref, t_ref, r_ref = y.copy(), np.broadcast_to(s2, y.shape).copy(), s2.copy()
+    slope_ref = np.ones(F)
     for j in cols[ref >= 0]:
         d_ref[:, j], t_ref[:, j] = outputs[ref[j]][:, j], terms[ref[j]][:, j]
-        r_ref[j] = risk[ref[j], j]
+        r_ref[j], slope_ref[j] = risk[ref[j], j], slope[ref[j], j]
     choice, best_drop = ref.copy(), np.zeros(F)
     for k in (k for k in range(K) if not linear[k]):
         delta = (outputs[k] - target) ** 2 - (d_ref - target) ** 2  # (N, F)
         drop, drop_se, n = mean_and_se(delta)
-        risk[k] = r_ref + drop
+        ok_n = (n >= MIN_ROWS) & np.asarray(usable, bool)
+        drop, drop_se = _pooled_drop(drop, drop_se, r_ref, ok_n, groups)
+        risk[k], slope[k] = r_ref + drop, slope_ref  # the paired part does not use σ
         se[k] = mean_and_se(t_ref + delta)[1]
         with np.errstate(divide="ignore", invalid="ignore"):
             beats_margin = (risk[k] <= 0) | (10 * np.log10(r_ref / risk[k]) > margin_db)
-        ok = (n >= MIN_ROWS) & (drop < -2 * drop_se) & beats_margin & (drop < best_drop)
+        ok = ok_n & (drop < -2 * drop_se) & beats_margin & (drop < best_drop)
         choice, best_drop = np.where(ok, k, choice), np.where(ok, drop, best_drop)
     usable = np.asarray(usable, bool)
     risk[:, ~usable], se[:, ~usable] = np.nan, np.nan
     choice = np.where(usable, choice, -1)
-    return GateResult(choice, risk, se, np.array([not lin_k for lin_k in linear]), sigma)
+    paired = np.array([not lin_k for lin_k in linear])
+    rse = None if var_rse is None else np.broadcast_to(np.asarray(var_rse, np.float64), (F,))
+    return GateResult(choice, risk, se, paired, sigma, slope, rse)
