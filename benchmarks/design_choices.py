@@ -1,6 +1,8 @@
-"""Design choices decided on rows the test scores never see (docs/design.md rule 7): the
-constant anchor of stationary clusters (`stationary_anchor`) and the diffusion head's t
-sampler (`t_sampling.kind`), each against the default, on another seed's panel.
+"""Design choices decided on rows the test scores never see (docs/design.md "Honesty rules"
+8): the constant anchor of stationary clusters (`stationary_anchor`) and the diffusion
+head's t sampler (`t_sampling.kind`), each against the default, on another seed's panel;
+and (`--robust`, classical, ~2 minutes) the robust filter's noise-law family chosen by the
+paired future-target risk against the likelihood's choice and each family forced.
 
 In a scratch log folder: cluster.py once, then per training seed and variant train.py
 experiment=cpu_all_clusters with the variant's option, then evaluate.py's own denoising
@@ -12,6 +14,7 @@ one at seed 1 (the README's numbers are seed 0), noise x 5.
 
     python benchmarks/design_choices.py [--data-seed 1] [--noise-scale 5]
         [--train-seeds 0 1] [--variants window uniform] [--steps 4x32]
+    python benchmarks/design_choices.py --robust      # the robust filter's family rule
 
 About 35 minutes on 2 cores with the defaults (one clustering, six trainings).
 """
@@ -29,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+ROWS = {"train": (0, 6300), "val": (6360, 7650), "test": (7710, 9000)}  # 9,000 rows, 70/15/15
 VARIANTS = {  # label -> train.py options; "default" is conf/train.yaml's choice
     "default": [],
     "window": ["stationary_anchor=window"],
@@ -76,6 +80,39 @@ def score(sweep: Path, overrides: list[str]) -> dict[str, pd.DataFrame]:
     return tabs
 
 
+def robust_family(data_seed: int, noise_scale: float) -> None:
+    """The robust filter on the built-in panel with jumps: mean SNR gain (dB) per planted
+    family of the default law (family by the paired risk, robust.fit_noise_laws), the
+    family of highest penalised train likelihood, and each family forced."""
+    from mamba_denoiser.classical import state_space_fits
+    from mamba_denoiser.data.synthetic import make_synthetic_panel
+    from mamba_denoiser.evaluation.metrics import snr_gain_db
+    from mamba_denoiser.robust import _family_fits, _scores, fit_noise_laws, robust_filter
+
+    p = make_synthetic_panel(9000, data_seed, noise_scale=noise_scale, noise_dist="jumps")
+    train = ROWS["train"]
+    print(f"robust filter, jumps x{noise_scale:g}, data seed {data_seed} (SNR gain, dB)")
+    print("| family | law | val rows | test rows |\n|---|---|---|---|")
+    for fam in ("ou_fast", "ou_slow", "random_walk", "trend"):
+        cols = [c for c, v in p.process.items() if v == fam]
+        y, s = p.frame[cols].to_numpy(float), p.clean[cols].to_numpy(float)
+        fits = state_space_fits(y, train)
+        ok = [j for j, f in enumerate(fits) if f is not None]
+        y, s, fits = y[:, ok], s[:, ok], [fits[j] for j in ok]
+        fams = _family_fits(y, fits, train)  # per column [Gaussian, outliers, jumps, both]
+        best = np.argmax(_scores(y, fits, train, fams), axis=1)
+        laws = {
+            "paired risk (default)": fit_noise_laws(y, fits, train),
+            "likelihood": [fams[f][g] for f, g in enumerate(best)],
+        }
+        for g, name in enumerate(("Gaussian", "outliers", "jumps", "both")):
+            laws[name] = [fams[f][g] for f in range(len(fits))]
+        for name, law in laws.items():
+            d = robust_filter(y, fits, law)
+            gain = [np.nanmean(snr_gain_db(y, d, s, rows=slice(*ROWS[r]))) for r in ("val", "test")]
+            print(f"| {fam} | {name} | {gain[0]:.2f} | {gain[1]:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-seed", type=int, default=1)
@@ -84,7 +121,10 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["window", "uniform"], choices=VARIANTS)
     ap.add_argument("--steps", default="4x32", help="epochs x train batches (the CPU preset)")
     ap.add_argument("--log-dir", default=None, help="default: a new scratch folder")
+    ap.add_argument("--robust", action="store_true", help="only the robust family rule")
     args = ap.parse_args()
+    if args.robust:
+        return robust_family(args.data_seed, args.noise_scale)
     data = [f"data.seed={args.data_seed}", f"data.noise_scale={args.noise_scale}"]
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="design_choices_"))
     paths = [f"paths.log_dir={log_dir}"]
