@@ -3,7 +3,9 @@ panel (api.py), on the built-in panel (85 features, 7 clusters): time per new ro
 largest difference between the streamed and the batch values, in units of each feature's
 noise σ, apart for the features served by a classical filter (goal ≤ 1e-9) and by a
 learned head (goal ≤ 1e-5). Both are bit-identical by design (docs/design.md, "Live
-serving"); the classical filters continue from their held state (recursion.py).
+serving"); the classical filters and the combiner's sums continue from their held state
+(recursion.py, combiner.py), and a network serves the new row's window in the batch
+runs' own call size (inference/plan.BATCH_WINDOWS).
 
     python benchmarks/streaming.py [--checkpoints SWEEP] [--days 20]
 

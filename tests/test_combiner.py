@@ -91,3 +91,39 @@ def test_rows_do_not_depend_on_how_many_follow():
     for cut in (1, 255, 256, 257, 1000, 2999):
         assert np.array_equal(rowwise_matmul(a[:cut], b), full[:cut])
     np.testing.assert_allclose(full, a @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_grown_panel_continues_the_held_sums_bit_for_bit():
+    """apply_combiner carries its state (the Kalman filters', the exponentially weighted
+    sums', the open block of the product): a panel grown by 1, 2, 255 and 700 rows (across
+    the product's 256-row blocks) gives the bits of a fresh run over the grown panel, which
+    are those of the batch computation written out (_design, rowwise_matmul); a revised
+    earlier row starts again."""
+    from mamba_denoiser.classical import clear_cache
+    from mamba_denoiser.combiner import _design, _kalman, rowwise_matmul
+
+    _, y = _panel(0.5, n=2400)
+    c = fit_combiner(y[:1200], (0, 1000))
+
+    def batch(raw):  # the computation a whole run makes, written out
+        K, g, e = _kalman(raw, c.fits)
+        out = K + rowwise_matmul(_design(e, c.scale), c.gamma.T)
+        div = g + np.where(np.isfinite(e), np.diag(c.gamma[:, : raw.shape[1]]) / c.scale, 0.0)
+        out = np.where(np.isnan(raw) | np.isnan(K), np.nan, out)
+        return out, np.where(np.isnan(out), np.nan, div)
+
+    clear_cache()
+    n = 1190
+    for step in (0, 1, 1, 2, 255, 700):
+        n += step
+        got = apply_combiner(c, y[:n])
+        clear_cache()
+        fresh = apply_combiner(c, y[:n])
+        for a, b, w in zip(got, fresh, batch(y[:n])):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, w)
+        assert not got[0].flags.writeable
+        apply_combiner(c, y[: n - 7])  # a shorter panel between: the longer one runs again
+    revised = y[:n].copy()
+    revised[500, 1] += 1.0
+    np.testing.assert_array_equal(apply_combiner(c, revised)[0], batch(revised)[0])

@@ -311,3 +311,28 @@ def test_rows_already_served_do_not_move_when_the_panel_grows(trained, direction
             for fam, out in base.alone.items():
                 np.testing.assert_array_equal(grown.alone[fam][:t0], out, err_msg=fam)
             assert grown.info["decisions"] == base.info["decisions"]
+
+
+@pytest.mark.parametrize("direction", ["causal"])
+def test_serving_a_few_rows_gives_the_whole_runs_bits(trained, direction):
+    """What update runs (inference/plan.run_windows with ``rows``: only the windows that
+    serve the wanted rows, one padded call of BATCH_WINDOWS, only the rows they read
+    converted) gives every wanted row the bits of the whole run, for every candidate."""
+    from mamba_denoiser.artifacts import load_models
+    from mamba_denoiser.data.panel import load_panel
+    from mamba_denoiser.inference import denoise_cluster
+    from tests.helpers import make_small_frame
+
+    bounds = load_panel(trained["csv"], window_size=WINDOW).bounds
+    frame = make_small_frame(n_rows=640)
+    for m in load_models(trained["root"] / direction).values():
+        raw = frame[m.features].to_numpy(float)
+        whole = denoise_cluster(m, raw, train=bounds["train"], gate_rows=bounds["val"], alone=True)
+        held = whole.info["decisions"]
+        for a, b in ((639, 640), (611, 640), (600, 601)):
+            part = denoise_cluster(
+                m, raw[:b], train=bounds["train"], replay=held, rows=(a, b), alone=True
+            )
+            np.testing.assert_array_equal(part.mean[a:b], whole.mean[a:b])
+            for fam, out in part.alone.items():
+                np.testing.assert_array_equal(out[a:b], whole.alone[fam][a:b], err_msg=fam)

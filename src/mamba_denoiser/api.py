@@ -54,8 +54,27 @@ class Denoiser:
         self._decisions: dict[int, dict] | None = None
         self._fitted_on: str | None = None  # digest of the train + validation rows
         self._split_ids: dict[str, list[str]] = {}  # part -> [first id, last id], as text
-        self._history: pd.DataFrame | None = None  # features, in row order, id-indexed
+        self._values: _Rows | None = None  # the history's features (T, F), grown in place
+        self._ids: list = []  # the history's ids, in row order
+        self._frame: pd.DataFrame | None = None  # the history as a frame, made on demand
         self._columns: list = []  # the history frame's columns (update's schema)
+
+    @property
+    def _history(self) -> pd.DataFrame | None:
+        """The held history: features, in row order, id-indexed (None before transform)."""
+        if self._values is None:
+            return None
+        if self._frame is None or len(self._frame) != self._values.n:
+            index = pd.Index(self._ids, name=self.id_col)
+            values = self._values.view().copy()
+            self._frame = pd.DataFrame(values, index=index, columns=self.features)
+        return self._frame
+
+    def _hold(self, x: pd.DataFrame) -> None:
+        """Hold x (features, id-indexed) as the history."""
+        self._values = _Rows(len(self.features))
+        self._values.append(x.to_numpy(dtype=np.float64))
+        self._ids, self._frame = list(x.index), x
 
     @classmethod
     def from_run(cls, checkpoints: str | Path | None = None, *, log_dir="outputs", **kw):
@@ -162,17 +181,19 @@ class Denoiser:
         x.index = pd.Index(ids.to_numpy(), name=self.id_col)
         return x
 
-    def _run(self, x: pd.DataFrame, rows: tuple[int, int] | None = None) -> np.ndarray:
+    def _run(self, x, rows: tuple[int, int] | None = None) -> np.ndarray:
         """(T, F) denoised features of x; held decisions after the first call."""
         return self._result(x, rows).stack("mean", self.features)
 
-    def _result(self, x: pd.DataFrame, rows: tuple[int, int] | None = None, **kw):
-        """denoise_panel over x (PanelResult); the decisions fitted by the first call, then
-        held (replayed). ``kw``: bands, band_z (a replay then reads the validation rows:
-        a probed divergence is averaged over them)."""
-        from mamba_denoiser.inference.panel import denoise_panel
+    def _result(self, x, rows: tuple[int, int] | None = None, **kw):
+        """denoise_panel over x (a features frame, or its (T, F) float64 values: PanelResult);
+        the decisions fitted by the first call, then held (replayed). ``kw``: bands, band_z
+        (a replay then reads the validation rows: a probed divergence is averaged over
+        them)."""
+        from mamba_denoiser.inference.panel import Block, denoise_panel
 
-        frame = x.reset_index(drop=True)
+        values = x.to_numpy(dtype=np.float64) if isinstance(x, pd.DataFrame) else x
+        frame = Block(values, self.features)
         replay = self._decisions
         res = denoise_panel(
             self.models,
@@ -219,7 +240,8 @@ class Denoiser:
         x = self._features_of(frame, "transform")
         self._check_fit_rows(x, "transform")
         out = self._run(x)
-        self._history, self._columns = x, list(frame.columns)
+        self._hold(x)
+        self._columns = list(frame.columns)
         result = frame.copy()
         result[self.features] = out
         return result
@@ -267,7 +289,7 @@ class Denoiser:
     def update(self, rows: pd.DataFrame) -> pd.DataFrame:
         """New rows (same schema, ids after the last one seen) -> those rows denoised:
         the values ``transform`` over the grown history gives them."""
-        if self._history is None:
+        if self._values is None:
             raise ConfigError("update() needs a history first: call transform(history)")
         new = [c for c in rows.columns if c not in self._columns]
         gone = [c for c in self._columns if c not in rows.columns]
@@ -277,7 +299,7 @@ class Denoiser:
                 f"{gone}; give rows in the same schema"
             )
         x = self._features_of(rows, "update")
-        last = self._history.index[-1]
+        last = self._ids[-1]
         if len(x) and not x.index[0] > last:
             early = [str(i) for i in x.index if not i > last]
             shown = ", ".join(early[:3]) + (", …" if len(early) > 3 else "")
@@ -286,9 +308,7 @@ class Denoiser:
                 f"row seen ({last}): revised or repeated earlier "
                 "rows are refused; give only new rows, or transform the revised history"
             )
-        result = rows.copy()
-        result[self.features] = self._serve(x, start=len(self._history), keep=True)
-        return result
+        return _with_features(rows, self.features, self._serve(x, start=self._values.n, keep=True))
 
     def status(self, *, recent: int | None = None, threshold: float | None = None) -> dict:
         """A stale-model signal: rows served since the end of validation, and per feature
@@ -334,11 +354,58 @@ class Denoiser:
         tail, as the scikit-learn wrapper's transform). Only the windows those rows need
         are served. ``keep``: hold the grown history afterwards (update) or not (a pure
         function of the fitted state, as scikit-learn expects of transform)."""
-        grown = pd.concat([self._history.iloc[:start], x])
-        if start < self.bounds["val"][1]:
-            self._check_fit_rows(grown, "transform")  # the fitted rows must stay the same
-        rows = None if start == 0 else (max(start - self.window + 1, 0), len(grown))
+        n, new = self._values.n, x.to_numpy(dtype=np.float64)
+        if start < self.bounds["val"][1]:  # the fitted rows must stay the same
+            self._check_fit_rows(pd.concat([self._history.iloc[:start], x]), "transform")
+        if keep and start == n:  # the new rows go into the held buffer, committed after
+            grown = self._values.staged(new)
+        else:
+            grown = np.concatenate([self._values.view()[:start], new])
+        rows = None if start == 0 else (start, len(grown))  # the windows serving them only
         out = self._run(grown, rows=rows)
         if keep:
-            self._history = grown
+            if start != n:
+                self._hold(pd.concat([self._history.iloc[:start], x]))
+            else:
+                self._values.commit(len(new))
+                self._ids += list(x.index)
         return out[start:]
+
+
+def _with_features(rows: pd.DataFrame, features: list, values: np.ndarray) -> pd.DataFrame:
+    """``rows`` with its ``features`` columns replaced by ``values`` (same index, columns
+    and order): one new frame, not a column assignment per feature (ms per update)."""
+    col = {f: i for i, f in enumerate(features)}
+    # the other columns as Series: their dtypes (strings, dates, nullable ints) are kept
+    data = {k: (values[:, col[k]] if k in col else rows[k]) for k in rows.columns}
+    out = pd.DataFrame(data, index=rows.index.copy())
+    out.columns = rows.columns.copy()
+    return out
+
+
+class _Rows:
+    """A (n, width) float64 array grown by appending rows in place (amortised capacity)."""
+
+    def __init__(self, width: int):
+        self._a, self.n = np.empty((16, width)), 0
+
+    def staged(self, new: np.ndarray) -> np.ndarray:
+        """The held rows and ``new`` after them, as one view; not held until commit."""
+        k = len(new)
+        if self.n + k > len(self._a):
+            cap = max(2 * len(self._a), (self.n + k) * 5 // 4)
+            bigger = np.empty((cap, self._a.shape[1]))
+            bigger[: self.n] = self._a[: self.n]
+            self._a = bigger
+        self._a[self.n : self.n + k] = new
+        return self._a[: self.n + k]
+
+    def commit(self, k: int) -> None:
+        self.n += k
+
+    def append(self, new: np.ndarray) -> None:
+        self.staged(new)
+        self.commit(len(new))
+
+    def view(self) -> np.ndarray:
+        return self._a[: self.n]

@@ -252,7 +252,13 @@ def run(
     return Filtered(out, gain, m, v, vj, st[:, 7].copy(), st)
 
 
-_ALL: weakref.WeakSet = weakref.WeakSet()  # every Carried memo, for clear_all
+_ALL: weakref.WeakSet = weakref.WeakSet()  # every memo of serving runs, for clear_all
+
+
+def register(memo) -> None:
+    """Add a memo of held serving runs (anything with ``clear()``) to those ``clear_all``
+    forgets: the combiner's streams (combiner.py) live beside the filters' here."""
+    _ALL.add(memo)
 
 
 def clear_all() -> None:

@@ -421,7 +421,7 @@ class CombinerCandidate(_Classical):
     family: ClassVar[str] = "combiner"
     linear: ClassVar[bool] = True
     scope: ClassVar[str] = "group"  # one filter over the cluster's features
-    streaming: ClassVar[bool] = False  # its Kalman filters carry on; its sums are O(T)
+    streaming: ClassVar[bool] = True  # its Kalman filters and its sums carry on (combiner.py)
     name = "combiner"
 
     @classmethod

@@ -12,6 +12,21 @@ import pandas as pd
 log = logging.getLogger("mamba_denoiser")
 
 
+class Block:
+    """(T, F) float64 feature values with their names, read like a DataFrame's columns by
+    ``denoise_panel`` (``block[names].to_numpy()``) without pandas' per-call cost: the
+    Python API serves a held history this way, one row longer at each update."""
+
+    def __init__(self, values: np.ndarray, names: list[str]):
+        self.values, self._col = values, {n: i for i, n in enumerate(names)}
+
+    def __getitem__(self, names: list[str]) -> Block:
+        return Block(self.values[:, [self._col[n] for n in names]], list(names))
+
+    def to_numpy(self, dtype=np.float64) -> np.ndarray:
+        return np.asarray(self.values, dtype=dtype)
+
+
 @dataclass
 class PanelResult:
     clusters: dict[int, Any]  # cluster id -> ClusterResult
@@ -69,7 +84,7 @@ def _one_cluster(inference, res, cid, m, frame, bounds, sigma, gate, replay, qui
     advance a bar of their own (not when ``quiet``)."""
     from mamba_denoiser.progress import bar
 
-    raw = frame[m.features].to_numpy(dtype=np.float64)
+    raw = frame[m.features].to_numpy(dtype=np.float64)  # a DataFrame or a Block
     given = None
     if sigma:
         given = np.array([float(sigma.get(f, np.nan)) for f in m.features])

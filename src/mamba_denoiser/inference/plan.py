@@ -19,6 +19,7 @@ offline (two-sided, uses FUTURE rows) -- windows with stride L // 4, every posit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -27,21 +28,33 @@ import torch
 from mamba_denoiser.data.windows import gather_windows
 
 MODES = ("causal", "offline")
-# Windows per network call. Every call gets exactly this many (run_windows pads), so a
-# row's value does not depend on which other windows run. 32 costs the same per window
-# as 256 on a CPU (measured) and pads little when a leakage check serves a few rows.
-BATCH_WINDOWS = 32
+# Windows per network call, batch and live alike. Every call gets exactly this many
+# (run_windows pads), so a row's value does not depend on which other windows run: an
+# update serves its new row's window in a call of this size and gives the batch bits.
+# 8, not 32: an update's call (one window, padded) costs 0.41x that of a 32-window call,
+# while a whole panel's windows cost 1.7x (the per-call overhead: 1 and 4 windows cost
+# 0.25x / 0.37x per update but 7x / 2.4x per panel; benchmarks/streaming.py, 2 cores).
+BATCH_WINDOWS = 8
 
 # fn(w (B, L, F) window units, NaN unobserved; mask (B, L, F)) -> {"mean": ..., "div": ...}
 WindowFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
+@functools.lru_cache(maxsize=64)
 def serving_plan(
     n_rows: int, window: int, anchor_len: int, mode: str, direction: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """-> (starts (N,), rows (M,), positions (M,), window index (M,)): the windows to run
     and, for each served row, which window and position serve it. Offline returns every
-    (window, position) pair, so rows repeat (they are averaged). Rules: module docstring."""
+    (window, position) pair, so rows repeat (they are averaged). Rules: module docstring.
+    Memoised (an update asks for the same panel's plan again): the arrays are read-only."""
+    plan = _serving_plan(n_rows, window, anchor_len, mode, direction)
+    for a in plan:
+        a.flags.writeable = False
+    return plan
+
+
+def _serving_plan(n_rows: int, window: int, anchor_len: int, mode: str, direction: str):
     if n_rows < window:
         raise ValueError(f"{n_rows} rows is fewer than one window of {window}")
     if mode == "offline":
@@ -67,9 +80,12 @@ def serving_plan(
     starts = np.arange(n_chunks) * h
     first = np.full(n_chunks, window - h)
     first[0] = anchor_len
-    p = [np.arange(f, min(window, n_rows - s)) for f, s in zip(first, starts)]
-    w_idx = np.repeat(np.arange(n_chunks), [len(q) for q in p])
-    pos = np.concatenate(p)
+    # chunk k serves its positions first[k] .. min(L, T - s_k) - 1 (vectorised: an update
+    # asks for the plan of a panel one row longer each time)
+    count = np.maximum(np.minimum(window, n_rows - starts) - first, 0)
+    w_idx = np.repeat(np.arange(n_chunks), count)
+    offset = np.repeat(np.cumsum(count) - count, count)  # the chunk's first entry
+    pos = np.arange(len(w_idx)) - offset + first[w_idx]
     return starts, starts[w_idx] + pos, pos, w_idx
 
 
@@ -105,10 +121,14 @@ def run_windows(
     if rows is not None:
         starts, served, pos, w_idx = _restrict(starts, served, pos, w_idx, rows)
     sc = model.scaler
-    z = torch.as_tensor(sc.to_z(raw))  # (T, F) float32
-    pad = int(starts.max()) + model.window - T  # a causal plan's last chunk may run past T-1
+    # only the rows the windows read are converted (elementwise: the same bits as a
+    # conversion of the whole panel), so serving a few rows costs a few windows
+    lo, hi = int(starts.min()), int(starts.max()) + model.window
+    starts = starts - lo
+    z = torch.as_tensor(sc.to_z(raw[lo:hi]))  # (hi - lo, F) float32, before padding
+    pad = hi - max(T, lo)  # a causal plan's last chunk may run past T-1
     aux_z = {
-        k: (kind, torch.as_tensor(sc.to_z(a) if kind == "loc" else a / sc.std**2))
+        k: (kind, torch.as_tensor(sc.to_z(a[lo:hi]) if kind == "loc" else a[lo:hi] / sc.std**2))
         for k, (kind, a) in (aux or {}).items()
     }
     if pad > 0:  # unobserved padding: a causal network never reads it for rows <= T-1
@@ -149,13 +169,13 @@ def run_windows(
             np.add.at(acc, served, np.where(good, vals, 0.0))
             np.add.at(cnt, served, good)
             full = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
-        else:
+            if key.startswith("mean"):
+                full = sc.to_native(full)
+        else:  # each row once: only the rows served are mapped back (elementwise)
             full = np.full((T, F), np.nan)
-            full[served] = vals
+            full[served] = sc.to_native(vals.astype(np.float64)) if key.startswith("mean") else vals
         if rows is not None:  # an offline row outside ``rows`` may lack some windows
             full[~rows] = np.nan
-        if key.startswith("mean"):
-            full = sc.to_native(full)
         out[key] = np.where(np.isnan(raw), np.nan, full)
     return out
 
