@@ -12,9 +12,10 @@
    Kalman fits, SURE gate, candidate choice) re-run end to end on panels whose rows after
    a cut are replaced, with cuts inside the test split; at cuts inside the train and
    validation splits, whose rows the decisions are fitted on by design, the serving path
-   with the decisions held; and a look-ahead statistic calibrated on a null, which stops
-   the run for every output the exact test did not cover (for the others it is reported:
-   a linear statistic, which nonlinear causal filters can trip legitimately).
+   with the decisions held; and a look-ahead statistic calibrated on a null, on every
+   causal output, per class of the estimator serving each feature (linear candidates:
+   innovations of a linear AR; nonlinear ones: of a nonlinear predictor fitted on the
+   train rows, leakage.nonlinear_innovations).
 4. With known clean values (the built-in data, or ``truth=PATH``): SNR gain on the TEST
    rows per planted family (primary) and per cluster type, causal and two-sided apart.
 5. With targets: purged walk-forward forecasts of the RAW forward return from raw vs
@@ -268,7 +269,6 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
     cfg, names, raw = inp.cfg, inp.names, inp.raw
     checks = []
     t0 = time.perf_counter()
-    perturbed = set()  # methods whose whole causal path passed the exact test
     for name in res.causal:
         method = next(m for m in res.methods if m["name"] == name)
         wanted = cfg.leakage.perturbation_methods
@@ -277,18 +277,25 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
             checks += method_checks(
                 inp.models, inp.panel, names, res.den[name], name, gate=bool(cfg.gate), **kw
             )
-            perturbed.add(name)
-    # the anchor's robust-filter features: the same per-column causal function as the
-    # denoiser's robust candidate, whose whole path the exact tests just covered
-    robust_exact = any("robust" in res.den[n].alone for n in perturbed)
+    # the look-ahead statistic per class of the estimator serving each feature (linear:
+    # the AR innovations; nonlinear: a train-fitted nonlinear predictor's, computed once)
+    innov: list[np.ndarray] = []
+
+    def nonlinear_innovations() -> np.ndarray:
+        if not innov:
+            t1 = time.perf_counter()
+            innov.append(leakage.nonlinear_innovations(raw, inp.panel.bounds["train"]))
+            log.info(
+                "  nonlinear innovations for the look-ahead statistic (%.1fs)",
+                time.perf_counter() - t1,
+            )
+        return innov[0]
+
     for key, arr in res.causal_out.items():
         if key == "raw" or key.endswith("(causal)"):
             continue
-        if key == ANCHOR and robust_exact:
-            checks += leakage.mixed_lookahead_check(raw, arr, names, res.anchor.choice, ANCHOR)
-            continue
-        exact = res.method_of.get(key) in perturbed
-        checks.append(leakage.lookahead_check(raw, arr, names, key, exact))
+        linear = _serving_classes(res, key, names)
+        checks += leakage.lookahead_check(raw, arr, names, key, linear, nonlinear_innovations)
     for b, out in res.bl.items():
         tab, pooled = leakage.check_lookahead_panel(
             raw, out.causal, names=names, raise_on_fail=False
@@ -297,6 +304,25 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
             log.warning("baseline %s trips the look-ahead check", b)
     log.info("Leakage checks passed: %d (%.1fs)", len(checks), time.perf_counter() - t0)
     return checks
+
+
+def _serving_classes(res: _Outputs, key: str, names: list[str]) -> list[bool]:
+    """Per feature, whether output ``key`` serves it linearly: a method's chosen mix by the
+    candidate each feature chose, "<method>: <family> alone" by that family, the anchor by
+    its per-feature choice (its robust filter is nonlinear)."""
+    from mamba_denoiser.evaluation.leakage import serves_linearly
+
+    if key == ANCHOR:
+        return [serves_linearly(c) for c in res.anchor.choice]
+    if key in res.den:
+        chosen = {
+            f: v["chosen"]
+            for r in res.den[key].clusters.values()
+            for f, v in r.info["features"].items()
+        }
+        return [serves_linearly(chosen.get(f)) for f in names]
+    family = key.rsplit(": ", 1)[1].removesuffix(" alone") if ": " in key else None
+    return [serves_linearly(family)] * len(names)
 
 
 def _quality_tables(inp: _Inputs, res: _Outputs) -> ReportTables:
