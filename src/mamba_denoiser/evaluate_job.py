@@ -269,6 +269,7 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
     cfg, names, raw = inp.cfg, inp.names, inp.raw
     checks = []
     t0 = time.perf_counter()
+    perturbed = set()  # methods whose whole causal path passed the exact tests
     for name in res.causal:
         method = next(m for m in res.methods if m["name"] == name)
         wanted = cfg.leakage.perturbation_methods
@@ -277,6 +278,10 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
             checks += method_checks(
                 inp.models, inp.panel, names, res.den[name], name, gate=bool(cfg.gate), **kw
             )
+            perturbed.add(name)
+    # the anchor's nonlinear features are the robust filter's: the same per-column causal
+    # function as the denoiser's robust candidate, whose path the exact tests covered
+    robust_exact = any("robust" in res.den[n].alone for n in perturbed)
     # the look-ahead statistic per class of the estimator serving each feature (linear:
     # the AR innovations; nonlinear: a train-fitted nonlinear predictor's, computed once)
     innov: list[np.ndarray] = []
@@ -295,7 +300,10 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
         if key == "raw" or key.endswith("(causal)"):
             continue
         linear = _serving_classes(res, key, names)
-        checks += leakage.lookahead_check(raw, arr, names, key, linear, nonlinear_innovations)
+        exact = robust_exact if key == ANCHOR else res.method_of.get(key) in perturbed
+        checks += leakage.lookahead_check(
+            raw, arr, names, key, linear, nonlinear_innovations, exact=exact
+        )
     for b, out in res.bl.items():
         tab, pooled = leakage.check_lookahead_panel(
             raw, out.causal, names=names, raise_on_fail=False

@@ -525,13 +525,22 @@ def lookahead_check(
     key: str,
     linear: Sequence[bool] | bool,
     innovations: np.ndarray | Callable[[], np.ndarray] | None = None,
+    exact: bool = False,
 ) -> list[str]:
     """The look-ahead statistic of one output, per class of the estimator serving each
     feature (``linear``: per feature, or one value for all): the linear statistic on the
     features linear candidates serve, the nonlinear one (``innovations``: (T, F), or a
     function returning them, from ``nonlinear_innovations``) on the others; each pooled
     within its class. Raises LeakageError when either is beyond its threshold; returns
-    one line per class for the report."""
+    one line per class for the report.
+
+    One exception, measured: the nonlinear statistic's PER-FEATURE null is approximate
+    (the predictor only approximates the best causal prediction; an honest robust filter
+    reached |z| 5.7 on 1 of 85 features at ×5 outliers, seed 0, while its pooled z was
+    −1.5). So where ``exact`` (the output's whole causal path passed the exact future-
+    perturbation tests) a nonlinear-class feature above the threshold is reported, not
+    stopped; the pooled nonlinear statistic always stops the run, as does any feature of
+    an output the exact tests did not cover."""
     n_f = np.asarray(arr).shape[1]
     lin = np.broadcast_to(np.asarray(linear, dtype=bool), (n_f,))
     out = []
@@ -551,10 +560,28 @@ def lookahead_check(
             if innov is not None
             else ": innovations of a linear AR)"
         )
-        _, pooled = check_lookahead_panel(
-            raw[:, cols], arr[:, cols], names=sub, label=label, innovations=innov
-        )
-        out.append(f"look-ahead ({label}): {describe_pooled(pooled)}")
+        lenient = innov is not None and exact
+        tab, pooled = check_lookahead_panel(
+            raw[:, cols], arr[:, cols], names=sub, label=label, innovations=innov,
+            raise_on_fail=not lenient,
+        )  # fmt: skip
+        line = f"look-ahead ({label}): {describe_pooled(pooled)}"
+        if lenient:
+            if pooled["flagged"]:  # raises with the message of the strict check
+                check_lookahead_panel(
+                    raw[:, cols], arr[:, cols], names=sub, label=label, innovations=innov
+                )
+            bad = tab[tab["flagged"]]
+            if len(bad):
+                listing = ", ".join(
+                    f"{f} |z|={r.max_abs_z:.1f} at h={r.worst_h}" for f, r in bad.iterrows()
+                )
+                line += (
+                    f"; {len(bad)} feature(s) above the per-feature threshold ({listing}): "
+                    "reported, not stopped, since this statistic's per-feature null is "
+                    "approximate and the exact future-perturbation tests of this path passed"
+                )
+        out.append(line)
     return out
 
 
