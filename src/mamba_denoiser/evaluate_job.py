@@ -285,11 +285,12 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
     # the look-ahead statistic per class of the estimator serving each feature (linear:
     # the AR innovations; nonlinear: a train-fitted nonlinear predictor's, computed once)
     innov: list[np.ndarray] = []
+    cross = leakage.cross_section(raw, inp.panel.bounds["train"])  # shared factors' past
 
     def nonlinear_innovations() -> np.ndarray:
         if not innov:
             t1 = time.perf_counter()
-            innov.append(leakage.nonlinear_innovations(raw, inp.panel.bounds["train"]))
+            innov.append(leakage.nonlinear_innovations(raw, inp.panel.bounds["train"], cross=cross))
             log.info(
                 "  nonlinear innovations for the look-ahead statistic (%.1fs)",
                 time.perf_counter() - t1,
@@ -299,10 +300,18 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
     for key, arr in res.causal_out.items():
         if key == "raw" or key.endswith("(causal)"):
             continue
-        linear = _serving_classes(res, key, names)
+        served = _served_by(res, key, names)
         exact = robust_exact if key == ANCHOR else res.method_of.get(key) in perturbed
         checks += leakage.lookahead_check(
-            raw, arr, names, key, linear, nonlinear_innovations, exact=exact
+            raw,
+            arr,
+            names,
+            key,
+            [leakage.serves_linearly(c) for c in served],
+            nonlinear_innovations,
+            exact=exact,
+            cross=cross,
+            group=[leakage.serves_group(c) for c in served],
         )
     for b, out in res.bl.items():
         tab, pooled = leakage.check_lookahead_panel(
@@ -314,23 +323,21 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
     return checks
 
 
-def _serving_classes(res: _Outputs, key: str, names: list[str]) -> list[bool]:
-    """Per feature, whether output ``key`` serves it linearly: a method's chosen mix by the
-    candidate each feature chose, "<method>: <family> alone" by that family, the anchor by
-    its per-feature choice (its robust filter is nonlinear)."""
-    from mamba_denoiser.evaluation.leakage import serves_linearly
-
+def _served_by(res: _Outputs, key: str, names: list[str]) -> list[str | None]:
+    """Per feature, the estimator output ``key`` serves it with: a method's chosen mix by
+    the candidate each feature chose, "<method>: <family> alone" by that family, the
+    anchor by its per-feature choice (its robust filter is nonlinear); None: raw."""
     if key == ANCHOR:
-        return [serves_linearly(c) for c in res.anchor.choice]
+        return list(res.anchor.choice)
     if key in res.den:
         chosen = {
             f: v["chosen"]
             for r in res.den[key].clusters.values()
             for f, v in r.info["features"].items()
         }
-        return [serves_linearly(chosen.get(f)) for f in names]
+        return [chosen.get(f) for f in names]
     family = key.rsplit(": ", 1)[1].removesuffix(" alone") if ": " in key else None
-    return [serves_linearly(family)] * len(names)
+    return [family] * len(names)
 
 
 def _quality_tables(inp: _Inputs, res: _Outputs) -> ReportTables:

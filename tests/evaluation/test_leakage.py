@@ -19,6 +19,7 @@ from mamba_denoiser.evaluation.leakage import (
     inject_lookahead,
     lookahead_check,
     lookahead_tstats,
+    serves_linearly,
 )
 
 N = 3000
@@ -264,18 +265,30 @@ def test_serving_class_of_each_candidate():
 def test_evaluate_routes_each_output_feature_by_its_serving_candidate():
     from types import SimpleNamespace as NS
 
-    from mamba_denoiser.evaluate_job import ANCHOR, _serving_classes
+    from mamba_denoiser.evaluate_job import ANCHOR, _served_by
+    from mamba_denoiser.evaluation.leakage import serves_group
 
-    feats = {"a": {"chosen": "kalman"}, "b": {"chosen": "diffusion@t=20"}, "c": {"chosen": "raw"}}
+    feats = {
+        "a": {"chosen": "kalman"},
+        "b": {"chosen": "diffusion@t=20"},
+        "c": {"chosen": "raw"},
+        "d": {"chosen": "combiner"},
+    }
     res = NS(
         den={"m": NS(clusters={0: NS(info={"features": feats})})},
-        anchor=NS(choice=["robust", "ema", "raw"]),
+        anchor=NS(choice=["robust", "ema", "raw", "kalman_ar1"]),
     )
-    names = ["a", "b", "c"]
-    assert _serving_classes(res, "m", names) == [True, False, True]
-    assert _serving_classes(res, "m: predictive alone", names) == [False] * 3
-    assert _serving_classes(res, "m: kalman alone", names) == [True] * 3
-    assert _serving_classes(res, ANCHOR, names) == [False, True, True]
+    names = ["a", "b", "c", "d"]
+
+    def classes(key):
+        return [(serves_linearly(c), serves_group(c)) for c in _served_by(res, key, names)]
+
+    lin, grp, nonlin = (True, False), (True, True), (False, False)
+    assert classes("m") == [lin, nonlin, lin, grp]
+    assert classes("m: predictive alone") == [nonlin] * 4
+    assert classes("m: kalman alone") == [lin] * 4
+    assert classes("m: combiner alone") == [grp] * 4
+    assert classes(ANCHOR) == [nonlin, lin, lin, lin]
 
 
 def test_evaluate_stops_on_look_ahead_whatever_class_serves_the_output():
@@ -314,7 +327,42 @@ def test_a_nonlinear_feature_flag_is_reported_where_the_exact_tests_covered_the_
     with pytest.raises(LeakageError):
         lookahead_check(raw, out, names, "m: robust alone", False, innov)
     (line,) = lookahead_check(raw, out, names, "m: robust alone", False, innov, exact=True)
-    assert "2 feature(s) above the per-feature threshold" in line and "b |z|=" in line
+    assert "ABOVE the threshold (2 feature(s): b |z|=" in line and "not stopped" in line
     leaked = inject_lookahead(robust, raw, weight=0.02)
     with pytest.raises(LeakageError, match="pooled"):
         lookahead_check(raw, leaked, names, "m: robust alone", False, innov, exact=True)
+
+
+def test_a_group_filter_on_shared_factors_passes_once_the_factors_past_is_removed():
+    """Eight AR(1) features sharing one factor (90 % of their variance), heavy noise. An
+    honest causal filter that pools the group (each feature's own Kalman-like EWMA plus the
+    cross-sectional mean of the current rows) predicts every feature's OWN-history
+    innovations, so the statistic on own-AR innovations stops it; against innovations that
+    also remove the panel's first components' past (``cross_section``) it passes, and a
+    2 % one-row look-ahead is still caught."""
+    from mamba_denoiser.evaluation.leakage import cross_section
+
+    rng = np.random.default_rng(11)
+    n, F, phi = 4000, 8, 0.97
+    f = lfilter([1.0], [1.0, -phi], rng.standard_normal(n) * np.sqrt(1 - phi**2))
+    own = lfilter([1.0], [1.0, -phi], rng.standard_normal((n, F)), axis=0) * np.sqrt(1 - phi**2)
+    s = np.sqrt(0.9) * f[:, None] + np.sqrt(0.1) * own
+    y = s + 1.5 * rng.standard_normal((n, F))
+    pooled = lfilter([0.1], [1.0, -0.9], y.mean(1))  # the group's causal level
+    d = 0.5 * lfilter([0.1], [1.0, -0.9], y, axis=0) + 0.5 * pooled[:, None]
+    _, own_ar = check_lookahead_panel(y, d, raise_on_fail=False)
+    cross = cross_section(y, (0, 2800))
+    _, with_cross = check_lookahead_panel(y, d, raise_on_fail=False, cross=cross)
+    assert own_ar["flagged"] and not with_cross["flagged"], (own_ar, with_cross)
+    leaked = inject_lookahead(d, y, weight=0.02)
+    _, caught = check_lookahead_panel(y, leaked, raise_on_fail=False, cross=cross)
+    assert caught["flagged"] and caught["worst_h"] == 1
+    # the group-filter class: where the exact tests covered the path, an excess is
+    # reported, not stopped (its null is approximate); without them it stops the run
+    names = [f"f{j}" for j in range(F)]
+    (line,) = lookahead_check(y, d, names, "m: combiner alone", True, exact=True, group=True)
+    assert "group (multivariate) linear candidates" in line and "ABOVE the threshold" in line
+    with pytest.raises(LeakageError):
+        lookahead_check(y, d, names, "m: combiner alone", True, exact=False, group=True)
+    with pytest.raises(LeakageError):  # a per-feature linear filter gets no such leniency
+        lookahead_check(y, d, names, "m: kalman alone", True, exact=True, group=False)
