@@ -283,11 +283,12 @@ def test_evaluate_routes_each_output_feature_by_its_serving_candidate():
     def classes(key):
         return [(serves_linearly(c), serves_group(c)) for c in _served_by(res, key, names)]
 
-    lin, grp, nonlin = (True, False), (True, True), (False, False)
-    assert classes("m") == [lin, nonlin, lin, grp]
-    assert classes("m: predictive alone") == [nonlin] * 4
+    lin, grp, nonlin, net = (True, False), (True, True), (False, False), (False, True)
+    assert classes("m") == [lin, net, lin, grp]  # the networks read the whole cluster
+    assert classes("m: predictive alone") == [net] * 4
     assert classes("m: kalman alone") == [lin] * 4
     assert classes("m: combiner alone") == [grp] * 4
+    assert classes("m: robust alone") == [nonlin] * 4
     assert classes(ANCHOR) == [nonlin, lin, lin, lin]
 
 

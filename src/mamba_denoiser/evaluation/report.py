@@ -349,8 +349,10 @@ def evaluation_report(
     σ plan, forecasting."""
     lines = _report_head(panel, checkpoints, methods, changed, len(tables.noise), seconds, root)
     lines += [
-        "## Leakage checks (run every time; a failure stops the run; the linear look-ahead "
-        "statistic stops it only for outputs the exact perturbation test did not cover)",
+        "## Leakage checks (run every time; a failure stops the run; the look-ahead "
+        "statistic goes by the class of the estimator serving each feature, and where its "
+        "null is approximate (group filters, single nonlinear-class features) an excess is "
+        "reported, not stopped, for outputs the exact perturbation tests covered)",
         "",
     ]
     lines += [*[f"- passed: {c}" for c in checks], ""]

@@ -107,7 +107,8 @@ class Candidate(Protocol):
 class _Unfitted:
     """Candidates whose only fitted parts are the network and the cluster's plan."""
 
-    scope: ClassVar[str] = "feature"
+    # the network reads every feature of the cluster's window: a vector filter
+    scope: ClassVar[str] = "group"
     streaming: ClassVar[bool] = False
 
     def decisions(self) -> None:
