@@ -285,7 +285,13 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
     # the look-ahead statistic per class of the estimator serving each feature (linear:
     # the AR innovations; nonlinear: a train-fitted nonlinear predictor's, computed once)
     innov: list[np.ndarray] = []
+    lin_innov: list[np.ndarray] = []
     cross = leakage.cross_section(raw, inp.panel.bounds["train"])  # shared factors' past
+
+    def linear_innovations() -> np.ndarray:  # once per run, not once per output
+        if not lin_innov:
+            lin_innov.append(leakage.linear_innovations(raw, cross))
+        return lin_innov[0]
 
     def nonlinear_innovations() -> np.ndarray:
         if not innov:
@@ -310,7 +316,7 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
             [leakage.serves_linearly(c) for c in served],
             nonlinear_innovations,
             exact=exact,
-            cross=cross,
+            linear_innov=linear_innovations,
             group=[leakage.serves_group(c) for c in served],
         )
     for b, out in res.bl.items():

@@ -458,6 +458,21 @@ def _rms(x: np.ndarray, axis=None) -> np.ndarray:
         return np.sqrt(np.nanmean(np.square(x), axis=axis))
 
 
+def linear_innovations(
+    raw: np.ndarray, cross: np.ndarray | None = None, *, ar_order: int = 20
+) -> np.ndarray:
+    """(T, F) each standardised raw column's linear AR(ar_order) residuals, on ``cross``
+    too where given (``cross_section``): the linear statistic's innovations, once per
+    panel rather than once per output checked."""
+    y = np.asarray(raw, dtype=np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    out = np.full(y.shape, np.nan)
+    for j, c in enumerate(y.T):
+        if np.isfinite(c).any() and np.nanstd(c) > 0:
+            out[:, j] = _innovations((c - np.nanmean(c)) / np.nanstd(c), ar_order, cross)
+    return out
+
+
 def check_lookahead_panel(
     raw: np.ndarray,
     output: np.ndarray,
@@ -485,14 +500,7 @@ def check_lookahead_panel(
     """
     y, o, names = _columns(raw, output, names)
     if innovations is None and cross is not None:
-        innovations = np.column_stack(
-            [
-                _innovations((c - np.nanmean(c)) / np.nanstd(c), ar_order, cross)
-                if np.isfinite(c).any() and np.nanstd(c) > 0
-                else np.full(len(c), np.nan)
-                for c in y.T
-            ]
-        )
+        innovations = linear_innovations(y, cross, ar_order=ar_order)
     if innovations is not None:
         innovations = np.asarray(innovations, dtype=np.float64).reshape(y.shape)
     hs = list(range(1, horizons + 1)) + [int(h) for h in null_horizons]
@@ -538,18 +546,21 @@ def check_lookahead_panel(
         "flagged": bool(max_z > threshold),
     }
     if raise_on_fail and (table["flagged"].any() or pooled["flagged"]):
-        bad = table[table["flagged"]]
-        listing = ", ".join(
-            f"{f} (|z|={r.max_abs_z:.1f} at h={r.worst_h})" for f, r in bad.iterrows()
-        )
-        raise LeakageError(
-            (f"{label}: " if label else "")
-            + "the output predicts future raw innovations beyond what a causal output can "
-            f"(null-calibrated |z| > {threshold}): {describe_pooled(pooled)}"
-            + (f"; features: {listing}" if listing else "")
-            + ". It looks ahead (two-sided smoothing, or a future row mixed in?)"
-        )
+        raise _lookahead_error(table, pooled, label)
     return table, pooled
+
+
+def _lookahead_error(table: pd.DataFrame, pooled: dict, label: str | None) -> LeakageError:
+    """The LeakageError of a flagged look-ahead check, naming the flagged features."""
+    bad = table[table["flagged"]]
+    listing = ", ".join(f"{f} (|z|={r.max_abs_z:.1f} at h={r.worst_h})" for f, r in bad.iterrows())
+    return LeakageError(
+        (f"{label}: " if label else "")
+        + "the output predicts future raw innovations beyond what a causal output can "
+        f"(null-calibrated |z| > {pooled['threshold']:g}): {describe_pooled(pooled)}"
+        + (f"; features: {listing}" if listing else "")
+        + ". It looks ahead (two-sided smoothing, or a future row mixed in?)"
+    )
 
 
 def describe_pooled(pooled: dict) -> str:
@@ -594,7 +605,7 @@ def lookahead_check(
     linear: Sequence[bool] | bool,
     innovations: np.ndarray | Callable[[], np.ndarray] | None = None,
     exact: bool = False,
-    cross: np.ndarray | None = None,
+    linear_innov: np.ndarray | Callable[[], np.ndarray] | None = None,
     group: Sequence[bool] | bool = False,
 ) -> list[str]:
     """The look-ahead statistic of one output, per class of the estimator serving each
@@ -602,8 +613,10 @@ def lookahead_check(
     pools the group's features: the combiner, the networks). Four classes, each pooled on
     its own: linear or nonlinear, per-feature or group filters; the linear ones get the
     linear statistic, the nonlinear ones the nonlinear statistic (``innovations``, (T, F)
-    or a function returning them, from ``nonlinear_innovations``). Both statistics'
-    innovations remove ``cross``, the shared factors' past (``cross_section``). Raises
+    or a function returning them, from ``nonlinear_innovations``); ``linear_innov``
+    likewise gives the linear ones (``linear_innovations``; default: each column's own
+    AR). Built with ``cross`` both remove the shared factors' past (``cross_section``).
+    Raises
     LeakageError when a class is beyond its threshold; returns one line per class for the
     report.
 
@@ -632,30 +645,28 @@ def lookahead_check(
         cols = np.flatnonzero(mask)
         if not len(cols):
             continue
+        source = innovations if what == "nonlinear" else linear_innov
+        if source is None and what == "nonlinear":
+            raise ValueError(f"{key}: nonlinear-served features need the innovations")
         innov = None
-        if what == "nonlinear":
-            if innovations is None:
-                raise ValueError(f"{key}: nonlinear-served features need the innovations")
-            got = innovations() if callable(innovations) else innovations
-            innov = np.asarray(got)[:, cols]
+        if source is not None:
+            innov = np.asarray(source() if callable(source) else source)[:, cols]
         sub = [names[j] for j in cols]
         label = f"{key}, {len(cols)} feature(s) served by {served} ({what} statistic" + (
             ": innovations of a nonlinear predictor fitted on the train rows)"
-            if innov is not None
+            if what == "nonlinear"
             else ": innovations of a linear AR)"
         )
         pooled_lenient = exact and served.startswith("group")
-        lenient = exact and (innov is not None or pooled_lenient)
+        lenient = exact and (what == "nonlinear" or pooled_lenient)
         tab, pooled = check_lookahead_panel(
             raw[:, cols], arr[:, cols], names=sub, label=label, innovations=innov,
-            raise_on_fail=not lenient, cross=None if innov is not None else cross,
+            raise_on_fail=not lenient,
         )  # fmt: skip
         line = f"look-ahead ({label}): {describe_pooled(pooled)}"
         if lenient:
-            if pooled["flagged"] and not pooled_lenient:  # raises, as the strict check
-                check_lookahead_panel(
-                    raw[:, cols], arr[:, cols], names=sub, label=label, innovations=innov
-                )
+            if pooled["flagged"] and not pooled_lenient:  # as the strict check
+                raise _lookahead_error(tab, pooled, label)
             bad = tab[tab["flagged"]]
             if len(bad) or pooled["flagged"]:
                 listing = ", ".join(
