@@ -24,8 +24,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,11 +137,19 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         inp = _load(cfg)
         methods = [dict(m) for m in to_dict(cfg.methods)]
         den = _denoise_variants(inp, methods)
-        bl, anchor = _baselines(inp)
-        res = _stack_outputs(inp, methods, den, bl, anchor)
-        checks = _leakage_checks(inp, res)
-        tables = _quality_tables(inp, res)
-        tables.downstream, curves = _forecasting(inp, res)
+        # 3a runs in a worker beside 2-5; collected before anything is written. Where a
+        # later step fails, 3a's failure is raised first, as when it ran before them.
+        exact = _start_exact_checks(inp, methods, den)
+        try:
+            bl, anchor = _baselines(inp)
+            res = _stack_outputs(inp, methods, den, bl, anchor)
+            with exact.failure_first():
+                lookahead = _lookahead_checks(inp, res)
+                tables = _quality_tables(inp, res)
+                tables.downstream, curves = _forecasting(inp, res)
+            checks = _checks_passed(exact, lookahead)
+        finally:
+            exact.stop()  # a step failed first: the worker is not waited for
         _write_outputs(out, inp, res, checks, tables, curves, t_start)
     _print_key(tables, den, inp.names)
     print(f"report: {out / 'report.md'}")
@@ -261,24 +272,146 @@ def _stack_outputs(inp: _Inputs, methods, den, bl, anchor) -> _Outputs:
     return res
 
 
-def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
-    """3. The leakage checks (LeakageError stops the run); the passed ones, described."""
-    from mamba_denoiser.evaluation import leakage
+class _Background:
+    """``fn()`` in a forked worker process: its result (or its exception, raised here) by
+    ``result()``. Off Linux (no fork, or macOS where forking a process that has loaded
+    its system frameworks is unsafe) ``fn`` runs inside ``result()``, as before.
+
+    Why: the exact leakage checks re-run the causal path ~20 times on one core (torch,
+    one thread), while the baselines, the look-ahead statistics and the report fill the
+    other; a fork starts at once and shares the models, the panel and every memo (the
+    state-space and robust fits) without pickling them. Same work, same results (every
+    random draw has its own seeded generator); only where it runs changes."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        import multiprocessing as mp
+
+        self._fn, self._proc, self._done, self._value = fn, None, False, None
+        if not sys.platform.startswith("linux"):
+            return
+        ctx = mp.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+        sys.stdout.flush()  # a buffer copied into the child would be written twice
+        sys.stderr.flush()
+        self._proc = ctx.Process(target=_child, args=(fn, send), daemon=True)
+        self._proc.start()
+        send.close()
+
+    def result(self) -> Any:
+        if self._done:
+            return self._value
+        if self._proc is None:
+            self._value = self._fn()
+        else:
+            try:
+                ok, value = self._recv.recv()
+            except EOFError:  # the child died without a word (killed, out of memory)
+                self._proc.join()
+                code = self._proc.exitcode
+                ok, value = False, RuntimeError(f"the leakage-check worker exited ({code})")
+            self._proc.join()
+            self._proc = None
+            if not ok:
+                raise value
+            self._value = value
+        self._done = True
+        return self._value
+
+    @contextlib.contextmanager
+    def failure_first(self) -> Iterator[None]:
+        """For the steps that ran after ``fn`` when it ran first: an error in them waits
+        for ``fn`` and raises ``fn``'s own error, if any, instead."""
+        try:
+            yield
+        except Exception:
+            self.result()
+            raise
+
+    def stop(self) -> None:
+        """End the worker if its result was never collected (a step before failed)."""
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.join()
+            self._proc = None
+
+
+def _child(fn: Callable[[], Any], send) -> None:
+    """The forked worker: one torch thread (the parent keeps the other core busy), no
+    progress bars (they would draw over the parent's); sends (ok, result or error)."""
+    import os
+
+    import torch
+
+    os.environ["MAMBA_DENOISER_PROGRESS"] = "0"
+    torch.set_num_threads(1)
+    try:
+        out = (True, fn())
+    except BaseException as err:  # noqa: BLE001 - handed to the parent, which raises it
+        out = (False, err)
+    try:
+        send.send(out)
+    except Exception as err:  # an error that cannot be pickled: its text instead
+        send.send((False, RuntimeError(f"leakage-check worker: {out[1]!r} ({err})")))
+
+
+def _start_exact_checks(inp: _Inputs, methods: list[dict], den: dict[str, Any]) -> _Background:
+    """3a. The exact perturbation checks (evaluation/checks.py) of every causal method
+    ``leakage.perturbation_methods`` names (null: all), started in the background; its
+    ``result()``: the passed checks' report lines."""
     from mamba_denoiser.evaluation.checks import method_checks
 
-    cfg, names, raw = inp.cfg, inp.names, inp.raw
-    checks = []
-    t0 = time.perf_counter()
-    perturbed = set()  # methods whose whole causal path passed the exact tests
-    for name in res.causal:
-        method = next(m for m in res.methods if m["name"] == name)
-        wanted = cfg.leakage.perturbation_methods
-        if wanted is None or name in wanted:  # null: every causal method
+    cfg = inp.cfg
+
+    def run() -> list[str]:
+        lines = []
+        for method in _perturbed(cfg, methods):
             kw = _method_kw(method, cfg)
-            checks += method_checks(
-                inp.models, inp.panel, names, res.den[name], name, gate=bool(cfg.gate), **kw
+            name = method["name"]
+            lines += method_checks(
+                inp.models, inp.panel, inp.names, den[name], name, gate=bool(cfg.gate), **kw
             )
-            perturbed.add(name)
+        return lines
+
+    return _Background(run)
+
+
+def _perturbed(cfg: DictConfig, methods: list[dict]) -> list[dict]:
+    """The causal methods whose whole path the exact checks re-run:
+    ``leakage.perturbation_methods`` (null: every causal method)."""
+    wanted = cfg.leakage.perturbation_methods
+    return [m for m in methods if m["mode"] == "causal" and (wanted is None or m["name"] in wanted)]
+
+
+def _checks_passed(exact: _Background, lookahead: list[str]) -> list[str]:
+    """3. Every passed leakage check, described: the exact ones (waited for here; their
+    LeakageError stops the run), then the look-ahead ones."""
+    t0 = time.perf_counter()
+    checks = exact.result() + lookahead
+    log.info(
+        "Leakage checks passed: %d (%.1fs waiting for the exact ones)",
+        len(checks),
+        time.perf_counter() - t0,
+    )
+    return checks
+
+
+def _lookahead_checks(inp: _Inputs, res: _Outputs) -> list[str]:
+    """3b. The look-ahead statistic of every causal output, per class of the estimator
+    serving each feature (LeakageError stops the run); the passed ones, described."""
+    t0 = time.perf_counter()
+    perturbed = {m["name"] for m in _perturbed(inp.cfg, res.methods)}
+    checks = _lookahead_lines(inp, res, perturbed)
+    log.info("Look-ahead checks passed: %d (%.1fs)", len(checks), time.perf_counter() - t0)
+    return checks
+
+
+def _lookahead_lines(inp: _Inputs, res: _Outputs, perturbed: set[str]) -> list[str]:
+    """The look-ahead checks' report lines; ``perturbed``: the methods whose whole causal
+    path the exact checks cover (were one to fail, the run stops before these are used)."""
+    from mamba_denoiser.evaluation import leakage
+
+    names, raw = inp.names, inp.raw
+    checks = []
     # the anchor's nonlinear features are the robust filter's: the same per-column causal
     # function as the denoiser's robust candidate, whose path the exact tests covered
     robust_exact = any("robust" in res.den[n].alone for n in perturbed)
@@ -319,13 +452,15 @@ def _leakage_checks(inp: _Inputs, res: _Outputs) -> list[str]:
             linear_innov=linear_innovations,
             group=[leakage.serves_group(c) for c in served],
         )
+    # the baselines against each raw column's own AR innovations, as check_lookahead_panel
+    # computes them by default: the same for every baseline, so computed once
+    own = leakage.linear_innovations(raw) if res.bl else None
     for b, out in res.bl.items():
         tab, pooled = leakage.check_lookahead_panel(
-            raw, out.causal, names=names, raise_on_fail=False
+            raw, out.causal, names=names, raise_on_fail=False, innovations=own
         )
         if tab["flagged"].any() or pooled["flagged"]:
             log.warning("baseline %s trips the look-ahead check", b)
-    log.info("Leakage checks passed: %d (%.1fs)", len(checks), time.perf_counter() - t0)
     return checks
 
 

@@ -281,8 +281,10 @@ def apply_baselines(
     with bar("Baselines", len(columns)) as b:
         if n_jobs > 1 and len(columns) > 1:
             with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-                chunk = max(1, len(columns) // n_jobs)
-                for r in pool.map(work, columns, nvs, chunksize=chunk):
+                # one column per task: a worker that is slowed (a busy core, a costly
+                # column) takes fewer, instead of one of n_jobs fixed shares; map keeps
+                # the order, so the results are the same
+                for r in pool.map(work, columns, nvs, chunksize=1):
                     results.append(r)
                     b.advance()
         else:

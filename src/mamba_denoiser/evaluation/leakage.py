@@ -206,14 +206,16 @@ def lookahead_tstats(
             raise ValueError(f"innovations {e.shape} and raw {y.shape} differ in shape")
     d = np.r_[np.nan, np.diff(o)]
     out = np.full(len(hs), np.nan)
+    # which rows are finite, once for all horizons (the loop runs ~70 times per column)
+    fd, fe = np.isfinite(d), np.isfinite(e)
     for i, h in enumerate(hs):
         if h >= len(d):
             continue
-        dd, ee = d[:-h], e[h:]
-        keep = np.isfinite(dd) & np.isfinite(ee)
-        if keep.sum() < 50:
+        keep = fd[:-h] & fe[h:]
+        if np.count_nonzero(keep) < 50:
             continue
-        dd, ee = dd[keep] - dd[keep].mean(), ee[keep]
+        dd, ee = d[:-h][keep], e[h:][keep]
+        dd = dd - dd.mean()
         den = np.sqrt(np.sum(dd**2 * ee**2))
         out[i] = np.sum(dd * ee) / den if den > 0 else np.nan
     return out
