@@ -32,6 +32,7 @@ import pandas as pd
 
 from mamba_denoiser.classical import digest
 from mamba_denoiser.errors import ConfigError, PanelError
+from mamba_denoiser.rows import Rows
 from mamba_denoiser.vocabulary import ID_COL
 
 
@@ -54,10 +55,13 @@ class Denoiser:
         self._decisions: dict[int, dict] | None = None
         self._fitted_on: str | None = None  # digest of the train + validation rows
         self._split_ids: dict[str, list[str]] = {}  # part -> [first id, last id], as text
-        self._values: _Rows | None = None  # the history's features (T, F), grown in place
+        self._values: Rows | None = None  # the history's features (T, F), grown in place
         self._ids: list = []  # the history's ids, in row order
         self._frame: pd.DataFrame | None = None  # the history as a frame, made on demand
         self._columns: list = []  # the history frame's columns (update's schema)
+        # cluster id -> (inference.stream.ClusterStream, its columns), False where a
+        # chosen candidate has no live step (update then serves through the batch path)
+        self._streams: dict | bool | None = None
 
     @property
     def _history(self) -> pd.DataFrame | None:
@@ -72,9 +76,10 @@ class Denoiser:
 
     def _hold(self, x: pd.DataFrame) -> None:
         """Hold x (features, id-indexed) as the history."""
-        self._values = _Rows(len(self.features))
+        self._values = Rows(len(self.features))
         self._values.append(x.to_numpy(dtype=np.float64))
         self._ids, self._frame = list(x.index), x
+        self._streams = None  # the live steps are opened on this history by ``update``
 
     @classmethod
     def from_run(cls, checkpoints: str | Path | None = None, *, log_dir="outputs", **kw):
@@ -308,7 +313,47 @@ class Denoiser:
                 f"row seen ({last}): revised or repeated earlier "
                 "rows are refused; give only new rows, or transform the revised history"
             )
-        return _with_features(rows, self.features, self._serve(x, start=self._values.n, keep=True))
+        return _with_features(rows, self.features, self._live(x))
+
+    def _live(self, x: pd.DataFrame) -> np.ndarray:
+        """x's rows, new after the held history, denoised by each cluster's live step
+        (inference/stream.py: O(new rows), the bits ``transform`` gives), then held."""
+        if self._streams is None:
+            self._streams = self._open_streams()
+        if self._streams is False:
+            return self._serve(x, start=self._values.n, keep=True)
+        new = x.to_numpy(dtype=np.float64)
+        out = np.empty_like(new)
+        try:
+            for st, cols in self._streams.values():
+                out[:, cols] = st.step(new[:, cols])
+        except BaseException:
+            self._streams = None  # some steps moved on: reopen them on the held history
+            raise
+        self._values.append(new)
+        self._ids += list(x.index)
+        return out
+
+    def _open_streams(self) -> dict | bool:
+        from mamba_denoiser.inference.stream import stream_cluster
+
+        if self._decisions is None:  # transform fits them first
+            self._run(self._history)
+        held, streams, at = self._values.view(), {}, 0
+        for cid, m in self.models.items():
+            cols = np.arange(at, at + len(m.features))
+            at += len(m.features)
+            st = stream_cluster(
+                m,
+                held[:, cols].copy(),
+                train=self.bounds["train"],
+                replay=self._decisions[cid],
+                **self.kw,
+            )
+            if st is None:
+                return False
+            streams[cid] = (st, cols)
+        return streams
 
     def status(self, *, recent: int | None = None, threshold: float | None = None) -> dict:
         """A stale-model signal: rows served since the end of validation, and per feature
@@ -374,38 +419,22 @@ class Denoiser:
 
 def _with_features(rows: pd.DataFrame, features: list, values: np.ndarray) -> pd.DataFrame:
     """``rows`` with its ``features`` columns replaced by ``values`` (same index, columns
-    and order): one new frame, not a column assignment per feature (ms per update)."""
+    and order): its float64 columns as one block, the others inserted as they are (their
+    dtypes, e.g. strings, dates, nullable ints, kept); not a column assignment per
+    feature (ms per update)."""
     col = {f: i for i, f in enumerate(features)}
-    # the other columns as Series: their dtypes (strings, dates, nullable ints) are kept
-    data = {k: (values[:, col[k]] if k in col else rows[k]) for k in rows.columns}
-    out = pd.DataFrame(data, index=rows.index.copy())
-    out.columns = rows.columns.copy()
+    names = rows.columns
+    is_float = (rows.dtypes == np.float64).to_numpy()
+    floats = np.flatnonzero(is_float)
+    block = rows.iloc[:, floats].to_numpy(dtype=np.float64, copy=True)
+    src = np.array([col.get(c, -1) for c in names[floats]], dtype=np.int64)
+    hit = src >= 0
+    block[:, hit] = values[:, src[hit]]
+    out = pd.DataFrame(block, index=rows.index.copy(), columns=names[floats])
+    for i in np.flatnonzero(~is_float):  # in column order: each lands at its own position
+        if names[i] in col:  # a feature column of another dtype (ints): the values as given
+            out.insert(int(i), names[i], values[:, col[names[i]]])
+        else:
+            out.insert(int(i), names[i], rows.iloc[:, i])
+    out.columns = names.copy()
     return out
-
-
-class _Rows:
-    """A (n, width) float64 array grown by appending rows in place (amortised capacity)."""
-
-    def __init__(self, width: int):
-        self._a, self.n = np.empty((16, width)), 0
-
-    def staged(self, new: np.ndarray) -> np.ndarray:
-        """The held rows and ``new`` after them, as one view; not held until commit."""
-        k = len(new)
-        if self.n + k > len(self._a):
-            cap = max(2 * len(self._a), (self.n + k) * 5 // 4)
-            bigger = np.empty((cap, self._a.shape[1]))
-            bigger[: self.n] = self._a[: self.n]
-            self._a = bigger
-        self._a[self.n : self.n + k] = new
-        return self._a[: self.n + k]
-
-    def commit(self, k: int) -> None:
-        self.n += k
-
-    def append(self, new: np.ndarray) -> None:
-        self.staged(new)
-        self.commit(len(new))
-
-    def view(self) -> np.ndarray:
-        return self._a[: self.n]

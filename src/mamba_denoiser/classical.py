@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mamba_denoiser.recursion import Carried, clear_all, kalman_columns
+from mamba_denoiser.recursion import Carried, Stepper, clear_all, kalman_columns
 
 MIN_TRAIN_OBS = 50  # below this a tuned/MLE parameter is mostly noise: refuse to fit
 STATE_SPACE_MODELS = ("kalman_level", "kalman_ar1", "kalman_ari1")
@@ -606,6 +606,33 @@ def kalman_filters(fits: list, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         f = _CARRIED(z, kalman_columns(fs), burn_in=0)
         signal[:, ok], gain[:, ok] = f.mean * scale + center, f.gain
     return signal, gain
+
+
+class KalmanStream:
+    """``kalman_filters`` of ``fits`` carried over new rows: built on a history (T, F),
+    each call's rows (k, F) -> their (signal, gain), each (k, F), the bits
+    ``kalman_filters`` gives them over the grown panel (one recursion, the same
+    standardisation; recursion.Stepper)."""
+
+    def __init__(self, fits: list, history: np.ndarray):
+        self.width = history.shape[1]
+        self.ok = [j for j, f in enumerate(fits) if f is not None]
+        fs = [fits[j] for j in self.ok]
+        self.center = np.array([f.center for f in fs])
+        self.scale = np.array([f.scale for f in fs])
+        self.step = None
+        if self.ok:
+            self.step = Stepper(self._z(history), kalman_columns(fs), burn_in=0)
+
+    def _z(self, raw: np.ndarray) -> np.ndarray:
+        return (np.asarray(raw[:, self.ok], dtype=np.float64) - self.center) / self.scale
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        signal, gain = np.full(rows.shape, np.nan), np.full(rows.shape, np.nan)
+        if self.step is not None:
+            f = self.step(self._z(rows))
+            signal[:, self.ok], gain[:, self.ok] = f.mean * self.scale + self.center, f.gain
+        return signal, gain
 
 
 # --- whiteness and the σ policy ---------------------------------------------------------

@@ -44,6 +44,7 @@ from mamba_denoiser.classical import (
     memo_on_train,
     state_space_fits,
 )
+from mamba_denoiser.rows import Rows
 
 ALPHAS = tuple(np.logspace(-1, 5, 13))  # ridge penalties tried (features standardised)
 # Half-lives (rows) of the exponentially weighted sums of PAST innovations that join the
@@ -116,17 +117,22 @@ def apply_combiner(c: Combiner, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def _extend(c: Combiner, raw: np.ndarray, held: _Stream | None) -> _Stream:
     """The stream of ``c`` over raw (T, F): ``held`` (its first ``held.n`` rows equal raw's)
-    continued with the rows after it, or a new one from row 0. Every step is the batch
-    computation of ``_design`` and ``rowwise_matmul`` cut at row n: elementwise work on the
-    new rows, the sums continued from their held state (``lfilter``'s zi), and the product
-    re-run on the blocks of ``ROW_BLOCK`` rows that hold a new row, in their batch shape."""
+    continued with the rows after it, or a new one from row 0."""
+    s = _Stream(raw.shape[1], len(HALF_LIVES)) if held is None else held
+    K, g = kalman_filters(c.fits, raw)  # carried: O(new rows) of recursion
+    return _advance(c, s, raw[s.n :], K[s.n :], g[s.n :])
+
+
+def _advance(c: Combiner, s: _Stream, y: np.ndarray, K: np.ndarray, g: np.ndarray) -> _Stream:
+    """``s`` continued with new rows y (k, F), their Kalman outputs K and gains g. Every
+    step is the batch computation of ``_design`` and ``rowwise_matmul`` cut at row s.n:
+    elementwise work on the new rows, the sums continued from their held state
+    (``lfilter``'s zi), and the product re-run on the blocks of ``ROW_BLOCK`` rows that
+    hold a new row, in their batch shape."""
     from scipy.signal import lfilter
 
-    T, F = raw.shape
-    s = _Stream(F, len(HALF_LIVES)) if held is None else held
-    n = s.n
-    K, g = kalman_filters(c.fits, raw)  # carried: O(new rows) of recursion
-    K, g, y = K[n:], g[n:], raw[n:]
+    n, F = s.n, y.shape[1]
+    T = n + len(y)
     with np.errstate(invalid="ignore", divide="ignore"):
         e = np.where(g < GAIN_MAX, (y - K) / (1 - g), np.nan)
     cur = np.nan_to_num(e / c.scale)  # as _design
@@ -147,6 +153,26 @@ def _extend(c: Combiner, raw: np.ndarray, held: _Stream | None) -> _Stream:
     s.div.append(np.where(np.isnan(out), np.nan, div))
     s.n = T
     return s
+
+
+class CombinerStream:
+    """Live serving of ``c``: the stream over a history, then each call's new rows (k, F)
+    -> their outputs (k, F), continued from the held state with no memo and no look at
+    the history (its Kalman filters step on, classical.KalmanStream): the bits
+    ``apply_combiner`` gives over the grown panel."""
+
+    def __init__(self, c: Combiner, history: np.ndarray):
+        from mamba_denoiser.classical import KalmanStream
+
+        history = np.asarray(history, dtype=np.float64)
+        self.c, self.kalman = c, KalmanStream(c.fits, history)
+        self.s = _extend(c, history, None)
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        K, g = self.kalman(y)
+        n = self.s.n
+        _advance(self.c, self.s, np.asarray(y, dtype=np.float64), K, g)
+        return self.s.out.rows(n, self.s.n)
 
 
 ROW_BLOCK = 256
@@ -196,44 +222,14 @@ def from_record(d: dict) -> Combiner:
     return Combiner(fits, np.asarray(d["gamma"], float), np.asarray(d["scale"], float))
 
 
-class _Rows:
-    """A (n, width) float64 array grown by appending rows (amortised: no copy of the
-    history per row); ``rows(a, b)`` and ``view()`` are views of it."""
-
-    def __init__(self, width: int):
-        self._a, self.n = np.empty((16, width)), 0
-
-    def append(self, new: np.ndarray) -> None:
-        k = len(new)
-        if self.n + k > len(self._a):  # grow: views handed out keep the old buffer
-            cap = max(2 * len(self._a), (self.n + k) * 5 // 4)
-            bigger = np.empty((cap, self._a.shape[1]))
-            bigger[: self.n] = self._a[: self.n]
-            self._a = bigger
-        self._a[self.n : self.n + k] = new
-        self.n += k
-
-    def rows(self, a: int, b: int) -> np.ndarray:
-        return self._a[a:b]
-
-    def view(self) -> np.ndarray:
-        v = self._a[: self.n]
-        v.flags.writeable = False
-        return v
-
-    @property
-    def nbytes(self) -> int:
-        return self._a.nbytes
-
-
 class _Stream:
     """One combiner served over a growing panel: its input rows, design rows and outputs
     so far, and the state of each exponentially weighted sum after the last row."""
 
     def __init__(self, F: int, H: int):
         self.n = 0
-        self.raw, self.design = _Rows(F), _Rows(F * (1 + H))
-        self.out, self.div = _Rows(F), _Rows(F)
+        self.raw, self.design = Rows(F), Rows(F * (1 + H))
+        self.out, self.div = Rows(F), Rows(F)
         self.zi = [np.zeros((1, F)) for _ in range(H)]  # lfilter's state after the last row
         self.last = [np.zeros(F) for _ in range(H)]  # each sum through the last row
 
@@ -245,7 +241,7 @@ class _Stream:
         """raw's first n rows are bit for bit the rows served (NaN payloads included)."""
         if len(raw) < self.n:
             return False
-        seen = self.raw.view()
+        seen = self.raw.view(read_only=True)
         head = np.ascontiguousarray(raw[: self.n], dtype=np.float64)
         return bool(np.array_equal(seen.view(np.int64), head.view(np.int64)))
 
@@ -273,7 +269,7 @@ class _Served:
             self.max_bytes
         ):
             self._entries.popitem(last=False)
-        return s.out.view(), s.div.view()
+        return s.out.view(read_only=True), s.div.view(read_only=True)
 
 
 def _key(c: Combiner) -> str:

@@ -252,6 +252,22 @@ def run(
     return Filtered(out, gain, m, v, vj, st[:, 7].copy(), st)
 
 
+class Stepper:
+    """The recursion carried over new rows from the state after the rows seen: live
+    serving's own copy (no memo, no look at the history), the same operations in the same
+    order as one ``run`` over the grown series, so the same bits."""
+
+    def __init__(self, z: np.ndarray, cols: Columns, *, burn_in: int):
+        f = run(z, cols, burn_in=burn_in)
+        self.cols, self.burn_in, self.state, self.n = cols, burn_in, f.state, z.shape[0]
+
+    def __call__(self, z: np.ndarray) -> Filtered:
+        """z (k, B) the next standardised rows -> their outputs; the state moves on."""
+        f = run(z, self.cols, burn_in=self.burn_in, state=self.state, row0=self.n)
+        self.state, self.n = f.state, self.n + z.shape[0]
+        return f
+
+
 _ALL: weakref.WeakSet = weakref.WeakSet()  # every memo of serving runs, for clear_all
 
 

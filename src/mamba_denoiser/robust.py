@@ -219,6 +219,37 @@ def apply_robust(raw: np.ndarray, fits: list, laws: list) -> np.ndarray:
     return out
 
 
+class RobustStream:
+    """The robust filter of (fits, laws) carried over new rows: built on a history (T, F),
+    each call's rows (k, F) -> ``Priors``-shaped arrays of those rows (filtered, mean, var,
+    var_jump; native units, NaN where a column has no fit), the bits ``apply_robust`` and
+    ``filter_priors`` give them over the grown panel (recursion.Stepper)."""
+
+    def __init__(self, fits: list, laws: list, history: np.ndarray):
+        self.ok = [j for j, f in enumerate(fits) if f is not None]
+        self.fits = [fits[j] for j in self.ok]
+        self.scale = np.array([f.scale for f in self.fits])
+        self.center = np.array([f.center for f in self.fits])
+        self.step = None
+        if self.ok:
+            cols = _columns(self.fits, [laws[j] for j in self.ok])
+            z = _standardise(history[:, self.ok], self.fits)
+            self.step = recursion.Stepper(z, cols, burn_in=BURN_IN)
+
+    def __call__(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        out = {k: np.full(rows.shape, np.nan) for k in ("filtered", "mean", "var", "var_jump")}
+        if self.step is not None:
+            f = self.step(_standardise(rows[:, self.ok], self.fits))
+            sc, c = self.scale, self.center
+            out["mean"][:, self.ok], out["filtered"][:, self.ok] = (
+                f.prior_mean * sc + c,
+                f.mean * sc + c,
+            )
+            out["var"][:, self.ok] = f.prior_var * sc**2
+            out["var_jump"][:, self.ok] = f.prior_var_jump * sc**2
+        return out
+
+
 @dataclass(frozen=True)
 class Priors:
     """The robust filter's one-step predictions, native units (NaN where a column has no

@@ -70,10 +70,12 @@ class Candidate(Protocol):
                  a nonlinear candidate needs a score valid beyond Gaussian noise
     scope        "feature" (each column filtered on its own) or "group" (a vector filter
                  over the cluster's features; ``features`` then lists them)
-    streaming    a grown panel costs it O(new rows): its filter continues from the state
-                 held after the last row seen (recursion.Carried), bit-identical to a
-                 batch run. The others re-run the causal plan's windows that serve the
-                 new rows (the same value, at a window's cost) and O(T) numpy work
+    streaming    it has ``stream(history)``: a live step that serves new rows from
+                 state held after the history, with no O(T) work, bit-identical to a
+                 batch run over the grown panel (``Denoiser.update``, inference/
+                 stream.py). Filters continue their recursion (recursion.Stepper);
+                 networks run the one window of the causal plan that serves each new
+                 row. A panel with a candidate that has none is served by the batch path
     """
 
     name: str  # unique within a cluster's run, e.g. "diffusion@t=40"
@@ -87,6 +89,9 @@ class Candidate(Protocol):
         """(T, F) -> outputs on every row, causally. ``rows`` (T,) bool: the rows wanted; a
         candidate may skip the work of the others (NaN there), never change a wanted row."""
         ...
+
+    # where ``streaming``: stream(history (T, F)) -> step(held (T', F), n0) -> (T' - n0, F),
+    # the outputs of the rows n0.. of ``held`` (the history and the new rows after it)
 
     def decisions(self) -> Any:
         """What it fitted, JSON-able (None: nothing beyond the cluster's plan)."""
@@ -109,10 +114,13 @@ class _Unfitted:
 
     # the network reads every feature of the cluster's window: a vector filter
     scope: ClassVar[str] = "group"
-    streaming: ClassVar[bool] = False
+    streaming: ClassVar[bool] = True
 
     def decisions(self) -> None:
         return None
+
+    def stream(self, history: np.ndarray):
+        return _WindowStream(self.model, lambda local, want, a: self.run(local, rows=want).mean)
 
     def _windows(self, raw, fn, progress, rows, aux=None) -> dict[str, np.ndarray]:
         """``fn`` over the serving plan's windows of the model (plan.run_windows)."""
@@ -186,6 +194,8 @@ class SDEditCandidate(_DiffusionHead):
     Built by the registry's "diffusion" entry (sampler=sdedit), which checks the head."""
 
     family: ClassVar[str] = "sdedit"
+    # its draws follow the batch's order of windows: a live row would get other ones
+    streaming: ClassVar[bool] = False
 
     @classmethod
     def build(cls, ctx: Context) -> list:
@@ -298,12 +308,19 @@ class PredictiveCandidate(_Unfitted):
         out = self._windows(raw, fn, progress, rows)
         return CandidateOutput(out["mean"], out["div"])
 
-    def _run_residual(self, raw, progress, rows) -> CandidateOutput:
+    def stream(self, history: np.ndarray):
+        if self.filters is None:
+            return super().stream(history)
+        return _ResidualStream(self, history)
+
+    def _run_residual(self, raw, progress, rows, priors=None) -> CandidateOutput:
+        """``priors``: the filter's (robust.Priors) on raw's rows, when raw is a cut of a
+        longer panel (a live window: its priors come from the whole history)."""
         from mamba_denoiser.diffusion import residual
         from mamba_denoiser.robust import filter_priors
 
         module, anchor_len = self._module(), self.model.anchor_len
-        p = filter_priors(raw, *self.filters)
+        p = filter_priors(raw, *self.filters) if priors is None else priors
         unit = self.model.scaler.unit
         nv = torch.as_tensor(p.noise_var / unit[:, None] ** 2, dtype=torch.float32)  # (F, 2)
         ep = torch.as_tensor(p.noise_weights, dtype=torch.float32)  # (F, 2)
@@ -372,6 +389,12 @@ class KalmanCandidate(_Classical):
 
         return CandidateOutput(*kalman_filters(self.fits, raw))
 
+    def stream(self, history: np.ndarray):
+        from mamba_denoiser.classical import KalmanStream
+
+        ks = KalmanStream(self.fits, history)
+        return lambda held, n0: ks(held[n0:])[0]
+
 
 class RobustCandidate(_Classical):
     """Per feature, the Gaussian-sum filter of its lowest-AIC state-space fit under a noise
@@ -413,6 +436,12 @@ class RobustCandidate(_Classical):
 
         return CandidateOutput(apply_robust(raw, self.fits, self.laws), None)
 
+    def stream(self, history: np.ndarray):
+        from mamba_denoiser.robust import RobustStream
+
+        rs = RobustStream(self.fits, self.laws, history)
+        return lambda held, n0: rs(held[n0:])["filtered"]
+
 
 class CombinerCandidate(_Classical):
     """Each feature's Kalman filter corrected with the current innovations of every feature
@@ -451,6 +480,80 @@ class CombinerCandidate(_Classical):
         from mamba_denoiser.combiner import apply_combiner
 
         return CandidateOutput(*apply_combiner(self.combiner, raw))
+
+    def stream(self, history: np.ndarray):
+        from mamba_denoiser.combiner import CombinerStream
+
+        cs = CombinerStream(self.combiner, history)
+        return lambda held, n0: cs(held[n0:])
+
+
+class _WindowStream:
+    """Live serving of a network candidate: the new rows are served by the windows of the
+    causal plan that serve them (plan.window_of_row), cut from the held rows and run by
+    ``run_local(local (n, F), want (n,) bool, a) -> (n, F)``, ``local`` being rows a.. of
+    the panel. Positions after the newest row are unobserved padding, which a causal
+    network never reads for earlier positions: the bits of the batch run."""
+
+    def __init__(self, model, run_local):
+        from mamba_denoiser.inference.plan import window_of_row
+
+        self.model, self.run_local = model, run_local
+        self._starts = lambda r: window_of_row(r, model.window, model.anchor_len, model.direction)
+
+    def __call__(self, held: np.ndarray, n0: int) -> np.ndarray:
+        T, F = held.shape
+        rows = np.arange(n0, T)
+        starts = self._starts(rows)
+        out = np.full((T - n0, F), np.nan)
+        served = starts >= 0
+        if not served.any():
+            return out
+        a, b = int(starts[served].min()), int(starts[served].max()) + self.model.window
+        local = np.full((b - a, F), np.nan)
+        local[: min(b, T) - a] = held[a : min(b, T)]
+        want = np.zeros(b - a, bool)
+        want[rows[served] - a] = True
+        out[served] = self.run_local(local, want, a)[rows[served] - a]
+        return out
+
+
+class _ResidualStream:
+    """Live serving of the residual predictive head: its filter's priors carried over new
+    rows (robust.RobustStream) and held, so a window's priors are those of the whole
+    history, then the window as ``_WindowStream``."""
+
+    def __init__(self, cand: PredictiveCandidate, history: np.ndarray):
+        from mamba_denoiser.robust import RobustStream, filter_priors
+        from mamba_denoiser.rows import Rows
+
+        p = filter_priors(history, *cand.filters)
+        self.priors, F = p, history.shape[1]
+        self.held = {k: Rows(F) for k in ("mean", "var", "var_jump")}
+        for k, r in self.held.items():
+            r.append(getattr(p, k))
+        self.filter = RobustStream(*cand.filters, history)
+        self.cand = cand
+        self.windows = _WindowStream(cand.model, self._run_local)
+
+    def _run_local(self, local: np.ndarray, want: np.ndarray, a: int) -> np.ndarray:
+        from dataclasses import replace
+
+        n = len(local)
+        cut = {}
+        for k, r in self.held.items():
+            v = np.full(local.shape, np.nan)
+            got = r.rows(a, min(a + n, r.n))
+            v[: len(got)] = got
+            cut[k] = v
+        p = replace(self.priors, filtered=None, **cut)
+        return self.cand._run_residual(local, None, want, priors=p).mean
+
+    def __call__(self, held: np.ndarray, n0: int) -> np.ndarray:
+        new = self.filter(held[n0:])
+        for k, r in self.held.items():
+            r.append(new[k])
+        return self.windows(held, n0)
 
 
 def _fit_record(f) -> dict | None:

@@ -164,24 +164,19 @@ def denoise_cluster(
         raise ValueError(
             f"{model.name}: expected {len(model.features)} columns, got {raw.shape[1]}"
         )
-    kw, c, n_levels, candidates = _options(model, mode, sampler, sampler_kw, candidates)
-    # an explicit SDEdit t_start is the one t: it replaces the grid chosen from σ
-    t_fixed = kw.get("t_start") if sampler == "sdedit" else None
-    plan = _plan(model, raw, train, sigma, replay, n_levels, c, t_fixed)  # 1. plan
-    ctx = Context(
-        model=model,
-        raw=raw,
-        train=train,
-        sigma_w=plan.sig_run,
-        usable=plan.usable,
-        mode=mode,
-        sampler=sampler,
-        sampler_kw=kw,
-        t_list=plan.t_list,
-        seed=seed,
-        batch_windows=batch_windows,
-    )
-    cands = _build(candidates, ctx, replay)  # 2. candidates
+    kw, c, plan, cands = setup(
+        model,
+        raw,
+        train,
+        sigma,
+        replay,
+        mode,
+        sampler,
+        sampler_kw,
+        candidates,
+        seed,
+        batch_windows,
+    )  # 1. plan, 2. candidates
     names = [cd.name for cd in cands]
     wanted = _wanted_rows(len(raw), rows, gate_rows)
     held_alone = (replay or {}).get("alone") or {}
@@ -212,6 +207,31 @@ def denoise_cluster(
     info["seconds"] = round(time.perf_counter() - t0, 3)
     alone_out = _alone(picks, outs, raw, plan.usable) if alone else None
     return ClusterResult(mean=mean, lower=lower, upper=upper, info=info, alone=alone_out)
+
+
+def setup(
+    model, raw, train, sigma, replay, mode, sampler, sampler_kw, candidates, seed, batch_windows
+):
+    """Steps 1 and 2 (denoise_cluster's arguments): -> (sampler kwargs, c, the plan, the
+    candidate objects), fitted on the train rows or rebuilt from ``replay``."""
+    kw, c, n_levels, candidates = _options(model, mode, sampler, sampler_kw, candidates)
+    # an explicit SDEdit t_start is the one t: it replaces the grid chosen from σ
+    t_fixed = kw.get("t_start") if sampler == "sdedit" else None
+    plan = _plan(model, raw, train, sigma, replay, n_levels, c, t_fixed)
+    ctx = Context(
+        model=model,
+        raw=raw,
+        train=train,
+        sigma_w=plan.sig_run,
+        usable=plan.usable,
+        mode=mode,
+        sampler=sampler,
+        sampler_kw=kw,
+        t_list=plan.t_list,
+        seed=seed,
+        batch_windows=batch_windows,
+    )
+    return kw, c, plan, _build(candidates, ctx, replay)
 
 
 def _wanted_rows(n_rows: int, rows, gate_rows) -> np.ndarray | None:

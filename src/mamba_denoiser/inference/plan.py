@@ -89,6 +89,19 @@ def _serving_plan(n_rows: int, window: int, anchor_len: int, mode: str, directio
     return starts, starts[w_idx] + pos, pos, w_idx
 
 
+def window_of_row(rows: np.ndarray, window: int, anchor_len: int, direction: str) -> np.ndarray:
+    """(k,) row indices -> the start of the causal plan's window that serves each, or -1
+    (the row passes through raw): ``serving_plan``'s rule in closed form, which does not
+    depend on the panel's length, so a live update finds its new row's window without
+    planning the whole panel."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if direction == "bidirectional":  # the window ending at the row
+        return np.where(rows >= window - 1, rows - window + 1, -1)
+    h = window // 2  # chunk k >= 1 serves rows k·h + L - h .. k·h + L - 1
+    start = np.where(rows < window, 0, ((rows - window) // h + 1) * h)
+    return np.where(rows >= anchor_len, start, -1)
+
+
 def run_windows(
     model,
     raw: np.ndarray,  # (T, F) native units, NaN where unobserved
