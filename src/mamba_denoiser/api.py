@@ -15,8 +15,9 @@ noise-law fits, the gate's choices) on the train and validation rows of the spli
 models were trained with, exactly as denoise.py does; they are then held, so every later
 call serves the same estimators, and a row's value never changes once computed (the
 causal plan does not depend on how many rows follow; docs/design.md "Denoising").
-``update`` serves only the windows its new rows need (the filters' recursions still run
-over the history). Rows are positional: the history must start where the training data
+``update`` serves its new rows through each cluster's live step (inference/stream.py:
+the filters' states, the combiner's sums, one window per network), O(new rows), with
+the bits a ``transform`` of the grown history gives. Rows are positional: the history must start where the training data
 started, and the train and validation rows must be the ones the models were fitted on.
 ``save`` / ``load`` (bundle.py) keep the models and the held decisions in one verified
 folder, so a loaded Denoiser serves bit-identical values without refitting anything.
