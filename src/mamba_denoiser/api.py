@@ -17,8 +17,9 @@ call serves the same estimators, and a row's value never changes once computed (
 causal plan does not depend on how many rows follow; docs/design.md "Denoising").
 ``update`` serves its new rows through each cluster's live step (inference/stream.py:
 the filters' states, the combiner's sums, one window per network), O(new rows), with
-the bits a ``transform`` of the grown history gives. Rows are positional: the history must start where the training data
-started, and the train and validation rows must be the ones the models were fitted on.
+the bits a ``transform`` of the grown history gives. Rows are positional: the history
+must start where the training data started, and the train and validation rows must be
+the ones the models were fitted on.
 ``save`` / ``load`` (bundle.py) keep the models and the held decisions in one verified
 folder, so a loaded Denoiser serves bit-identical values without refitting anything.
 """
