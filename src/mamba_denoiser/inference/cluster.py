@@ -164,19 +164,10 @@ def denoise_cluster(
         raise ValueError(
             f"{model.name}: expected {len(model.features)} columns, got {raw.shape[1]}"
         )
-    kw, c, plan, cands = setup(
-        model,
-        raw,
-        train,
-        sigma,
-        replay,
-        mode,
-        sampler,
-        sampler_kw,
-        candidates,
-        seed,
-        batch_windows,
-    )  # 1. plan, 2. candidates
+    opts = dict(mode=mode, sampler=sampler, sampler_kw=sampler_kw, candidates=candidates)
+    kw, c, plan, cands = setup(  # 1. plan, 2. candidates
+        model, raw, train, replay, sigma=sigma, seed=seed, batch_windows=batch_windows, **opts
+    )
     names = [cd.name for cd in cands]
     wanted = _wanted_rows(len(raw), rows, gate_rows)
     held_alone = (replay or {}).get("alone") or {}
@@ -189,7 +180,7 @@ def denoise_cluster(
         k: cands[k].run(raw, progress, rows=wanted) for k in run_idx
     }
     if replay is not None:  # 3. gate
-        choice = np.array([names.index(n) if n is not None else -1 for n in replay["choice"]])
+        choice = replayed_choice(names, replay)
         nan = np.full((len(cands), raw.shape[1]), np.nan)
         paired = np.array([not cd.linear for cd in cands], bool)
         scores = gating.GateResult(choice, nan, nan, paired, plan.noise.sigma)
@@ -210,7 +201,18 @@ def denoise_cluster(
 
 
 def setup(
-    model, raw, train, sigma, replay, mode, sampler, sampler_kw, candidates, seed, batch_windows
+    model,
+    raw,
+    train,
+    replay,
+    *,
+    sigma=None,
+    mode="causal",
+    sampler="posterior_mean",
+    sampler_kw=None,
+    candidates=None,
+    seed=0,
+    batch_windows=BATCH_WINDOWS,
 ):
     """Steps 1 and 2 (denoise_cluster's arguments): -> (sampler kwargs, c, the plan, the
     candidate objects), fitted on the train rows or rebuilt from ``replay``."""
@@ -232,6 +234,11 @@ def setup(
         batch_windows=batch_windows,
     )
     return kw, c, plan, _build(candidates, ctx, replay)
+
+
+def replayed_choice(names: list[str], replay: dict[str, Any]) -> np.ndarray:
+    """(F,) each feature's candidate index among ``names`` as ``replay`` chose, -1 raw."""
+    return np.array([names.index(n) if n is not None else -1 for n in replay["choice"]])
 
 
 def _wanted_rows(n_rows: int, rows, gate_rows) -> np.ndarray | None:

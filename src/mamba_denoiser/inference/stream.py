@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mamba_denoiser.inference.cluster import setup
+from mamba_denoiser.inference.cluster import replayed_choice, setup
 from mamba_denoiser.inference.plan import BATCH_WINDOWS
 from mamba_denoiser.rows import Rows
 
@@ -60,21 +60,10 @@ def stream_cluster(
     options, or None where a chosen candidate has none (SDEdit; offline mode)."""
     if mode != "causal":
         return None
-    _, _, _, cands = setup(
-        model,
-        history,
-        train,
-        None,
-        replay,
-        mode,
-        sampler,
-        sampler_kw,
-        candidates,
-        seed,
-        batch_windows,
-    )
-    names = [cd.name for cd in cands]
-    choice = np.array([names.index(n) if n is not None else -1 for n in replay["choice"]])
+    opts = dict(mode=mode, sampler=sampler, sampler_kw=sampler_kw, candidates=candidates)
+    opts |= dict(seed=seed, batch_windows=batch_windows)
+    _, _, _, cands = setup(model, history, train, replay, **opts)
+    choice = replayed_choice([cd.name for cd in cands], replay)
     steps = {}
     for k in sorted(set(choice.tolist()) - {-1}):
         if not getattr(cands[k], "streaming", False):
