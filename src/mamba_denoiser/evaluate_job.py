@@ -419,7 +419,9 @@ def _lookahead_lines(inp: _Inputs, res: _Outputs, perturbed: set[str]) -> list[s
     # the AR innovations; nonlinear: a train-fitted nonlinear predictor's, computed once)
     innov: list[np.ndarray] = []
     lin_innov: list[np.ndarray] = []
-    cross = leakage.cross_section(raw, inp.panel.bounds["train"])  # shared factors' past
+    train = inp.panel.bounds["train"]
+    cross = leakage.cross_section(raw, train)  # the panel's past (shared factors)
+    cross_nl = leakage.cross_section(raw, train, k=leakage.CROSS_K_NONLINEAR)
 
     def linear_innovations() -> np.ndarray:  # once per run, not once per output
         if not lin_innov:
@@ -429,7 +431,7 @@ def _lookahead_lines(inp: _Inputs, res: _Outputs, perturbed: set[str]) -> list[s
     def nonlinear_innovations() -> np.ndarray:
         if not innov:
             t1 = time.perf_counter()
-            innov.append(leakage.nonlinear_innovations(raw, inp.panel.bounds["train"], cross=cross))
+            innov.append(leakage.nonlinear_innovations(raw, train, cross=cross_nl))
             log.info(
                 "  nonlinear innovations for the look-ahead statistic (%.1fs)",
                 time.perf_counter() - t1,

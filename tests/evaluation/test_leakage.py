@@ -17,6 +17,7 @@ from mamba_denoiser.evaluation.leakage import (
     check_no_targets,
     describe_pooled,
     inject_lookahead,
+    linear_innovations,
     lookahead_check,
     lookahead_tstats,
     serves_linearly,
@@ -339,8 +340,8 @@ def test_a_group_filter_on_shared_factors_passes_once_the_factors_past_is_remove
     honest causal filter that pools the group (each feature's own Kalman-like EWMA plus the
     cross-sectional mean of the current rows) predicts every feature's OWN-history
     innovations, so the statistic on own-AR innovations stops it; against innovations that
-    also remove the panel's first components' past (``cross_section``) it passes, and a
-    2 % one-row look-ahead is still caught."""
+    also remove the panel's past (``cross_section``: half the panel's width of components)
+    it passes, and a 2 % one-row look-ahead is still caught and stops the run."""
     from mamba_denoiser.evaluation.leakage import cross_section
 
     rng = np.random.default_rng(11)
@@ -358,12 +359,16 @@ def test_a_group_filter_on_shared_factors_passes_once_the_factors_past_is_remove
     leaked = inject_lookahead(d, y, weight=0.02)
     _, caught = check_lookahead_panel(y, leaked, raise_on_fail=False, cross=cross)
     assert caught["flagged"] and caught["worst_h"] == 1
-    # the group-filter class: where the exact tests covered the path, an excess is
-    # reported, not stopped (its null is approximate); without them it stops the run
+    # the group linear class has the linear statistic's strict rule: against the panel's
+    # past the honest group filter passes and the leak stops the run, even where the
+    # exact tests covered the path (no leniency, unlike the nonlinear classes)
     names = [f"f{j}" for j in range(F)]
-    (line,) = lookahead_check(y, d, names, "m: combiner alone", True, exact=True, group=True)
-    assert "group (multivariate) linear candidates" in line and "ABOVE the threshold" in line
-    with pytest.raises(LeakageError):
-        lookahead_check(y, d, names, "m: combiner alone", True, exact=False, group=True)
-    with pytest.raises(LeakageError):  # a per-feature linear filter gets no such leniency
-        lookahead_check(y, d, names, "m: kalman alone", True, exact=True, group=False)
+    lin = linear_innovations(y, cross)
+    kw = dict(linear_innov=lin, group=True)
+    (line,) = lookahead_check(y, d, names, "m: combiner alone", True, **kw)
+    assert "group (multivariate) linear candidates" in line and "ABOVE" not in line
+    for exact in (True, False):
+        with pytest.raises(LeakageError, match="predicts future raw innov"):
+            lookahead_check(y, leaked, names, "m: combiner alone", True, exact=exact, **kw)
+    with pytest.raises(LeakageError):  # own-AR innovations alone: stopped, exact or not
+        lookahead_check(y, d, names, "m: combiner alone", True, exact=True, group=True)
