@@ -351,8 +351,8 @@ def evaluation_report(
     lines += [
         "## Leakage checks (run every time; a failure stops the run; the look-ahead "
         "statistic goes by the class of the estimator serving each feature, and where its "
-        "null is approximate (group filters, single nonlinear-class features) an excess is "
-        "reported, not stopped, for outputs the exact perturbation tests covered)",
+        "null is approximate (the nonlinear classes) an excess is reported, not stopped, "
+        "for outputs the exact perturbation tests covered)",
         "",
     ]
     lines += [*[f"- passed: {c}" for c in checks], ""]
