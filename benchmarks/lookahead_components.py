@@ -4,10 +4,10 @@ combiner alone (a linear filter that pools its cluster) and the per-feature Kalm
 alone, each fitted on the train rows, and the combiner with a 2 % one-row look-ahead
 mixed in (the statistic's power), for each (k, lags) setting. Threshold: 5.
 
-    python benchmarks/lookahead_components.py --csv PANEL.csv --clusters clusters.json \
+    python benchmarks/lookahead_components.py [--csv PANEL.csv] [--clusters clusters.json]
         [--settings 0:0,10:5,20:5,half:5]
 
-The panel and clusters of seed 1 (the design seed), x5 factors:
+The panel and clusters of seed 1 (the design seed), x5 factors, the defaults:
     python cluster.py data.noise_scale=5 data.noise_dist=factors data.seed=1
 Measured there (2026-12-07), pooled |z| (largest feature): none 20.9 (8.25), k = 10 5.80
 (5.21), 20 4.55 (5.34), F // 2 2.67 (3.77); the Kalman filter 0.02 throughout; the leak
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -49,13 +50,27 @@ def alone_outputs(raw, names, clusters, train):
     return comb, kal
 
 
+def _newest_clusters(csv: str) -> str | None:
+    """The newest outputs/cluster/*/clusters.json whose recorded source is ``csv``."""
+    want = str(Path(csv).resolve())
+    for path in sorted(Path("outputs/cluster").glob("*/clusters.json"), reverse=True):
+        src = json.loads(path.read_text()).get("source") or {}
+        if src.get("path") and str(Path(src["path"]).resolve()) == want:
+            return str(path)
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--csv", required=True)
-    ap.add_argument("--clusters", required=True)
+    ap.add_argument("--csv", default="outputs/data/synthetic_n9000_seed1_noise5_factors.csv")
+    ap.add_argument("--clusters", default=None, help="default: the newest made from --csv")
     ap.add_argument("--settings", default="0:0,10:5,20:5,half:5")
     args = ap.parse_args()
-    doc = json.load(open(args.clusters))
+    clusters = args.clusters or _newest_clusters(args.csv)
+    if clusters is None:  # nothing to measure yet (make bench runs every script bare)
+        print(f"no clusters.json made from {args.csv}: run the cluster.py line of the doc")
+        return
+    doc = json.load(open(clusters))
     panel = panel_from_config(
         {
             "kind": "csv",
@@ -68,7 +83,7 @@ def main() -> None:
     )
     train = panel.bounds["train"]
     if list(train) != doc["source"]["split"]["bounds"]["train"]:
-        raise SystemExit(f"{args.clusters}: made with other split bounds than {train}")
+        raise SystemExit(f"{clusters}: made with other split bounds than {train}")
     names = [f for c in doc["clusters"] for f in c["features"]]
     raw = panel.frame[names].to_numpy(dtype=np.float64)
     comb, kal = alone_outputs(raw, names, doc["clusters"], train)
