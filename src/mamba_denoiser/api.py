@@ -350,7 +350,7 @@ class Denoiser:
                 held[:, cols].copy(),
                 train=self.bounds["train"],
                 replay=self._decisions[cid],
-                **self.kw,
+                candidates=self.kw["candidates"],
             )
             if st is None:
                 return False

@@ -615,7 +615,6 @@ class KalmanStream:
     standardisation; recursion.Stepper)."""
 
     def __init__(self, fits: list, history: np.ndarray):
-        self.width = history.shape[1]
         self.ok = [j for j, f in enumerate(fits) if f is not None]
         fs = [fits[j] for j in self.ok]
         self.center = np.array([f.center for f in fs])

@@ -62,12 +62,16 @@ class Combiner:
 
 
 def _kalman(raw: np.ndarray, fits: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(filtered K, gain g, innovation e = (y - K) / (1 - g) = y - ŷ_t|t-1), each (T, F);
-    NaN where y is missing or the feature has no fit."""
+    """(filtered K, gain g, innovation e), each (T, F) (``_innovation``)."""
     K, g = kalman_filters(fits, raw)
+    return K, g, _innovation(raw, K, g)
+
+
+def _innovation(y: np.ndarray, K: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """e = (y - K) / (1 - g) = y - ŷ_t|t-1 from the filtered K and gain g; NaN where y is
+    missing, the feature has no fit, or the gain leaves no usable innovation."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        e = np.where(g < GAIN_MAX, (raw - K) / (1 - g), np.nan)
-    return K, g, e
+        return np.where(g < GAIN_MAX, (y - K) / (1 - g), np.nan)
 
 
 def fit_combiner(raw: np.ndarray, train: tuple[int, int]) -> Combiner:
@@ -129,20 +133,10 @@ def _advance(c: Combiner, s: _Stream, y: np.ndarray, K: np.ndarray, g: np.ndarra
     elementwise work on the new rows, the sums continued from their held state
     (``lfilter``'s zi), and the product re-run on the blocks of ``ROW_BLOCK`` rows that
     hold a new row, in their batch shape."""
-    from scipy.signal import lfilter
-
     n, F = s.n, y.shape[1]
     T = n + len(y)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        e = np.where(g < GAIN_MAX, (y - K) / (1 - g), np.nan)
-    cur = np.nan_to_num(e / c.scale)  # as _design
-    cols = [cur]
-    for i, h in enumerate(HALF_LIVES):
-        a = 0.5 ** (1.0 / h)
-        past, s.zi[i] = lfilter([1.0 - a], [1.0, -a], cur, axis=0, zi=s.zi[i])  # through t
-        cols.append(np.vstack([s.last[i][None], past[:-1]]))  # through t - 1
-        s.last[i] = past[-1]
-    s.design.append(np.hstack(cols))
+    e = _innovation(y, K, g)
+    s.design.append(_design_rows(e, c.scale, s.zi, s.last))
     b0 = n // ROW_BLOCK * ROW_BLOCK  # the first block holding a new row
     prod = rowwise_matmul(s.design.rows(b0, T), c.gamma.T)[n - b0 :]
     out = K + prod
@@ -198,14 +192,25 @@ def rowwise_matmul(a: np.ndarray, b: np.ndarray, block: int = ROW_BLOCK) -> np.n
 def _design(e: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """(T, F) innovations -> (T, F * (1 + len(HALF_LIVES))): the standardised current ones
     (0 where missing), then per half-life their exponentially weighted sum over rows < t."""
+    F = e.shape[1]
+    zi = [np.zeros((1, F)) for _ in HALF_LIVES]
+    return _design_rows(e, scale, zi, [np.zeros(F) for _ in HALF_LIVES])
+
+
+def _design_rows(e: np.ndarray, scale: np.ndarray, zi: list, last: list) -> np.ndarray:
+    """``_design``'s rows for innovations e (k, F) that follow the rows whose sums left
+    ``lfilter``'s state ``zi`` and the sums through the last row ``last`` (per half-life;
+    both updated in place): a batch over the whole panel and a live run row by row are
+    the same operations."""
     from scipy.signal import lfilter
 
     cur = np.nan_to_num(e / scale)  # missing row: no innovation (module docstring)
     cols = [cur]
-    for h in HALF_LIVES:
+    for i, h in enumerate(HALF_LIVES):
         a = 0.5 ** (1.0 / h)
-        past = lfilter([1.0 - a], [1.0, -a], cur, axis=0)  # through row t
-        cols.append(np.vstack([np.zeros((1, cur.shape[1])), past[:-1]]))  # through t - 1
+        past, zi[i] = lfilter([1.0 - a], [1.0, -a], cur, axis=0, zi=zi[i])  # through row t
+        cols.append(np.vstack([last[i][None], past[:-1]]))  # through t - 1
+        last[i] = past[-1]
     return np.hstack(cols)
 
 

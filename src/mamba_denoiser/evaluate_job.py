@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -333,26 +334,22 @@ def _lookahead_lines(inp: _Inputs, res: _Outputs, perturbed: set[str]) -> list[s
     robust_exact = any("robust" in res.den[n].alone for n in perturbed)
     # the look-ahead statistic per class of the estimator serving each feature (linear:
     # the AR innovations; nonlinear: a train-fitted nonlinear predictor's, computed once)
-    innov: list[np.ndarray] = []
-    lin_innov: list[np.ndarray] = []
     train = inp.panel.bounds["train"]
-    cross = leakage.cross_section(raw, train)  # the panel's past (shared factors)
-    cross_nl = leakage.cross_section(raw, train, k=leakage.CROSS_K_NONLINEAR)
 
+    @functools.cache
     def linear_innovations() -> np.ndarray:  # once per run, not once per output
-        if not lin_innov:
-            lin_innov.append(leakage.linear_innovations(raw, cross))
-        return lin_innov[0]
+        return leakage.linear_innovations(raw, leakage.cross_section(raw, train))
 
+    @functools.cache
     def nonlinear_innovations() -> np.ndarray:
-        if not innov:
-            t1 = time.perf_counter()
-            innov.append(leakage.nonlinear_innovations(raw, train, cross=cross_nl))
-            log.info(
-                "  nonlinear innovations for the look-ahead statistic (%.1fs)",
-                time.perf_counter() - t1,
-            )
-        return innov[0]
+        t1 = time.perf_counter()
+        cross = leakage.cross_section(raw, train, k=leakage.CROSS_K_NONLINEAR)
+        out = leakage.nonlinear_innovations(raw, train, cross=cross)
+        log.info(
+            "  nonlinear innovations for the look-ahead statistic (%.1fs)",
+            time.perf_counter() - t1,
+        )
+        return out
 
     for key, arr in res.causal_out.items():
         if key == "raw" or key.endswith("(causal)"):

@@ -587,25 +587,28 @@ def serves_linearly(name: str | None) -> bool:
     """Whether the estimator ``name`` serves a feature linearly in y: a candidate's name or
     family ("kalman", "robust", "diffusion@t=40", ...; its class's ``linear``), "raw" /
     None (passed through), or a classical baseline (all linear)."""
-    from mamba_denoiser.inference import candidates
-
-    family = (name or "raw").split("@")[0]
-    for cls in vars(candidates).values():
-        if isinstance(cls, type) and getattr(cls, "family", None) == family:
-            return bool(getattr(cls, "linear", True))
-    return True
+    cls = _candidate_class(name)
+    return True if cls is None else bool(getattr(cls, "linear", True))
 
 
 def serves_group(name: str | None) -> bool:
     """Whether the estimator ``name`` pools the features of its group (``scope ==
-    "group"``: the combiner); False for per-feature filters, raw and the baselines."""
+    "group"``: the combiner, the networks); False for per-feature filters, raw and the
+    baselines."""
+    cls = _candidate_class(name)
+    return cls is not None and getattr(cls, "scope", "feature") == "group"
+
+
+def _candidate_class(name: str | None) -> type | None:
+    """The candidate class of ``name``'s family (SDEdit, built by the registry's
+    diffusion entry, included); None for raw and the baselines."""
     from mamba_denoiser.inference import candidates
 
     family = (name or "raw").split("@")[0]
     for cls in vars(candidates).values():
         if isinstance(cls, type) and getattr(cls, "family", None) == family:
-            return getattr(cls, "scope", "feature") == "group"
-    return False
+            return cls
+    return None
 
 
 def lookahead_check(

@@ -54,7 +54,6 @@ def stream_cluster(
     candidates: list[str] | None = None,
     seed: int = 0,
     batch_windows: int = BATCH_WINDOWS,
-    **_,
 ) -> ClusterStream | None:
     """The live step of ``denoise_cluster(model, ..., replay=replay)`` with the same
     options, or None where a chosen candidate has none (SDEdit; offline mode)."""
