@@ -77,6 +77,7 @@ def test_update_day_by_day_equals_transform_of_the_grown_history(sweep):
     live.transform(history)
     days = [live.update(new.iloc[i : i + 1]) for i in range(len(new))]
     assert isinstance(live._streams, dict)  # served by the live steps, not the batch path
+    assert live.update(new.iloc[:0]).empty  # no rows: nothing served, nothing held
     streamed = pd.concat(days)
     batch = Denoiser.from_run(sweep["root"] / "causal")
     batch.transform(history)  # the same decisions: fitted on the same rows

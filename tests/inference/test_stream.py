@@ -78,7 +78,7 @@ def test_live_steps_give_the_batch_paths_bits(setup, family):
     assert sum(c is not None and c.split("@")[0] == family for c in decisions["choice"]) >= 3
     live = stream_cluster(model, raw[:hist], train=train, replay=decisions, candidates=[family])
     pieces, at = [], hist
-    for k in (1, 1, 3, 1, 17, 1, 40, 1):  # one row or many, across chunk boundaries (h = 30)
+    for k in (1, 0, 1, 3, 1, 17, 1, 40, 1):  # none, one or many, across chunk boundaries
         pieces.append(live.step(raw[at : at + k]))
         at += k
     batch = denoise_cluster(model, raw[:at], train=train, replay=decisions, candidates=[family])

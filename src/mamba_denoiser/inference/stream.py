@@ -30,6 +30,8 @@ class ClusterStream:
 
     def step(self, new: np.ndarray) -> np.ndarray:
         new = np.asarray(new, dtype=np.float64)
+        if not len(new):  # no rows: no step (a filter's state stays where it is)
+            return new.copy()
         n0 = self.held.n
         self.held.append(new)
         held = self.held.view()
