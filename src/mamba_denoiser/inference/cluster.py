@@ -51,13 +51,18 @@ class NoisePlan:
     white: np.ndarray  # (F,) bool
     ljung_box_p: np.ndarray  # (F,)
     var_rse: np.ndarray | None = None  # (F,) relative SE of σ² (batch means), NaN unknown
+    spread: np.ndarray | None = None  # (F,) row spread of a realised gain (spread.py)
 
 
 def plan_noise(raw: np.ndarray, train: tuple[int, int], sigma=None) -> NoisePlan:
     """σ and whiteness per feature from the train rows (σ overridden where given), and how
-    well the train rows pin σ² down (``noise_var_rse``, for the gate's lower bounds)."""
+    well the train rows pin σ² down (``noise_var_rse``) and how much a realised gain moves
+    between blocks of rows (``row_spread`` of the train-fitted model and noise law), both
+    for the gate's lower bounds."""
     from mamba_denoiser.classical import noise_sigma
     from mamba_denoiser.diffusion.noise import noise_var_rse
+    from mamba_denoiser.inference.spread import row_spread
+    from mamba_denoiser.robust import fit_robust
 
     F = raw.shape[1]
     given = None if sigma is None else np.asarray(sigma, dtype=np.float64)
@@ -72,7 +77,9 @@ def plan_noise(raw: np.ndarray, train: tuple[int, int], sigma=None) -> NoisePlan
         src.append(s)
     a, b = int(train[0]), int(train[1])
     rse = np.array([noise_var_rse(raw[a:b, j]) for j in range(F)])
-    return NoisePlan(sig, src, white, p, rse)
+    fits, laws = fit_robust(raw, train)  # memoised: the robust candidate reads the same fits
+    spread = np.array([row_spread(f, w) for f, w in zip(fits, laws)])
+    return NoisePlan(sig, src, white, p, rse, spread)
 
 
 def _t_grid(model, sigma_w: np.ndarray, usable: np.ndarray, n_levels: int, c: float):
@@ -341,6 +348,7 @@ def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands,
         margin_db=margin,
         usable=plan.usable,
         var_rse=plan.noise.var_rse,
+        spread=plan.noise.spread,
         groups=np.zeros(F, int),  # the cluster: its features share how much a head saves
     )
     return res.choice, res, divs

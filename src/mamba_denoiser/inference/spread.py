@@ -1,0 +1,93 @@
+"""How much a realised gain moves from one block of rows to the next: the spread the gate's
+lower prediction bound needs for the new block (inference/gate.py ``GateResult.lower``).
+
+A gain realised on N rows is 10·log10(mean n²/mean e²), n the noise and e = d - s the
+denoiser's error. Its log is the mean of a_t = n_t²/σ² - e_t²/MSE (delta method), whose
+variance, for a linear filter of a stationary state-space model with noise of excess
+kurtosis κ (κ4/σ⁴), e_t = Σ_k c_k n_{t-k} + (terms independent of n), is
+
+    N · Var(ln ratio) = 4 (S_e - q) + κ (1 - q)²,
+    S_e = Σ_{k>=0} ρ_e(k)²   (ρ_e the error's autocorrelation),
+    q = σ² Σ_k c_k² / MSE    (the share of the error that is passed-through noise),
+
+from Cov(X², Y²) = 2 Cov(X, Y)² + κ4 Σ α_j² β_j² for linear forms of independent noise
+(Isserlis plus the fourth cumulant). Leaving y alone (e = n: S_e = q = 1) has no spread;
+a filter whose error is persistent (S_e large) has much. The errors of the feature's
+steady-state Kalman filter stand for any candidate's: the spread is a property of how
+persistent a good filter's error is, which the candidates share far more than their
+levels. Measured on the built-in default noise before this was used: the realised gains
+of 64 features moved by 0.18 dB (sd) between the validation and the test rows, where the
+SURE standard errors, taken as the new block's spread too, allowed 0.04-0.09 dB; for
+the AR(1) at a 1.4 dB gain the formula gives 0.13 dB per block, 0.18 for the pair.
+
+κ comes from the feature's robust noise law (robust.py, fitted on the train rows; 0 where
+the law is Gaussian): a two-component law (1 - ε) N(0, σ_c²) + ε N(0, k²σ_c²) has
+κ = 3 ((1 - ε) + ε k⁴) / ((1 - ε) + ε k²)² - 3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mamba_denoiser.recursion import state_space_form
+
+_RICCATI_ITERS = 2000  # steady state of the 2x2 filter: converges long before this
+
+
+def excess_kurtosis(law) -> float:
+    """κ of a robust.NoiseLaw's noise (0 for None or the Gaussian law)."""
+    if law is None or law.eps <= 0:
+        return 0.0
+    e, k2 = float(law.eps), float(law.ratio) ** 2
+    return 3 * ((1 - e) + e * k2**2) / ((1 - e) + e * k2) ** 2 - 3
+
+
+def _steady_gain(F: np.ndarray, q: float, r: float) -> np.ndarray:
+    """(2,) the steady-state Kalman gain of state (s_t, s_{t-1}), Z = [1, 0]."""
+    P = np.diag([q + r, 0.0])
+    K = np.zeros(2)
+    for _ in range(_RICCATI_ITERS):
+        Pp = F @ P @ F.T
+        Pp[0, 0] += q
+        K_new = Pp[:, 0] / (Pp[0, 0] + r)
+        P = Pp - np.outer(K_new, Pp[0, :])
+        if np.allclose(K_new, K, rtol=0, atol=1e-12):
+            break
+        K = K_new
+    return K_new
+
+
+def _sum_squares(A: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
+    """Σ_{k>=0} (u' A^k v)², by (I - A⊗A)^-1 (A stable)."""
+    AA = np.kron(A, A)
+    x = np.linalg.solve(np.eye(len(AA)) - AA, np.kron(v, v))
+    return float(np.kron(u, u) @ x)
+
+
+def row_spread(fit, law=None) -> float:
+    """N · Var of the log gain ratio realised on N rows (module docstring), for the
+    feature's classical.StateSpaceFit ``fit``; NaN where it cannot be formed (no fit, a
+    noiseless or unstable filter)."""
+    if fit is None:
+        return float("nan")
+    F, q, _ = state_space_form(fit)
+    r = float(fit.params.get("noise_var", np.nan))
+    if not (np.isfinite(r) and r > 0 and np.isfinite(q)):
+        return float("nan")
+    K = _steady_gain(F, q, r)
+    Z = np.array([1.0, 0.0])
+    A = (np.eye(2) - np.outer(K, Z)) @ F  # the filtered error's transition
+    if not np.all(np.abs(np.linalg.eigvals(A)) < 1 - 1e-9):
+        return float("nan")
+    B_eta = (np.eye(2) - np.outer(K, Z)) @ Z  # the process noise enters state 0
+    # stationary error covariance Σ = A Σ A' + q B_η B_η' + r K K'
+    AA = np.kron(A, A)
+    src = q * np.kron(B_eta, B_eta) + r * np.kron(K, K)
+    Sigma = np.linalg.solve(np.eye(4) - AA, src).reshape(2, 2)
+    mse = float(Sigma[0, 0])
+    if not mse > 0:
+        return float("nan")
+    s_e = _sum_squares(A, Z, Sigma @ Z) / mse**2  # Σ_k ρ_e(k)², ρ_e(k) = Z A^k Σ Z' / MSE
+    share = r * _sum_squares(A, Z, K) / mse  # σ² Σ_k c_k² / MSE, c_k = -Z A^k K
+    kappa = max(excess_kurtosis(law), 0.0)
+    return float(max(4 * (s_e - share), 0.0) + kappa * (1 - share) ** 2)
