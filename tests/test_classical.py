@@ -75,6 +75,19 @@ def test_noise_sigma_is_within_20_percent_on_ar1_and_random_walk(kind, seed):
     assert choice.source in ("moment", f"state_space:{choice.state_space_model}")
 
 
+def test_a_random_walk_that_the_aic_calls_integrated_keeps_its_moment_sigma():
+    """Random walk + Gaussian noise (2,000 rows, seed 0): the AIC picks the integrated
+    AR(1) (φ ≈ 0.3, its σ 1.17x the truth), which made it the σ source; by the BIC the
+    level model wins, the two estimates agree and the moment σ (1.02x) serves. Fails
+    with the lowest-AIC model as the state-space σ."""
+    rng = np.random.default_rng(0)
+    y = np.cumsum(rng.standard_normal(2000)) + 0.7 * rng.standard_normal(2000)
+    assert fit_state_space(y, (0, 2000)).model == "kalman_ari1"  # the AIC's choice
+    choice = noise_sigma(y, (0, 2000))
+    assert choice.state_space_model == "kalman_level" and choice.source == "moment"
+    assert choice.sigma == pytest.approx(0.7, rel=0.05)
+
+
 def test_tolerance_decides_between_moment_and_state_space():
     _, y = _simulate("ar1", seed=4)
     loose = noise_sigma(y, TRAIN, tolerance=2.0)
