@@ -39,24 +39,13 @@ import numpy as np
 from mamba_denoiser.classical import state_space_fits
 from mamba_denoiser.data.panel import SplitSpec
 from mamba_denoiser.data.synthetic import make_synthetic_panel
+from mamba_denoiser.evaluation.metrics import snr_gain_db
 from mamba_denoiser.robust import NoiseLaw, fit_robust, robust_filter
 from mamba_denoiser.vocabulary import WINDOW_SIZE
 
 FAMILIES = ("ou_fast", "ou_slow", "random_walk", "trend")
 JUMP = (0.01, 0.02, 0.03, 0.05)
 RATIO = (3, 5, 7, 10, 15, 20, 30)
-
-
-def test_gains(out, raw, clean, rows) -> np.ndarray:
-    """(F,) 10·log10(MSE(raw)/MSE(out)) against the clean signal on ``rows``."""
-    n, e = raw[rows] - clean[rows], out[rows] - clean[rows]
-    ok = np.isfinite(n) & np.isfinite(e)
-    return np.array(
-        [
-            10 * np.log10(np.mean(n[ok[:, j], j] ** 2) / np.mean(e[ok[:, j], j] ** 2))
-            for j in range(n.shape[1])
-        ]
-    )
 
 
 def main() -> None:
@@ -73,16 +62,16 @@ def main() -> None:
     fits = state_space_fits(raw, b["train"])
     _, laws = fit_robust(raw, b["train"])
     rows = {
-        "kalman": test_gains(
-            robust_filter(raw, fits, [NoiseLaw(0.0, 1.0)] * len(feats)), raw, clean, test
+        "kalman": snr_gain_db(
+            raw, robust_filter(raw, fits, [NoiseLaw(0.0, 1.0)] * len(feats)), clean, rows=test
         ),
-        "robust (fitted law)": test_gains(robust_filter(raw, fits, laws), raw, clean, test),
+        "robust (fitted law)": snr_gain_db(raw, robust_filter(raw, fits, laws), clean, rows=test),
     }
     best: dict[str, tuple[float, float, float]] = {}
     for d in JUMP:
         for k in RATIO:
             law = NoiseLaw(0.0, 1.0, d, float(k))
-            g = test_gains(robust_filter(raw, fits, [law] * len(feats)), raw, clean, test)
+            g = snr_gain_db(raw, robust_filter(raw, fits, [law] * len(feats)), clean, rows=test)
             for f in FAMILIES:
                 m = float(g[fam == f].mean())
                 if m > best.get(f, (-np.inf,))[0]:

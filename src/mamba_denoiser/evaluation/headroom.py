@@ -53,9 +53,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import solve_discrete_are
 
 from mamba_denoiser.data.synthetic import _JUMP_RATE, _JUMP_SIZE
+from mamba_denoiser.riccati import riccati_step, steady_prediction_cov
 
 HEADROOM_FAMILIES: tuple[str, ...] = ("ou_fast", "ou_slow", "random_walk", "trend")
 _OU = ("ou_fast", "ou_slow")
@@ -153,40 +153,14 @@ def state_space(
     return StateSpace(list(features), F, Q, H, R, k, x0, P0)
 
 
-def _riccati_step(P, F, Q, H, R):
-    S = H @ P @ H.T + R
-    K = P @ H.T @ np.linalg.inv(S)
-    Pf = P - K @ H @ P
-    return F @ Pf @ F.T + Q, Pf
-
-
 def steady_state_mse(model: StateSpace) -> np.ndarray:
-    """Steady-state filtered MSE of each observed feature's clean signal given y_{<=t}.
-
-    Solves the filter's discrete algebraic Riccati equation (scipy), checked to be a
-    fixed point of the Riccati recursion; else iterates the recursion to convergence.
-    """
+    """Steady-state filtered MSE of each observed feature's clean signal given y_{<=t}
+    (riccati.py: scipy's Riccati solution, checked, else the recursion iterated)."""
     F, Q, H, R = model.F, model.Q, model.H, model.R
     if not np.all(np.diag(R) > 0):
         raise ValueError("zero observation noise: the filter MSE is 0 and the gain infinite")
-    P = None
-    try:
-        P = solve_discrete_are(F.T, H.T, Q, R)
-        nxt, _ = _riccati_step(P, F, Q, H, R)
-        if not np.allclose(nxt, P, rtol=1e-7, atol=1e-10 * np.abs(P).max()):
-            P = None
-    except (np.linalg.LinAlgError, ValueError):
-        P = None
-    if P is None:
-        P = model.P0.copy()
-        for _ in range(200_000):
-            nxt, _ = _riccati_step(P, F, Q, H, R)
-            if np.allclose(nxt, P, rtol=1e-12, atol=0.0):
-                break
-            P = nxt
-        else:
-            raise RuntimeError("the Riccati recursion did not converge")
-    _, Pf = _riccati_step(P, F, Q, H, R)
+    P = steady_prediction_cov(F, Q, H, R, model.P0)
+    _, Pf = riccati_step(P, F, Q, H, R)
     return np.einsum("ij,jk,ik->i", H, Pf, H)
 
 

@@ -28,10 +28,10 @@ the law is Gaussian): a two-component law (1 - ε) N(0, σ_c²) + ε N(0, k²σ_
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import solve_discrete_lyapunov
 
 from mamba_denoiser.recursion import state_space_form
-
-_RICCATI_ITERS = 2000  # steady state of the 2x2 filter: converges long before this
+from mamba_denoiser.riccati import steady_prediction_cov
 
 
 def excess_kurtosis(law) -> float:
@@ -40,21 +40,6 @@ def excess_kurtosis(law) -> float:
         return 0.0
     e, k2 = float(law.eps), float(law.ratio) ** 2
     return 3 * ((1 - e) + e * k2**2) / ((1 - e) + e * k2) ** 2 - 3
-
-
-def _steady_gain(F: np.ndarray, q: float, r: float) -> np.ndarray:
-    """(2,) the steady-state Kalman gain of state (s_t, s_{t-1}), Z = [1, 0]."""
-    P = np.diag([q + r, 0.0])
-    K = np.zeros(2)
-    for _ in range(_RICCATI_ITERS):
-        Pp = F @ P @ F.T
-        Pp[0, 0] += q
-        K_new = Pp[:, 0] / (Pp[0, 0] + r)
-        P = Pp - np.outer(K_new, Pp[0, :])
-        if np.allclose(K_new, K, rtol=0, atol=1e-12):
-            break
-        K = K_new
-    return K_new
 
 
 def _sum_squares(A: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
@@ -70,20 +55,22 @@ def row_spread(fit, law=None) -> float:
     noiseless or unstable filter)."""
     if fit is None:
         return float("nan")
-    F, q, _ = state_space_form(fit)
+    F, q, P0 = state_space_form(fit)
     r = float(fit.params.get("noise_var", np.nan))
     if not (np.isfinite(r) and r > 0 and np.isfinite(q)):
         return float("nan")
-    K = _steady_gain(F, q, r)
     Z = np.array([1.0, 0.0])
+    try:
+        P = steady_prediction_cov(F, np.diag([q, 0.0]), Z[None], np.array([[r]]), P0)
+    except RuntimeError:  # the recursion did not settle
+        return float("nan")
+    K = P[:, 0] / (P[0, 0] + r)  # the steady-state Kalman gain
     A = (np.eye(2) - np.outer(K, Z)) @ F  # the filtered error's transition
     if not np.all(np.abs(np.linalg.eigvals(A)) < 1 - 1e-9):
         return float("nan")
     B_eta = (np.eye(2) - np.outer(K, Z)) @ Z  # the process noise enters state 0
     # stationary error covariance Σ = A Σ A' + q B_η B_η' + r K K'
-    AA = np.kron(A, A)
-    src = q * np.kron(B_eta, B_eta) + r * np.kron(K, K)
-    Sigma = np.linalg.solve(np.eye(4) - AA, src).reshape(2, 2)
+    Sigma = solve_discrete_lyapunov(A, q * np.outer(B_eta, B_eta) + r * np.outer(K, K))
     mse = float(Sigma[0, 0])
     if not mse > 0:
         return float("nan")
