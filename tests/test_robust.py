@@ -86,6 +86,29 @@ def test_the_noise_law_is_found_and_the_filter_beats_kalman_under_outliers():
     assert fit_noise_laws(gauss, g_fits, train) == [NoiseLaw(0.0, 1.0)] * 3  # Gaussian: Kalman
 
 
+@pytest.mark.parametrize("law", [NoiseLaw(0.05, 10.0), NoiseLaw(0.0, 1.0, 0.05, 10.0)])
+def test_the_divergence_is_exact_and_the_update_is_the_filters(law):
+    """``measurement_update`` from the priors gives the filter's own output (outliers in
+    the noise; jumps in the signal), and its divergence is the derivative of that output
+    in y_t at fixed priors (a central difference): what SURE needs where the law is
+    Gaussian."""
+    from mamba_denoiser.robust import apply_robust_div, filter_priors, measurement_update
+
+    _, y = _ar1_with_outliers(n=2000, f=2)
+    fits, _ = fit_robust(y, (0, 1400))
+    laws = [law, law]
+    pri = filter_priors(y, fits, laws)
+    s_hat, div = measurement_update(y, pri)
+    np.testing.assert_allclose(s_hat, robust_filter(y, fits, laws), rtol=0, atol=1e-12)
+    h = 1e-5
+    up, down = measurement_update(y + h, pri)[0], measurement_update(y - h, pri)[0]
+    np.testing.assert_allclose(div, (up - down) / (2 * h), rtol=0, atol=1e-6)
+    assert div.std() > 0.05  # nonlinear: the weight on y_t moves with the innovation
+    out, d2 = apply_robust_div(y, fits, laws)
+    np.testing.assert_array_equal(out, pri.filtered)
+    np.testing.assert_array_equal(d2, div)
+
+
 def test_robust_filter_is_causal_bit_for_bit():
     _, y = _ar1_with_outliers(n=2000, f=2)
     fits, laws = fit_robust(y, (0, 1400))

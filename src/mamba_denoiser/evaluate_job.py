@@ -220,7 +220,7 @@ def _baselines(inp: _Inputs) -> tuple[dict[str, Any], Any]:
     from mamba_denoiser.classical import future_targets
     from mamba_denoiser.evaluation.anchor import best_classical
     from mamba_denoiser.evaluation.baselines import apply_baselines
-    from mamba_denoiser.robust import apply_robust, fit_robust
+    from mamba_denoiser.robust import apply_robust_div, fit_robust, gaussian_noise
 
     cfg, sigma = inp.cfg, inp.sigma
     t0 = time.perf_counter()
@@ -229,7 +229,8 @@ def _baselines(inp: _Inputs) -> tuple[dict[str, Any], Any]:
         inp.raw, train, names=list(cfg.baselines), noise_var=sigma**2, n_jobs=int(cfg.n_jobs)
     )
     # the robust filter joins the anchor as a nonlinear option (the paired score)
-    robust = apply_robust(inp.raw, *fit_robust(inp.raw, train))
+    fits, laws = fit_robust(inp.raw, train)
+    robust, robust_div = apply_robust_div(inp.raw, fits, laws)
     anchor = best_classical(
         inp.raw,
         bl,
@@ -240,6 +241,8 @@ def _baselines(inp: _Inputs) -> tuple[dict[str, Any], Any]:
         nonlinear={"robust": robust},
         target=future_targets(inp.raw[: val[1]], train),  # validation rows only
         groups=inp.cluster_of,  # pooled like the denoiser's gate: fair
+        nonlinear_div={"robust": robust_div},
+        gaussian=gaussian_noise(laws),
     )
     log.info(
         "Baselines (%s) and the anchor: %.1fs",

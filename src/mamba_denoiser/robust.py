@@ -11,8 +11,10 @@ filter is the Gaussian-sum filter of the same model: per row, the prediction N(m
 noise component gives a Kalman update weighted by its evidence; the two are collapsed to
 one Gaussian by moment matching. ε = 0 is the Kalman filter itself. ε and k: approximate
 maximum likelihood on the train rows over ``GRID`` (every combination of every feature
-in one pass). Output and weights depend on y_t: nonlinear, so no exact SURE: the gate
-scores it with the paired future-target risk (inference/gate.py).
+in one pass). Output and weights depend on y_t: nonlinear. Its divergence is exact
+(``measurement_update``), so where the fitted law is Gaussian the gate scores it by SURE
+(Stein's lemma holds for any denoiser under Gaussian noise), and elsewhere by the paired
+future-target risk (inference/gate.py).
 
 The filter is the one serving recursion of recursion.py (every model in one 2-state
 form, compiled with numba: a Python loop over 9,000 rows x 85 features would take
@@ -219,6 +221,19 @@ def apply_robust(raw: np.ndarray, fits: list, laws: list) -> np.ndarray:
     return out
 
 
+def apply_robust_div(raw: np.ndarray, fits: list, laws: list) -> tuple[np.ndarray, np.ndarray]:
+    """(T, F) -> (``apply_robust``'s output, its exact divergence ∂out_t/∂y_t), each (T, F)."""
+    pri = filter_priors(raw, fits, laws)
+    return pri.filtered, measurement_update(raw, pri)[1]
+
+
+def gaussian_noise(laws: list) -> np.ndarray:
+    """(F,) bool: the fitted noise law has no outlier component (jumps, in the signal, may
+    remain). Where it is Gaussian, Stein's lemma holds for any denoiser and SURE scores
+    nonlinear ones too (inference/gate.py)."""
+    return np.array([law is not None and law.eps == 0 for law in laws], dtype=bool)
+
+
 class RobustStream:
     """The robust filter of (fits, laws) carried over new rows: built on a history (T, F),
     each call's rows (k, F) -> ``Priors``-shaped arrays of those rows (filtered, mean, var,
@@ -275,6 +290,36 @@ class Priors:
     def jump_weights(self) -> np.ndarray:
         """(F, 2) the prediction's weights without / with a jump (1 − δ, δ)."""
         return np.stack([1 - self.jump, self.jump], axis=-1)
+
+
+def measurement_update(y: np.ndarray, pri: Priors) -> tuple[np.ndarray, np.ndarray]:
+    """(T, F) observations and the filter's priors of them -> (ŝ, ∂ŝ_t/∂y_t), each (T, F):
+    the Gaussian-sum measurement update in closed form. Per pair of prior component c (no
+    jump, jump) and noise component j (core, outlier) a scalar Kalman step, weighted by its
+    evidence,
+
+        S = v_c + σ_j²,  g = v_c / S,  m = μ + g (y − μ),  w ∝ π_c ε_j N(y; μ, S),
+        ŝ = Σ w m,  ∂ŝ/∂y = Σ w g + Σ w (d − d̄)(m − ŝ),  d = −(y − μ)/S,
+
+    which is what the recursion's update gives for ŝ (its state's signal component has
+    prior N(μ, v_c)), and its exact divergence, for SURE. NaN where y or the prior is."""
+    v = np.stack([pri.var, pri.var_jump], -1)[..., None]  # (T, F, 2, 1)
+    pc = np.stack([1 - pri.jump, pri.jump], -1)[None, :, :, None]  # (1, F, 2, 1)
+    pj = pri.noise_weights[None, :, None, :]  # (1, F, 1, 2)
+    S = v + pri.noise_var[None, :, None, :]  # (T, F, 2, 2)
+    r = (y - pri.mean)[..., None, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_w = np.log(pc) + np.log(pj) - 0.5 * (np.log(S) + r**2 / S)
+        log_w = log_w - np.max(log_w, axis=(-2, -1), keepdims=True)
+        w = np.exp(log_w)
+        w = w / w.sum((-2, -1), keepdims=True)
+        g = v / S
+        m = pri.mean[..., None, None] + g * r
+        s_hat = (w * m).sum((-2, -1))
+        d = -r / S
+        d_bar = (w * d).sum((-2, -1), keepdims=True)
+        div = (w * g).sum((-2, -1)) + (w * (d - d_bar) * (m - s_hat[..., None, None])).sum((-2, -1))
+    return s_hat, div
 
 
 def filter_priors(raw: np.ndarray, fits: list, laws: list) -> Priors:

@@ -18,11 +18,17 @@ def _fit(model: str, **params) -> SimpleNamespace:
     return SimpleNamespace(model=model, params=params, center=0.0, scale=1.0)
 
 
-def _signal(fit, rng, n: int) -> np.ndarray:
+def _signal(fit, rng, n: int, law: NoiseLaw | None = None) -> np.ndarray:
+    """The model's signal; with ``law``'s jumps (δ, k_j) in the process innovations."""
     p = fit.params
+    q = p["sigma2.level"] if fit.model == "kalman_level" else p["sigma2"]
+    sd = np.sqrt(q)
+    if law is not None and law.jump > 0:
+        core, wide = law.process(q)
+        sd = np.sqrt(np.where(rng.random(n) < law.jump, wide, core))
+    eta = rng.standard_normal(n) * sd
     if fit.model == "kalman_level":
-        return np.cumsum(rng.standard_normal(n) * np.sqrt(p["sigma2.level"]))
-    eta = rng.standard_normal(n) * np.sqrt(p["sigma2"])
+        return np.cumsum(eta)
     x = np.zeros(n)
     for t in range(1, n):  # AR(1): the level (ar1) or the slope (ari1)
         x[t] = p["ar.L1"] * x[t - 1] + eta[t]
@@ -48,17 +54,26 @@ def _noise(rng, n: int, h: float, law: NoiseLaw | None) -> np.ndarray:
             _fit("kalman_ar1", **{"ar.L1": 0.9, "sigma2": 0.2, "noise_var": 0.4}),
             NoiseLaw(0.05, 4.0),
         ),
+        (
+            _fit("kalman_ar1", **{"ar.L1": 0.95, "sigma2": 0.1, "noise_var": 0.5}),
+            NoiseLaw(0.0, 1.0, 0.02, 10.0),
+        ),
+        (
+            _fit("kalman_level", **{"sigma2.level": 0.02, "noise_var": 0.2}),
+            NoiseLaw(0.0, 1.0, 0.05, 5.0),
+        ),
     ],
-    ids=["ar1_slow", "ar1_fast", "level", "ari1", "ar1_outliers"],
+    ids=["ar1_slow", "ar1_fast", "level", "ari1", "ar1_outliers", "ar1_jumps", "level_jumps"],
 )
 def test_row_spread_is_the_simulated_block_to_block_variance(fit, law):
     """The Kalman filter of the model on 300 blocks of 1,290 rows: N·Var of the log ratio
     mean(n²)/mean(e²) across blocks is the formula's within 15 % (the sampling error of a
-    variance over 300 blocks is about 8 %); the heavy-tailed case needs the κ term."""
+    variance over 300 blocks is about 8 %); the heavy-tailed cases (outliers in the noise,
+    jumps in the signal) need their κ terms."""
     rng = np.random.default_rng(0)
     n_rows, blocks, warm = 1290, 300, 500
     T = warm + n_rows * blocks
-    s = _signal(fit, rng, T)
+    s = _signal(fit, rng, T, law)
     noise = _noise(rng, T, fit.params["noise_var"], law)
     d, _ = kalman_filters([fit], (s + noise)[:, None])
     e = (d[warm:, 0] - s[warm:]).reshape(blocks, n_rows)
@@ -112,3 +127,25 @@ def test_the_lower_bound_carries_the_new_blocks_spread():
         )  # fmt: skip
         held[spread is not None] = (realised >= res.lower[0]).mean()
     assert held[True] >= 0.93 and held[False] < 0.88, held
+
+
+def test_sigmas_uncertainty_carries_the_estimators_disagreement():
+    """σ²'s relative SE for the bound: batch means see sampling error only, so where the
+    moment and the state-space σ disagree (both consistent under the model) the SE is at
+    least half the log ratio of their σ²; a clipped (0) or missing estimate adds nothing."""
+    from mamba_denoiser.classical import noise_sigma
+    from mamba_denoiser.diffusion.noise import noise_var_rse
+    from mamba_denoiser.inference.cluster import _disagreement, plan_noise
+
+    ch = SimpleNamespace(moment_sigma=1.4, state_space_sigma=1.0)
+    assert _disagreement(ch) == pytest.approx(np.log(1.4))
+    for m, ss in ((0.0, 1.0), (np.nan, 1.0), (1.0, np.nan)):
+        assert _disagreement(SimpleNamespace(moment_sigma=m, state_space_sigma=ss)) == 0.0
+    rng = np.random.default_rng(2)
+    n = 3000
+    fit = _fit("kalman_ar1", **{"ar.L1": 0.9, "sigma2": 0.2, "noise_var": 0.4})
+    y = np.column_stack([_signal(fit, rng, n) + 0.6 * rng.standard_normal(n) for _ in range(3)])
+    plan = plan_noise(y, (0, 2000))
+    for j in range(3):
+        dis = _disagreement(noise_sigma(y[:, j], (0, 2000)))
+        assert plan.var_rse[j] == pytest.approx(np.hypot(noise_var_rse(y[:2000, j]), dis))

@@ -6,9 +6,10 @@ Gaussian-sum filter (robust.py), whichever the gate ranks best on the validation
 above the margin; a white y (Ljung-Box on the train rows) stays raw, as in the denoiser.
 Every baseline is linear in y given its fitted parameters, so its divergence ∂out_t/∂y_t
 is its exact weight on the current observation (BaselineOutput.causal_gain) and SURE is
-exact; the robust filter is not, and is scored like the denoiser's nonlinear candidates,
-by the paired future-target risk against the best linear one. σ is the same per feature as
-the denoiser's.
+exact; the robust filter is not linear, and is scored like the denoiser's nonlinear
+candidates: by SURE with its exact divergence where the feature's noise law is Gaussian,
+else by the paired future-target risk against the best linear one. σ is the same per
+feature as the denoiser's.
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ def best_classical(
     nonlinear: dict[str, np.ndarray] | None = None,  # name -> (T, F) causal output
     target: np.ndarray | None = None,  # (T, F) future target of the paired score
     groups: np.ndarray | None = None,  # (F,) cluster ids: paired scores pooled within each
+    nonlinear_div: dict[str, np.ndarray] | None = None,  # name -> (T, F) exact ∂out/∂y
+    gaussian: np.ndarray | None = None,  # (F,) bool: Gaussian noise law (SURE for all)
 ) -> Anchor:
-    nonlinear = nonlinear or {}
+    nonlinear, nonlinear_div = nonlinear or {}, nonlinear_div or {}
     names = [*baselines, *nonlinear]
     outs = [baselines[b].causal for b in baselines] + list(nonlinear.values())
-    divs = [baselines[b].causal_gain for b in baselines] + [None] * len(nonlinear)
+    divs = [baselines[b].causal_gain for b in baselines] + [nonlinear_div.get(n) for n in nonlinear]
+    linear = [True] * len(baselines) + [False] * len(nonlinear)
     g = slice(*rows)
     u = np.full(raw.shape, np.nan)
     if target is not None:  # only the targets the validation rows alone give
@@ -52,11 +56,12 @@ def best_classical(
         sigma,
         [o[g] for o in outs],
         [None if d is None else d[g] for d in divs],
-        [d is not None for d in divs],
+        linear,
         u[g],
         margin_db=margin_db,
         usable=~np.asarray(white, bool) & np.isfinite(sigma) & (np.asarray(sigma) > 0),
         groups=groups,
+        gaussian=gaussian,
     )
     out = raw.copy()
     for j, k in enumerate(res.choice):

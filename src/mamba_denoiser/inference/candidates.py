@@ -13,7 +13,7 @@ diffusion@t    score posterior mean ŝ = y - (k/τ_t) ε̂(√ᾱ_t y, t), k = �
 sdedit@t       diffuse to t, reverse with DDIM/DDPM, mean of n samples       probe
 predictive     E[s_t | y_t, y_<t] under the head's Gaussian mixture          exact
 kalman         causal Kalman filter of the lowest-AIC state-space fit       exact (gain)
-robust         Gaussian-sum filter of that fit, noise law with outliers     none (paired)
+robust         Gaussian-sum filter of that fit, noise law with outliers     exact
 combiner       Kalman + the group's current innovations, weights fitted on  exact
                train rows against future targets (shared factors)
 =============  ===========================================================  ===========
@@ -432,9 +432,9 @@ class RobustCandidate(_Classical):
         ]
 
     def run(self, raw: np.ndarray, progress=None, rows=None) -> CandidateOutput:
-        from mamba_denoiser.robust import apply_robust
+        from mamba_denoiser.robust import apply_robust_div
 
-        return CandidateOutput(apply_robust(raw, self.fits, self.laws), None)
+        return CandidateOutput(*apply_robust_div(raw, self.fits, self.laws))
 
     def stream(self, history: np.ndarray):
         from mamba_denoiser.robust import RobustStream

@@ -7,8 +7,10 @@
 2. Candidates (inference/candidates.py, REGISTRY): the diffusion posterior mean at a few
    timesteps, the predictive head, the Kalman filter, the robust Gaussian-sum filter and
    the group's combiner; each applied causally to the whole block.
-3. Gate (inference/gate.py), validation rows: SURE for linear candidates, the paired
-   future-target risk for nonlinear ones; per feature the best above the margin, else raw.
+3. Gate (inference/gate.py), validation rows: SURE for linear candidates (and, where the
+   noise law is Gaussian, for nonlinear ones with an exact divergence), the paired
+   future-target risk for the other nonlinear ones; per feature the best above the
+   margin, else raw.
 4. Assemble: chosen features take their candidate's values; the rest are exactly raw.
 
 ``replay`` re-runs with given decisions (σ, t grid, each family's fits, each feature's
@@ -52,6 +54,7 @@ class NoisePlan:
     ljung_box_p: np.ndarray  # (F,)
     var_rse: np.ndarray | None = None  # (F,) relative SE of σ² (batch means), NaN unknown
     spread: np.ndarray | None = None  # (F,) row spread of a realised gain (spread.py)
+    gaussian: np.ndarray | None = None  # (F,) bool: Gaussian noise law (gate: SURE for all)
 
 
 def plan_noise(raw: np.ndarray, train: tuple[int, int], sigma=None) -> NoisePlan:
@@ -62,13 +65,15 @@ def plan_noise(raw: np.ndarray, train: tuple[int, int], sigma=None) -> NoisePlan
     from mamba_denoiser.classical import noise_sigma
     from mamba_denoiser.diffusion.noise import noise_var_rse
     from mamba_denoiser.inference.spread import row_spread
-    from mamba_denoiser.robust import fit_robust
+    from mamba_denoiser.robust import fit_robust, gaussian_noise
 
     F = raw.shape[1]
     given = None if sigma is None else np.asarray(sigma, dtype=np.float64)
     sig, src, white, p = np.full(F, np.nan), [], np.zeros(F, bool), np.full(F, np.nan)
+    choices = []
     for j in range(F):
         ch = noise_sigma(raw[:, j], train)
+        choices.append(ch)
         white[j], p[j] = ch.white, ch.ljung_box_p
         if given is not None and np.isfinite(given[j]):
             sig[j], s = given[j], "given"
@@ -77,9 +82,24 @@ def plan_noise(raw: np.ndarray, train: tuple[int, int], sigma=None) -> NoisePlan
         src.append(s)
     a, b = int(train[0]), int(train[1])
     rse = np.array([noise_var_rse(raw[a:b, j]) for j in range(F)])
+    # σ² is also uncertain by its model: the moment and the state-space estimates are both
+    # consistent under the feature's model, so where they disagree, by half the log ratio
+    # of their σ² each (batch means over the train rows see only sampling error: 3-8 % on
+    # seed 1's ×5 jumps panel, where σ̂ was 0.73-1.39x the truth and the two disagreed)
+    dis = np.array([_disagreement(c) for c in choices])
+    rse = np.where(np.isfinite(rse), np.hypot(rse, dis), np.where(dis > 0, dis, rse))
     fits, laws = fit_robust(raw, train)  # memoised: the robust candidate reads the same fits
     spread = np.array([row_spread(f, w) for f, w in zip(fits, laws)])
-    return NoisePlan(sig, src, white, p, rse, spread)
+    return NoisePlan(sig, src, white, p, rse, spread, gaussian_noise(laws))
+
+
+def _disagreement(ch) -> float:
+    """Half the |log ratio| of a NoiseChoice's moment and state-space σ², or 0 where one
+    is missing (a clipped moment estimate is 0: missing)."""
+    m, ss = ch.moment_sigma, ch.state_space_sigma
+    if not (np.isfinite(m) and np.isfinite(ss) and m > 0 and ss > 0):
+        return 0.0
+    return float(abs(np.log(m / ss)))  # = |log(m²/ss²)| / 2
 
 
 def _t_grid(model, sigma_w: np.ndarray, usable: np.ndarray, n_levels: int, c: float):
@@ -189,7 +209,9 @@ def denoise_cluster(
     if replay is not None:  # 3. gate
         choice = replayed_choice(names, replay)
         nan = np.full((len(cands), raw.shape[1]), np.nan)
-        paired = np.array([not cd.linear for cd in cands], bool)
+        paired = np.repeat(
+            np.array([not cd.linear for cd in cands], bool)[:, None], raw.shape[1], 1
+        )
         scores = gating.GateResult(choice, nan, nan, paired, plan.noise.sigma)
         # bands need the chosen candidates' divergences (exact, else probed as below)
         divs = _divergences(model, cands, outs, raw, plan, bands, False, wanted) if bands else {}
@@ -328,11 +350,12 @@ def _plan(model, raw, train, sigma, replay, n_levels: int, c: float, t_fixed=Non
 def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands, c, wanted=None):
     """3. The divergences SURE needs (exact, else probed: linear candidates, and every
     candidate when bands are asked for) and the gate on the validation rows (gate.py:
-    SURE for linear candidates, the paired future-target risk for nonlinear ones); per
-    feature the best above ``margin``, else raw. -> (choice, GateResult, divs)."""
+    SURE for linear candidates, and for nonlinear ones with an exact divergence where the
+    noise law is Gaussian; the paired future-target risk for the others); per feature the
+    best above ``margin``, else raw. -> (choice, GateResult, divs)."""
     K, F = len(cands), raw.shape[1]
     divs = _divergences(model, cands, outs, raw, plan, bands, gate_rows is not None, wanted)
-    paired = np.array([not cd.linear for cd in cands], bool)
+    paired = np.repeat(np.array([not cd.linear for cd in cands], bool)[:, None], F, 1)  # (K, F)
     if gate_rows is None:  # no gate: the first available candidate, for diffusion the t
         choice = _ungated_choice(model, cands, plan.usable, plan.sigma_w, c)  # nearest c·σ
         nan = np.full((K, F), np.nan)
@@ -342,16 +365,29 @@ def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands,
         raw[g],
         plan.noise.sigma,
         [outs[k].mean[g] for k in range(K)],
-        [divs[k][g] if k in divs else None for k in range(K)],
+        _scoring_divs(cands, outs, divs, g),
         [cd.linear for cd in cands],
         future_targets(raw[: gate_rows[1]], train)[g],  # reads validation rows only
         margin_db=margin,
         usable=plan.usable,
         var_rse=plan.noise.var_rse,
         spread=plan.noise.spread,
+        gaussian=plan.noise.gaussian,
         groups=np.zeros(F, int),  # the cluster: its features share how much a head saves
     )
     return res.choice, res, divs
+
+
+def _scoring_divs(cands, outs, divs: dict, rows: slice) -> list:
+    """The divergences the gate may score with, on ``rows``: a linear candidate's (exact or
+    probed), a nonlinear one's only where it is exact. A probe (run for bands) is unbiased
+    but noisy per row, and SURE scores a nonlinear candidate only under Gaussian noise
+    with its exact divergence (a diffusion head's probed SURE is what the issue's S4, t(5)
+    noise, was fooled by)."""
+    return [
+        divs[k][rows] if k in divs and (cands[k].linear or outs[k].div is not None) else None
+        for k in range(len(cands))
+    ]
 
 
 def _divergences(model, cands, outs, raw, plan: _Plan, bands, sure, wanted) -> dict:
@@ -447,9 +483,12 @@ def _feature_info(model, names, plan: _Plan, choice, scores, gate_rows, margin) 
             # estimate is not positive: noise in the estimate, never shown as a gain
             "gain_db_val": pick(gains, i),
             "gain_db_val_lower": pick(lower, i),
-            # sure: exact for a linear candidate under any white noise; paired: a future-
+            # sure: exact for a linear candidate under any white noise, and for any
+            # candidate with an exact divergence under Gaussian noise; paired: a future-
             # target risk difference against the best linear candidate (gate.py)
-            "score": ("paired" if scores.paired[choice[i]] else "sure") if choice[i] >= 0 else None,
+            "score": ("paired" if scores.paired[choice[i], i] else "sure")
+            if choice[i] >= 0
+            else None,
             "denoised": bool(choice[i] >= 0),
             "reason": reasons[i],
         }
@@ -556,7 +595,7 @@ def _reasons(choice, noise, usable, scores, gate_rows, margin, names) -> list[st
             est = f"{names[k]}: estimated gain {_db(gains[k, j])}"
             out.append(
                 f"validation rows, SURE: best {est} <= {margin} dB"
-                if not scores.paired[k]
+                if not scores.paired[k, j]
                 else f"validation rows: best {est} (paired risk), not below raw's risk by "
                 f"2 block-bootstrap SE and {margin} dB"
             )

@@ -25,7 +25,18 @@ and risk(d) = SURE(d_lin) + that difference. u_t comes from the feature's train-
 state-space model (classical.future_target): y_{t+1} for a random walk, m + (y_{t+1} -
 m)/φ for AR(1), ((1+φ)/φ) y_{t+1} - y_{t+2}/φ for an integrated AR(1). The difference is
 noisy, so a nonlinear candidate replaces the linear one only where it is lower by more
-than 2 block-bootstrap standard errors and by more than the margin. A risk estimate that
+than 2 block-bootstrap standard errors and by more than the margin.
+
+Where the feature's noise is Gaussian (``gaussian``: its train-fitted noise law has no
+outlier component), Stein's lemma holds for any d, so a nonlinear candidate with an exact
+divergence (the predictive head, the robust filter) is scored by SURE after all: the
+paired difference is then SURE(d) − SURE(d_lin), row by row. The future target is
+unbiased only where the dynamics are linear: u_t − s_t carries s_{t+1}'s innovation
+against the fitted AR, whose conditional mean given the past is not 0 on a nonlinear
+process (x = 1 + e^h, vol_positive: a bias of up to +0.11 of the reference risk against
+the head), where SURE under Gaussian noise is exact for any dynamics, and its terms vary
+less. A candidate without an exact divergence (diffusion: probed only for linear ones)
+keeps the future target. A risk estimate that
 is not positive is noise: it is never shown as a gain (``gain_db`` gives NaN), and it
 does not by itself disqualify a candidate (it ranks first).
 
@@ -156,7 +167,7 @@ class GateResult:
     choice: np.ndarray  # (F,) candidate index, or -1 (raw)
     risk: np.ndarray  # (K, F) estimated MSE against the clean signal, native units²
     se: np.ndarray  # (K, F) its block-bootstrap standard error
-    paired: np.ndarray  # (K,) bool: scored by the paired difference (nonlinear)
+    paired: np.ndarray  # (K, F) bool: scored by the future-target difference, else SURE
     sigma: np.ndarray  # (F,)
     slope: np.ndarray | None = None  # (K, F) ∂risk/∂σ² at fixed outputs (SURE's 2·div − 1)
     var_rse: np.ndarray | None = None  # (F,) relative standard error of σ²
@@ -182,7 +193,8 @@ class GateResult:
           tails the noise law was not told of and misfit (at ×5 mixed noise on seed 1
           the model's alone covered 91.5 %, the larger 95.8 %). Without a model: the
           estimate's (the risk √2 SEs higher);
-        - σ: the gain recomputed with σ² one relative SE (``var_rse``) lower. The
+        - σ: the gain recomputed with σ² one relative SE (``var_rse``: batch means, and
+          the disagreement of the two σ estimates, inference/cluster.py) lower. The
           prediction uses the estimated σ while the realised gain is against the true
           noise, and σ is the least certain number in it: at the built-in default noise
           the prediction error's correlation with log(σ̂²/σ²) is 0.48, and without this
@@ -218,9 +230,11 @@ def gate(
     groups: np.ndarray | None = None,  # (F,) labels: pool the paired scores within each
     var_rse: np.ndarray | None = None,  # (F,) relative SE of σ², for the lower bounds only
     spread: np.ndarray | None = None,  # (F,) row spread of a realised gain (spread.py), bounds
+    gaussian: np.ndarray | None = None,  # (F,) bool: noise law Gaussian, SURE for all
 ) -> GateResult:
     """Per feature: the best linear candidate by SURE above the margin (else raw), replaced
-    by the best nonlinear candidate where its paired risk, pooled over the feature's group
+    by the best nonlinear candidate where its paired risk (SURE where ``gaussian`` and the
+    candidate has a divergence, else the future target), pooled over the feature's group
     when ``groups`` is given, is lower by more than 2 SE and the margin (module
     docstring)."""
     K, F = len(outputs), y.shape[1]
@@ -244,12 +258,23 @@ def gate(
         d_ref[:, j], t_ref[:, j] = outputs[ref[j]][:, j], terms[ref[j]][:, j]
         r_ref[j], slope_ref[j] = risk[ref[j], j], slope[ref[j], j]
     choice, best_drop = ref.copy(), np.zeros(F)
+    stein = np.zeros(F, bool) if gaussian is None else np.asarray(gaussian, bool)
+    paired = np.repeat(~np.asarray(linear, bool)[:, None], F, axis=1)  # (K, F)
     for k in (k for k in range(K) if not linear[k]):
         delta = (outputs[k] - target) ** 2 - (d_ref - target) ** 2  # (N, F)
+        slope_k = slope_ref.copy()  # the future-target part does not use σ
+        by_sure = stein & (divs[k] is not None)
+        paired[k] = ~by_sure
+        if by_sure.any():  # Gaussian noise: Stein's lemma holds for any d, SURE is exact
+            t_k = sure_terms(y, outputs[k], divs[k], sigma)
+            delta = np.where(by_sure, t_k - t_ref, delta)
+            with np.errstate(invalid="ignore"):
+                s_k = np.nanmean(np.where(np.isfinite(t_k), 2 * divs[k] - 1, np.nan), 0)
+            slope_k = np.where(by_sure, s_k, slope_k)
         drop, drop_se, n = mean_and_se(delta)
         ok_n = (n >= MIN_ROWS) & np.asarray(usable, bool)
         drop, drop_se = _pooled_drop(drop, drop_se, r_ref, ok_n, groups)
-        risk[k], slope[k] = r_ref + drop, slope_ref  # the paired part does not use σ
+        risk[k], slope[k] = r_ref + drop, slope_k
         se[k] = mean_and_se(t_ref + delta)[1]
         with np.errstate(divide="ignore", invalid="ignore"):
             beats_margin = (risk[k] <= 0) | (10 * np.log10(r_ref / risk[k]) > margin_db)
@@ -258,7 +283,6 @@ def gate(
     usable = np.asarray(usable, bool)
     risk[:, ~usable], se[:, ~usable] = np.nan, np.nan
     choice = np.where(usable, choice, -1)
-    paired = np.array([not lin_k for lin_k in linear])
     rse = None if var_rse is None else np.broadcast_to(np.asarray(var_rse, np.float64), (F,))
     new_var = None
     if spread is not None:  # a new block of as many rows as the validation rows observed
