@@ -70,10 +70,12 @@ def test_report_tables_and_checks(trained, tmp_path):
     )
     # each candidate family alone is reported beside the mix
     assert any(c.startswith("causal_posterior_mean: kalman alone") for c in q.columns)
-    # the anchor picks, per feature, raw or one baseline: its gain is that baseline's
+    # the anchor picks, per feature, raw or one baseline or the robust filter: its gain is
+    # that one's (the robust filter's: the robust candidate alone, the same fits and laws)
     ch = tabs.choices[f"{anchor}: chosen"]
+    col = {"robust": "causal_posterior_mean: robust alone"}
     for f in q.index:
-        want = 0.0 if ch[f] == "raw" else q.loc[f, f"{ch[f]} (causal)"]
+        want = 0.0 if ch[f] == "raw" else q.loc[f, col.get(ch[f], f"{ch[f]} (causal)")]
         assert q.loc[f, anchor] == pytest.approx(want, abs=1e-9)
     by_family = tabs.snr_causal_by_family
     assert set(by_family.index) == {"ou", "random_walk"}  # the planted families
