@@ -228,7 +228,7 @@ def _baselines(inp: _Inputs) -> tuple[dict[str, Any], Any]:
     bl = apply_baselines(
         inp.raw, train, names=list(cfg.baselines), noise_var=sigma**2, n_jobs=int(cfg.n_jobs)
     )
-    # the robust filter joins the anchor as a nonlinear option (the paired score)
+    # the robust filter joins the anchor as a nonlinear option (scored as in the gate)
     fits, laws = fit_robust(inp.raw, train)
     robust, robust_div = apply_robust_div(inp.raw, fits, laws)
     anchor = best_classical(

@@ -52,7 +52,7 @@ class NoisePlan:
     source: list[str]
     white: np.ndarray  # (F,) bool
     ljung_box_p: np.ndarray  # (F,)
-    var_rse: np.ndarray | None = None  # (F,) relative SE of σ² (batch means), NaN unknown
+    var_rse: np.ndarray | None = None  # (F,) relative SE of σ² (batch means, σ̂s' disagreement)
     spread: np.ndarray | None = None  # (F,) row spread of a realised gain (spread.py)
     gaussian: np.ndarray | None = None  # (F,) bool: Gaussian noise law (gate: SURE for all)
 
