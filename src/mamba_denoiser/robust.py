@@ -302,7 +302,9 @@ def measurement_update(y: np.ndarray, pri: Priors) -> tuple[np.ndarray, np.ndarr
         ŝ = Σ w m,  ∂ŝ/∂y = Σ w g + Σ w (d − d̄)(m − ŝ),  d = −(y − μ)/S,
 
     which is what the recursion's update gives for ŝ (its state's signal component has
-    prior N(μ, v_c)), and its exact divergence, for SURE. NaN where y or the prior is."""
+    prior N(μ, v_c)), and its exact divergence, for SURE. NaN where y or the prior is.
+    The same formulas as diffusion/residual.posterior with one prior group, in numpy:
+    this module stays free of torch."""
     v = np.stack([pri.var, pri.var_jump], -1)[..., None]  # (T, F, 2, 1)
     pc = np.stack([1 - pri.jump, pri.jump], -1)[None, :, :, None]  # (1, F, 2, 1)
     pj = pri.noise_weights[None, :, None, :]  # (1, F, 1, 2)

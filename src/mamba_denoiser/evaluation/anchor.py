@@ -45,8 +45,10 @@ def best_classical(
     nonlinear, nonlinear_div = nonlinear or {}, nonlinear_div or {}
     names = [*baselines, *nonlinear]
     outs = [baselines[b].causal for b in baselines] + list(nonlinear.values())
-    divs = [baselines[b].causal_gain for b in baselines] + [nonlinear_div.get(n) for n in nonlinear]
-    linear = [True] * len(baselines) + [False] * len(nonlinear)
+    gains = [baselines[b].causal_gain for b in baselines]
+    divs = gains + [nonlinear_div.get(n) for n in nonlinear]
+    # a baseline without its exact gain is scored like a nonlinear one (the paired score)
+    linear = [d is not None for d in gains] + [False] * len(nonlinear)
     g = slice(*rows)
     u = np.full(raw.shape, np.nan)
     if target is not None:  # only the targets the validation rows alone give

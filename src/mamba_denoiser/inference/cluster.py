@@ -209,10 +209,7 @@ def denoise_cluster(
     if replay is not None:  # 3. gate
         choice = replayed_choice(names, replay)
         nan = np.full((len(cands), raw.shape[1]), np.nan)
-        paired = np.repeat(
-            np.array([not cd.linear for cd in cands], bool)[:, None], raw.shape[1], 1
-        )
-        scores = gating.GateResult(choice, nan, nan, paired, plan.noise.sigma)
+        scores = gating.GateResult(choice, nan, nan, _paired(cands, raw.shape[1]), plan.noise.sigma)
         # bands need the chosen candidates' divergences (exact, else probed as below)
         divs = _divergences(model, cands, outs, raw, plan, bands, False, wanted) if bands else {}
     else:
@@ -355,11 +352,14 @@ def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands,
     best above ``margin``, else raw. -> (choice, GateResult, divs)."""
     K, F = len(cands), raw.shape[1]
     divs = _divergences(model, cands, outs, raw, plan, bands, gate_rows is not None, wanted)
-    paired = np.repeat(np.array([not cd.linear for cd in cands], bool)[:, None], F, 1)  # (K, F)
     if gate_rows is None:  # no gate: the first available candidate, for diffusion the t
         choice = _ungated_choice(model, cands, plan.usable, plan.sigma_w, c)  # nearest c·σ
         nan = np.full((K, F), np.nan)
-        return choice, gating.GateResult(choice, nan, nan, paired, plan.noise.sigma), divs
+        return (
+            choice,
+            gating.GateResult(choice, nan, nan, _paired(cands, F), plan.noise.sigma),
+            divs,
+        )
     g = slice(*gate_rows)
     res = gating.gate(
         raw[g],
@@ -376,6 +376,12 @@ def _gate(model, cands, outs, raw, plan: _Plan, train, gate_rows, margin, bands,
         groups=np.zeros(F, int),  # the cluster: its features share how much a head saves
     )
     return res.choice, res, divs
+
+
+def _paired(cands, F: int) -> np.ndarray:
+    """(K, F) bool: how an ungated or replayed run labels each candidate's score (the
+    paired future-target risk for a nonlinear one; the gate refines it per feature)."""
+    return np.repeat(np.array([not cd.linear for cd in cands], bool)[:, None], F, axis=1)
 
 
 def _scoring_divs(cands, outs, divs: dict, rows: slice) -> list:
